@@ -1,0 +1,1 @@
+"""Candles: the canonical frame, synthetic generation, file import, validation and storage."""

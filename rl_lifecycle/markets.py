@@ -1,0 +1,76 @@
+"""Market keys: the one place that maps `BTCUSDT-1h` to a pair and an interval, and back."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rl_lifecycle.errors import UserInputError
+
+# Interval name -> length in microseconds (the timestamp unit used throughout the core).
+_MINUTE_US = 60_000_000
+INTERVALS: dict[str, int] = {
+    "1m": _MINUTE_US,
+    "3m": 3 * _MINUTE_US,
+    "5m": 5 * _MINUTE_US,
+    "15m": 15 * _MINUTE_US,
+    "30m": 30 * _MINUTE_US,
+    "1h": 60 * _MINUTE_US,
+    "2h": 120 * _MINUTE_US,
+    "4h": 240 * _MINUTE_US,
+    "6h": 360 * _MINUTE_US,
+    "12h": 720 * _MINUTE_US,
+    "1d": 1440 * _MINUTE_US,
+}
+
+_PAIR_RE = re.compile(r"[A-Z0-9]{2,20}")
+_PAIR_SEPARATORS = re.compile(r"[/\-_: ]")
+
+
+def normalize_pair(raw: str) -> str:
+    """`BTC/USDT`, `btc-usdt`, `BTC_USDT` -> `BTCUSDT`; anything else is refused."""
+    if raw is None or not str(raw).strip():
+        raise UserInputError("pair is empty; expected e.g. BTCUSDT or BTC/USDT")
+    candidate = _PAIR_SEPARATORS.sub("", str(raw).strip()).upper()
+    if not _PAIR_RE.fullmatch(candidate):
+        raise UserInputError(
+            f"pair {raw!r} is invalid: after removing separators it must be 2-20 characters of A-Z and 0-9"
+        )
+    return candidate
+
+
+def normalize_interval(raw: str) -> str:
+    value = (raw or "").strip()
+    if value not in INTERVALS:
+        raise UserInputError(f"interval {raw!r} is invalid; expected one of {' '.join(INTERVALS)}")
+    return value
+
+
+@dataclass(frozen=True, order=True)
+class Market:
+    pair: str
+    interval: str
+
+    @classmethod
+    def of(cls, pair: str, interval: str) -> Market:
+        return cls(normalize_pair(pair), normalize_interval(interval))
+
+    @classmethod
+    def parse(cls, key: str) -> Market:
+        """Parse a market key such as `BTCUSDT-1h` (also `BTC/USDT-1h`)."""
+        text = (key or "").strip()
+        pair, sep, interval = text.rpartition("-")
+        if not sep or not pair:
+            raise UserInputError(f"market key {key!r} is invalid; expected PAIR-INTERVAL such as BTCUSDT-1h")
+        return cls.of(pair, interval)
+
+    @property
+    def key(self) -> str:
+        return f"{self.pair}-{self.interval}"
+
+    @property
+    def interval_us(self) -> int:
+        return INTERVALS[self.interval]
+
+    def __str__(self) -> str:
+        return self.key

@@ -1,0 +1,64 @@
+"""Environment-driven settings: one place that reads RL_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rl_lifecycle.errors import UserInputError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise UserInputError(f"{name}={raw!r} is not a boolean (use true/false)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str | None
+    strict_backtest: bool
+    online_learning_enabled: bool
+    feature_set: str
+    window_cadence: str
+    window_start: str
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.home / "bench"
+
+
+def load_settings() -> Settings:
+    home = Path(os.environ.get("RL_HOME") or ".rl_lifecycle").expanduser().resolve()
+    return Settings(
+        home=home,
+        database_url=(os.environ.get("RL_DATABASE_URL") or None),
+        strict_backtest=_flag("RL_STRICT_BACKTEST", True),
+        online_learning_enabled=_flag("RL_ONLINE_LEARNING_ENABLED", False),
+        feature_set=os.environ.get("RL_FEATURE_SET") or "ta_v2",
+        window_cadence=os.environ.get("RL_WINDOW_CADENCE") or "monthly",
+        window_start=os.environ.get("RL_WINDOW_START") or "2020-01-01",
+    )
