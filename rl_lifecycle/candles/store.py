@@ -1,0 +1,122 @@
+"""The `market_candles` table: idempotent bulk upsert, range reads into numpy, window summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from rl_lifecycle.candles.frame import VALUE_COLUMNS, CandleArrays
+from rl_lifecycle.db import binary_copy as bc
+from rl_lifecycle.markets import Market
+
+_FIELDS = [bc.timestamptz("ts"), *(bc.float8(c) for c in VALUE_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class CandleWriteStats:
+    inserted: int
+    updated: int
+    unchanged: int
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+
+def lock_market(conn: psycopg.Connection, market: Market, purpose: str) -> None:
+    """Serialise writers of one market for the current transaction (e.g. two ingests of one window)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{purpose}:{market.key}",))
+
+
+def upsert_candles(conn: psycopg.Connection, market: Market, frame: pl.DataFrame) -> CandleWriteStats:
+    """Write validated candles in one transaction: new rows inserted, changed rows updated, equal rows untouched."""
+    arrays = CandleArrays.from_frame(frame)
+    if len(arrays) == 0:
+        return CandleWriteStats(0, 0, 0)
+    with conn.transaction():
+        lock_market(conn, market, "candles")
+        conn.execute(
+            """CREATE TEMP TABLE IF NOT EXISTS candles_stage
+               (ts timestamptz, open float8, high float8, low float8, close float8, volume float8)
+               ON COMMIT DELETE ROWS"""
+        )
+        columns = {"ts": bc.us_to_pg(arrays.ts), **{c: getattr(arrays, c) for c in VALUE_COLUMNS}}
+        bc.copy_in(conn, "candles_stage", _FIELDS, columns)
+        rows = conn.execute(
+            """INSERT INTO market_candles AS m (pair, interval, ts, open, high, low, close, volume)
+               SELECT %s, %s, ts, open, high, low, close, volume FROM candles_stage ORDER BY ts
+               ON CONFLICT (pair, interval, ts) DO UPDATE
+                 SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+                     close = EXCLUDED.close, volume = EXCLUDED.volume, ingested_at = now()
+                 WHERE (m.open, m.high, m.low, m.close, m.volume)
+                       IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)
+               RETURNING (xmax = 0) AS inserted""",
+            (market.pair, market.interval),
+        ).fetchall()
+    inserted = sum(1 for (flag,) in rows if flag)
+    return CandleWriteStats(inserted, len(rows) - inserted, len(arrays) - len(rows))
+
+
+def _to_arrays(rows: np.ndarray) -> CandleArrays:
+    return CandleArrays(
+        ts=bc.pg_to_us(rows["ts"].astype(np.int64)),
+        **{c: rows[c].astype(np.float64) for c in VALUE_COLUMNS},
+    )
+
+
+def load_candles(conn: psycopg.Connection, market: Market, start_us: int, end_us: int) -> CandleArrays:
+    """Candles with start <= ts < end, sorted by ts."""
+    return load_candles_with_warmup(conn, market, start_us, end_us, warmup_rows=0)
+
+
+def load_candles_with_warmup(
+    conn: psycopg.Connection, market: Market, start_us: int, end_us: int, warmup_rows: int
+) -> CandleArrays:
+    """Candles in [start, end) preceded by the last `warmup_rows` candles before start (fewer near history's start)."""
+    start, end = _pg_ts(start_us), _pg_ts(end_us)
+    window = sql.SQL(
+        "SELECT ts, open, high, low, close, volume FROM market_candles "
+        "WHERE pair = {p} AND interval = {i} AND ts >= {s} AND ts < {e}"
+    ).format(p=market.pair, i=market.interval, s=start, e=end)
+    if warmup_rows > 0:
+        before = sql.SQL(
+            "SELECT ts, open, high, low, close, volume FROM market_candles "
+            "WHERE pair = {p} AND interval = {i} AND ts < {s} ORDER BY ts DESC LIMIT {n}"
+        ).format(p=market.pair, i=market.interval, s=start, n=int(warmup_rows))
+        query = sql.SQL("SELECT * FROM (({}) UNION ALL ({})) c ORDER BY ts").format(before, window)
+    else:
+        query = sql.SQL("{} ORDER BY ts").format(window)
+    return _to_arrays(bc.copy_out(conn, query, _FIELDS))
+
+
+def _pg_ts(ts_us: int) -> sql.Composable:
+    # Literal microsecond epochs avoid any timezone or float rounding in the comparison.
+    return sql.SQL("to_timestamp(0) + {} * interval '1 microsecond'").format(sql.Literal(int(ts_us)))
+
+
+@dataclass(frozen=True)
+class Gap:
+    start_us: int  # first missing bar
+    end_us: int  # first bar present again
+    missing_bars: int
+
+
+def find_gaps(ts_us: np.ndarray, interval_us: int, start_us: int | None = None, end_us: int | None = None) -> list[Gap]:
+    """Runs of missing interval-grid bars between consecutive timestamps (and, if given, at the edges)."""
+    ts = np.asarray(ts_us, dtype=np.int64)
+    points = ts
+    if start_us is not None:
+        points = np.concatenate(([start_us - interval_us], points))
+    if end_us is not None:
+        points = np.concatenate((points, [end_us]))
+    if len(points) < 2:
+        return []
+    steps = np.diff(points)
+    where = np.nonzero(steps > interval_us)[0]
+    return [
+        Gap(int(points[i] + interval_us), int(points[i + 1]), int(steps[i] // interval_us - 1)) for i in where
+    ]
