@@ -11,6 +11,7 @@ from psycopg import sql
 
 from rl_lifecycle.candles.frame import VALUE_COLUMNS, CandleArrays
 from rl_lifecycle.db import binary_copy as bc
+from rl_lifecycle.db.binary_copy import pg_timestamp
 from rl_lifecycle.markets import Market
 
 _FIELDS = [bc.timestamptz("ts"), *(bc.float8(c) for c in VALUE_COLUMNS)]
@@ -77,7 +78,7 @@ def load_candles_with_warmup(
     conn: psycopg.Connection, market: Market, start_us: int, end_us: int, warmup_rows: int
 ) -> CandleArrays:
     """Candles in [start, end) preceded by the last `warmup_rows` candles before start (fewer near history's start)."""
-    start, end = _pg_ts(start_us), _pg_ts(end_us)
+    start, end = pg_timestamp(start_us), pg_timestamp(end_us)
     window = sql.SQL(
         "SELECT ts, open, high, low, close, volume FROM market_candles "
         "WHERE pair = {p} AND interval = {i} AND ts >= {s} AND ts < {e}"
@@ -91,11 +92,6 @@ def load_candles_with_warmup(
     else:
         query = sql.SQL("{} ORDER BY ts").format(window)
     return _to_arrays(bc.copy_out(conn, query, _FIELDS))
-
-
-def _pg_ts(ts_us: int) -> sql.Composable:
-    # Literal microsecond epochs avoid any timezone or float rounding in the comparison.
-    return sql.SQL("to_timestamp(0) + {} * interval '1 microsecond'").format(sql.Literal(int(ts_us)))
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,8 @@ def us_to_pg(ts_us: np.ndarray) -> np.ndarray:
 
 def pg_to_us(ts_pg: np.ndarray) -> np.ndarray:
     return np.asarray(ts_pg, dtype=np.int64) + PG_EPOCH_US
+
+
+def pg_timestamp(ts_us: int) -> sql.Composable:
+    """A timestamptz literal from epoch microseconds, exact (no float or timezone rounding)."""
+    return sql.SQL("(to_timestamp(0) + {} * interval '1 microsecond')").format(sql.Literal(int(ts_us)))

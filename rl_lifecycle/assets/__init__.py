@@ -1,0 +1,1 @@
+"""Dagster assets: thin adapters from partitions to the core."""

@@ -1,0 +1,568 @@
+"""Read a candle file (CSV or Parquet; Binance klines or generic OHLCV) into raw, unvalidated rows.
+
+The importer is deliberately forgiving at the row level and strict at the file level:
+
+- A file that cannot be understood (missing, empty, required columns absent, no time column,
+  ambiguous date order) raises `UserInputError` naming every such problem at once.
+- A row whose timestamp or number cannot be parsed keeps a null in that cell; `validation`
+  then reports it with the row number, so a user sees every bad row in one pass.
+
+Everything on the data path is a polars expression: no per-row Python.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from rl_lifecycle.candles.frame import VALUE_COLUMNS
+from rl_lifecycle.errors import UserInputError
+
+__all__ = [
+    "BINANCE_KLINE_COLUMNS",
+    "EPOCH_FORMATS",
+    "RAW_SCHEMA",
+    "TS_COLUMN_NAMES",
+    "RawCandles",
+    "parse_timestamps",
+    "read_candle_file",
+]
+
+# The 12 columns of https://data.binance.vision kline CSVs (their files usually have no header).
+BINANCE_KLINE_COLUMNS = (
+    "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
+    "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore",
+)
+# Names (lower-cased, trimmed) recognised as the time column, best first. `date` comes last so that a
+# file with both a full timestamp column and a date column uses the timestamp.
+TS_COLUMN_NAMES = (
+    "timestamp", "datetime", "date_time", "date time", "open_time", "open time", "gmt time",
+    "utc time", "time (utc)", "local time", "ts", "time", "date",
+)
+# Headers pandas writes for an unnamed index column (CSV: blank; Parquet: __index_level_0__).
+_UNNAMED_NAMES = ("", "__index_level_0__")
+EPOCH_FORMATS = {"epoch_s": 1_000_000, "epoch_ms": 1_000, "epoch_us": 1, "epoch_ns": -1_000}
+RAW_SCHEMA = {
+    "row": pl.Int64,
+    "ts_raw": pl.String,
+    "ts": pl.Datetime("us", "UTC"),
+    **{c: pl.Float64 for c in VALUE_COLUMNS},
+}
+
+_DAY_US = 86_400_000_000
+_CSV_EXTENSIONS = (".csv", ".txt")
+_PARQUET_EXTENSIONS = (".parquet", ".pq")
+
+# Time-of-day and offset parts shared by the two date layouts. Offsets: Z, UTC, GMT, +05:30, -0200,
+# `GMT+0100` (Dukascopy "Local time").
+_TIME_RE = r"(?:(?:T|\s+)(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
+_TZ_RE = r"\s*(?:Z|UTC|GMT)?\s*(?:([+-])(\d{2}):?(\d{2})?)?"
+_YMD_RE = rf"^(\d{{4}})[-/.](\d{{1,2}})[-/.](\d{{1,2}}){_TIME_RE}{_TZ_RE}$"
+# Day-first or month-first: decided per column, see `_day_first`.
+_XXY_RE = rf"^(\d{{1,2}})([-/.])(\d{{1,2}})[-/.](\d{{4}}){_TIME_RE}{_TZ_RE}$"
+_EPOCH_RE = r"^[+-]?\d+(?:\.\d*)?$"
+_TIME_OF_DAY_RE = r"^\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?$"
+
+
+@dataclass(frozen=True)
+class RawCandles:
+    """Rows as read from a file, before validation.
+
+    `frame` has RAW_SCHEMA: `row` (1-based line number in the file, header included; for Parquet the
+    1-based row index), `ts_raw` (original text), `ts` (null when unparseable) and the five values
+    (null when missing or unparseable). `unparsed` lists (row, column, text) for every non-empty
+    number cell that did not parse, so validation can quote it.
+    """
+
+    frame: pl.DataFrame
+    path: str
+    source: str
+    ts_column: str
+    ts_format: str
+    unparsed: pl.DataFrame
+
+    def __len__(self) -> int:
+        return self.frame.height
+
+
+def read_candle_file(
+    path: str | Path, *, ts_column: str | None = None, ts_format: str | None = None
+) -> RawCandles:
+    """Read a CSV/Parquet candle file; file-level problems raise UserInputError, row-level ones become nulls.
+
+    `ts_column` names the time column (case-insensitive); `ts_format` is a strptime format
+    (`%d.%m.%Y %H:%M:%S.%f`) or one of `epoch_s|epoch_ms|epoch_us|epoch_ns`.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise UserInputError(f"candle file {str(file)!r} does not exist")
+    if not file.is_file():
+        raise UserInputError(f"candle file {str(file)!r} is not a regular file")
+    if file.stat().st_size == 0:
+        raise UserInputError(f"candle file {str(file)!r} is empty")
+    if ts_format is not None and not ts_format.strip():
+        raise UserInputError("--ts-format is empty; pass a strptime format or epoch_s|epoch_ms|epoch_us|epoch_ns")
+
+    kind = _file_kind(file)
+    if kind == "parquet":
+        try:
+            table = pl.read_parquet(file)
+        except Exception as exc:  # polars raises several error types for corrupt files
+            raise UserInputError(f"candle file {str(file)!r} is not a readable Parquet file: {exc}") from exc
+        names = list(table.columns)
+        rows = pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
+        layout = "Parquet"
+    else:
+        data = _csv_bytes(file, kind)
+        table, names, rows, layout = _read_csv_table(file, data)
+
+    roles = _resolve_columns(file, table, names, ts_column)
+    frame, unparsed, ts_desc = _build_frame(file, table, roles, rows, ts_format, drop_blank=kind != "parquet")
+    if frame.height == 0:
+        raise UserInputError(f"candle file {str(file)!r} has no data rows")
+    ts_name = " + ".join(repr(names[table.columns.index(c)]) for c in roles["ts"])
+    source = f"{file} ({layout}; time column {ts_name}: {ts_desc})"
+    return RawCandles(
+        frame=frame, path=str(file), source=source,
+        ts_column=" + ".join(names[table.columns.index(c)] for c in roles["ts"]),
+        ts_format=ts_desc, unparsed=unparsed,
+    )
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def _file_kind(file: Path) -> str:
+    """csv | parquet | zip | gzip: by extension, else by magic bytes."""
+    name = file.name.lower()
+    if name.endswith(_PARQUET_EXTENSIONS):
+        return "parquet"
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith(".gz"):
+        return "gzip"
+    if name.endswith(_CSV_EXTENSIONS):
+        return "csv"
+    with file.open("rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PAR1":
+        return "parquet"
+    if magic.startswith(b"PK\x03\x04"):
+        return "zip"
+    if magic.startswith(b"\x1f\x8b"):
+        return "gzip"
+    return "csv"
+
+
+def _csv_bytes(file: Path, kind: str) -> bytes:
+    """The CSV text; Binance publishes single-member zips, so those are opened transparently."""
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(file) as archive:
+                members = [m for m in archive.namelist() if not m.endswith("/")]
+                csvs = [m for m in members if m.lower().endswith(_CSV_EXTENSIONS)] or members
+                if len(csvs) != 1:
+                    raise UserInputError(
+                        f"zip file {str(file)!r} must hold exactly one CSV; it holds {members or 'nothing'}"
+                    )
+                return archive.read(csvs[0])
+        except zipfile.BadZipFile as exc:
+            raise UserInputError(f"candle file {str(file)!r} is not a readable zip file: {exc}") from exc
+    if kind == "gzip":
+        try:
+            return gzip.decompress(file.read_bytes())
+        except OSError as exc:
+            raise UserInputError(f"candle file {str(file)!r} is not a readable gzip file: {exc}") from exc
+    return file.read_bytes()
+
+
+def _read_csv_table(file: Path, data: bytes) -> tuple[pl.DataFrame, list[str], pl.Expr, str]:
+    """All-string table, display names per column, the row-number expression, and a layout label."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    # Leading blank lines would make polars guess one column; skip them but keep line numbers right.
+    lead = re.match(rb"(?:[ \t]*\r?\n)*", data)
+    skipped_lines = lead.group().count(b"\n") if lead else 0
+    data = data[lead.end():] if lead else data
+    if not data.strip():
+        raise UserInputError(f"candle file {str(file)!r} is empty")
+    first_line = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    separator = _sniff_separator(first_line)
+    try:
+        # has_header=False: we decide about the header ourselves, and polars keeps blank lines as
+        # null rows, so the polars row index is the file's line index (quoted newlines aside).
+        table = pl.read_csv(
+            io.BytesIO(data), has_header=False, infer_schema=False, separator=separator,
+            truncate_ragged_lines=True, encoding="utf8-lossy",
+        )
+    except Exception as exc:  # polars raises ComputeError/NoDataError; the message is what matters
+        raise UserInputError(f"candle file {str(file)!r} is not a readable CSV file: {exc}") from exc
+    if table.height == 0:
+        raise UserInputError(f"candle file {str(file)!r} is empty")
+
+    first = [("" if v is None else str(v)).strip().strip('"').strip() for v in table.row(0)]
+    has_header = _looks_like_header(first)
+    ncols = len(first)
+    if has_header:
+        names = first
+        layout = (
+            "CSV, Binance kline layout with header"
+            if [n.lower() for n in names] == list(BINANCE_KLINE_COLUMNS) else "CSV, generic OHLCV with header"
+        )
+        table = table.slice(1)
+    elif ncols == len(BINANCE_KLINE_COLUMNS):
+        names, layout = list(BINANCE_KLINE_COLUMNS), "CSV, Binance kline layout without header"
+    elif ncols == 6:
+        names, layout = ["time", *VALUE_COLUMNS], "CSV without header, read as time,open,high,low,close,volume"
+    else:
+        raise UserInputError(
+            f"candle file {str(file)!r} has no header row and {ncols} columns; expected a header naming the "
+            f"columns, 12 columns (Binance kline) or 6 columns (time, open, high, low, close, volume)"
+        )
+    # Line number: polars index + 1, +1 more when the header line was consumed, + leading blank lines.
+    rows = pl.int_range(0, pl.len(), dtype=pl.Int64) + (1 + int(has_header) + skipped_lines)
+    return table, names, rows, layout
+
+
+def _sniff_separator(line: str) -> str:
+    counts = {sep: line.count(sep) for sep in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] else ","
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    """A data row has numbers after its first field; a header has at least one name there."""
+    rest = [f for f in fields[1:] if f]
+    if not rest:
+        return True
+    return any(_as_float(f) is None for f in rest)
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------- columns
+
+
+def _resolve_columns(
+    file: Path, table: pl.DataFrame, names: list[str], ts_column: str | None
+) -> dict[str, list[str]]:
+    """Map roles (ts, open, ...) to table columns; raise once with every file-level problem."""
+    norm = [n.strip().lower() for n in names]
+    shown = [n if n.strip() else "<unnamed>" for n in names]
+    problems: list[str] = []
+    roles: dict[str, list[str]] = {}
+
+    def columns_named(name: str) -> list[str]:
+        return [table.columns[i] for i, n in enumerate(norm) if n == name]
+
+    missing = []
+    for role in VALUE_COLUMNS:
+        hits = columns_named(role)
+        if not hits:
+            missing.append(role)
+        elif len(hits) > 1:
+            problems.append(f"column {role!r} appears {len(hits)} times")
+        else:
+            roles[role] = hits
+    if missing:
+        problems.append(f"missing required column(s) {', '.join(missing)}")
+
+    if ts_column is not None:
+        hits = columns_named(ts_column.strip().lower())
+        if len(hits) == 1:
+            roles["ts"] = hits
+        elif not hits:
+            problems.append(f"--ts-column {ts_column!r} is not a column of the file")
+        else:
+            problems.append(f"--ts-column {ts_column!r} matches {len(hits)} columns")
+    else:
+        found = _detect_ts_columns(table, norm)
+        if found:
+            roles["ts"] = found
+        else:
+            problems.append(
+                "no time column found: expected one named " + "/".join(TS_COLUMN_NAMES)
+                + " or an unnamed first column; pass --ts-column NAME"
+            )
+    if problems:
+        raise UserInputError(
+            f"candle file {str(file)!r} cannot be imported: " + "; ".join(problems)
+            + f". Columns found: {', '.join(shown)}"
+        )
+    return roles
+
+
+def _detect_ts_columns(table: pl.DataFrame, norm: list[str]) -> list[str]:
+    index = {n: table.columns[i] for i, n in reversed(list(enumerate(norm)))}
+    # Some exports (MetaTrader) split the timestamp into a Date and a time-of-day Time column.
+    if "date" in index and "time" in index and not any(n in index for n in TS_COLUMN_NAMES[:-2]):
+        sample = table.get_column(index["time"]).drop_nulls().head(100)
+        if sample.dtype == pl.String and sample.len() and sample.str.strip_chars().str.contains(_TIME_OF_DAY_RE).all():
+            return [index["date"], index["time"]]
+    for name in TS_COLUMN_NAMES:
+        if name in index:
+            return [index[name]]
+    first = norm[0] if norm else None
+    if first is not None and (first in _UNNAMED_NAMES or first.startswith("unnamed:")):
+        return [table.columns[0]]
+    if "__index_level_0__" in index:
+        return [index["__index_level_0__"]]
+    return []
+
+
+# --------------------------------------------------------------------------------------------- frame
+
+
+def _build_frame(
+    file: Path, table: pl.DataFrame, roles: dict[str, list[str]], rows: pl.Expr, ts_format: str | None,
+    *, drop_blank: bool,
+) -> tuple[pl.DataFrame, pl.DataFrame, str]:
+    ts_cols = roles["ts"]
+    ts_source = (
+        pl.concat_str([pl.col(c).str.strip_chars() for c in ts_cols], separator=" ", ignore_nulls=True)
+        if len(ts_cols) > 1 else pl.col(ts_cols[0])
+    )
+    base = table.select(
+        rows.alias("row"),
+        ts_source.alias("_ts_src"),
+        *[pl.col(roles[c][0]).alias(f"_{c}_src") for c in VALUE_COLUMNS],
+    )
+    if drop_blank:
+        # Blank lines (often trailing) carry no candle: drop them rather than report them.
+        blank = pl.all_horizontal(
+            pl.col(c).is_null() | (pl.col(c).cast(pl.String).str.strip_chars() == "")
+            for c in ["_ts_src", *(f"_{v}_src" for v in VALUE_COLUMNS)]
+        )
+        base = base.filter(~blank)
+
+    ts, ts_desc = parse_timestamps(base.get_column("_ts_src"), ts_format, _file=file)
+    frame = base.select(
+        pl.col("row"),
+        _raw_text(pl.col("_ts_src"), base.schema["_ts_src"]).alias("ts_raw"),
+        pl.lit(ts).alias("ts"),
+        *[_number(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias(c) for c in VALUE_COLUMNS],
+    )
+    unparsed = pl.concat(
+        [
+            base.select(
+                pl.col("row"), pl.lit(c).alias("column"),
+                _raw_text(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias("text"),
+                _number(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias("_value"),
+            ).filter(pl.col("_value").is_null() & (pl.col("text").str.strip_chars() != "")).drop("_value")
+            for c in VALUE_COLUMNS
+        ]
+    ).sort("row", "column")
+
+    if frame.height and frame.get_column("ts").null_count() == frame.height:
+        examples = ", ".join(repr(v) for v in frame.get_column("ts_raw").drop_nulls().head(3).to_list())
+        hint = "check --ts-format" if ts_format else "pass --ts-format (strptime format or epoch_s|epoch_ms|epoch_us|epoch_ns)"
+        raise UserInputError(
+            f"candle file {str(file)!r}: no value of the time column could be read as a timestamp "
+            f"(e.g. {examples or 'all empty'}); {hint} or --ts-column"
+        )
+    return frame.cast(RAW_SCHEMA), unparsed, ts_desc  # type: ignore[arg-type]
+
+
+def _raw_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    return expr if dtype == pl.String else expr.cast(pl.String)
+
+
+def _number(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if dtype == pl.String:
+        # strict=False: an unparseable cell becomes null and is reported by validation with its row.
+        return expr.str.strip_chars().cast(pl.Float64, strict=False)
+    if dtype.is_numeric():
+        return expr.cast(pl.Float64)
+    return expr.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+# ---------------------------------------------------------------------------------------- timestamps
+
+
+def parse_timestamps(
+    values: pl.Series, ts_format: str | None = None, *, _file: Path | None = None
+) -> tuple[pl.Series, str]:
+    """Parse a time column to Datetime(us, UTC) (null where unparseable) and describe the format used.
+
+    Strings: ISO-like (`T` or space, optional fraction, `Z`/offset converted to UTC), day- or
+    month-first dates with 4-digit years, date-only, or epoch numbers (unit by magnitude).
+    Numbers: epoch, unit by magnitude. Datetimes: naive means UTC. `ts_format` overrides detection.
+    """
+    where = f"candle file {str(_file)!r}: " if _file else ""
+    dtype = values.dtype
+    frame = values.rename("v").to_frame()
+    if ts_format in EPOCH_FORMATS:
+        if dtype == pl.String:
+            text = pl.col("v").str.strip_chars()
+            expr = _epoch_us(text.cast(pl.Int64, strict=False), text.cast(pl.Float64, strict=False), ts_format)
+        elif dtype.is_numeric():
+            expr = _epoch_us(pl.col("v").cast(pl.Int64) if dtype.is_integer() else None, pl.col("v").cast(pl.Float64), ts_format)
+        else:
+            raise UserInputError(f"{where}--ts-format {ts_format} needs a numeric or text time column, not {dtype}")
+        return _finish(frame, expr), ts_format
+    if isinstance(dtype, pl.Datetime):
+        expr = (
+            pl.col("v").dt.convert_time_zone("UTC") if dtype.time_zone else pl.col("v").dt.replace_time_zone("UTC")
+        )
+        return frame.select(expr.dt.cast_time_unit("us")).to_series().alias("ts"), "native datetime"
+    if dtype == pl.Date:
+        return frame.select(pl.col("v").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")).to_series().alias("ts"), "native date"
+    if dtype.is_numeric():
+        ints = pl.col("v").cast(pl.Int64) if dtype.is_integer() else None
+        expr = _epoch_us(ints, pl.col("v").cast(pl.Float64), None)
+        return _finish(frame, expr), _epoch_description(frame, pl.col("v").cast(pl.Float64))
+    if dtype != pl.String:
+        frame = frame.select(pl.col("v").cast(pl.String))
+    if ts_format is not None:
+        return _strptime(frame, ts_format), ts_format
+    return _parse_auto(frame, where)
+
+
+def _finish(frame: pl.DataFrame, epoch_us: pl.Expr) -> pl.Series:
+    return frame.select(pl.from_epoch(epoch_us, time_unit="us").dt.replace_time_zone("UTC")).to_series().alias("ts")
+
+
+def _magnitude_factor(mag: pl.Expr) -> pl.Expr:
+    """Microseconds per unit, guessed from magnitude: s < 1e11 <= ms < 1e14 <= us < 1e17 <= ns.
+
+    1e11 s is year 5138 and 1e11 ms is 1973, so the bands cannot be confused for real market data.
+    """
+    return (
+        pl.when(mag < 1e11).then(pl.lit(1_000_000))
+        .when(mag < 1e14).then(pl.lit(1_000))
+        .when(mag < 1e17).then(pl.lit(1))
+        .otherwise(pl.lit(-1_000))  # negative = divide: nanoseconds
+    )
+
+
+def _epoch_us(ints: pl.Expr | None, floats: pl.Expr, unit: str | None) -> pl.Expr:
+    """Epoch value -> Int64 microseconds; integers stay exact (ns values exceed float precision)."""
+    factor = pl.lit(EPOCH_FORMATS[unit]) if unit else _magnitude_factor(floats.abs())
+    from_float = (
+        pl.when(factor > 0).then(floats * factor.cast(pl.Float64)).otherwise(floats / (-factor).cast(pl.Float64))
+    )
+    from_float = pl.when(from_float.is_finite() & (from_float.abs() < 9.2e18)).then(from_float.round(0)).cast(
+        pl.Int64, strict=False
+    )
+    if ints is None:
+        return from_float
+    from_int = pl.when(factor > 0).then(ints * factor).otherwise(ints.floordiv(-factor))
+    return pl.coalesce(from_int, from_float)
+
+
+def _epoch_description(frame: pl.DataFrame, floats: pl.Expr) -> str:
+    names = {1_000_000: "s", 1_000: "ms", 1: "us", -1_000: "ns"}
+    seen = frame.select(_magnitude_factor(floats.abs()).filter(floats.is_finite()).unique().sort()).to_series()
+    units = [names[int(f)] for f in seen.to_list()]
+    if not units:
+        return "epoch (unit by magnitude)"
+    return f"epoch {'/'.join(units)} (unit by magnitude{', mixed' if len(units) > 1 else ''})"
+
+
+def _strptime(frame: pl.DataFrame, ts_format: str) -> pl.Series:
+    # Users write Python's `%S.%f` (1-6 digits); chrono spells that `%S%.f` and misreads `.%f`.
+    chrono = ts_format.replace(".%f", "%.f").replace(",%f", "%.f")
+    text = pl.col("v").str.strip_chars()
+    expr = text.str.strptime(pl.Datetime("us"), chrono, strict=False)
+    out = frame.select(expr).to_series()
+    if out.dtype == pl.Datetime("us"):
+        out = out.dt.replace_time_zone("UTC")  # no %z in the format: the values are UTC
+    else:
+        out = out.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    return out.alias("ts")
+
+
+def _components_us(
+    year: pl.Expr, month: pl.Expr, day: pl.Expr, hour: pl.Expr, minute: pl.Expr, second: pl.Expr,
+    frac: pl.Expr, sign: pl.Expr, off_h: pl.Expr, off_m: pl.Expr,
+) -> pl.Expr:
+    """Regex captures (strings) -> epoch microseconds UTC, null for impossible dates or times."""
+    date = pl.concat_str([year, pl.lit("-"), month.str.zfill(2), pl.lit("-"), day.str.zfill(2)]).str.strptime(
+        pl.Date, "%Y-%m-%d", strict=False
+    )
+    h = hour.cast(pl.Int64).fill_null(0)
+    m = minute.cast(pl.Int64).fill_null(0)
+    s = second.cast(pl.Int64).fill_null(0)
+    us = frac.str.slice(0, 6).str.pad_end(6, "0").cast(pl.Int64).fill_null(0)
+    oh = off_h.cast(pl.Int64).fill_null(0)
+    om = off_m.cast(pl.Int64).fill_null(0)
+    offset_us = (oh * 60 + om) * 60_000_000 * pl.when(sign == "-").then(-1).otherwise(1)
+    valid = (h < 24) & (m < 60) & (s < 60) & (oh < 24) & (om < 60)
+    total = date.cast(pl.Int64) * _DAY_US + h * 3_600_000_000 + m * 60_000_000 + s * 1_000_000 + us - offset_us
+    return pl.when(valid).then(total)
+
+
+def _parse_auto(frame: pl.DataFrame, where: str) -> tuple[pl.Series, str]:
+    text = pl.col("v").str.strip_chars()
+    parts = frame.select(
+        text.alias("t"),
+        text.str.contains(_EPOCH_RE).alias("is_epoch"),
+        text.str.extract_groups(_YMD_RE).alias("ymd"),
+        text.str.extract_groups(_XXY_RE).alias("xxy"),
+    )
+    ymd = [pl.col("ymd").struct.field(str(i)) for i in range(1, 11)]
+    xxy = [pl.col("xxy").struct.field(str(i)) for i in range(1, 12)]
+    has_xxy = xxy[0].is_not_null()
+    first_gt12 = parts.select((has_xxy & (xxy[0].cast(pl.Int64) > 12)).any()).item()
+    second_gt12 = parts.select((has_xxy & (xxy[2].cast(pl.Int64) > 12)).any()).item()
+    n_xxy = parts.select(has_xxy.sum()).item()
+    xxy_desc = ""
+    if n_xxy:
+        example = parts.filter(has_xxy).get_column("t").head(1).item()
+        sep = parts.filter(has_xxy).select(xxy[1]).to_series().head(1).item()
+        if first_gt12 and second_gt12:
+            raise UserInputError(
+                f"{where}the time column mixes day-first and month-first dates (e.g. {example!r}); "
+                f"pass --ts-format with the right one"
+            )
+        if not first_gt12 and not second_gt12:
+            raise UserInputError(
+                f"{where}ambiguous time format: {example!r} reads as day-first and as month-first and no value "
+                f"decides; pass --ts-format {_suggest_format(example, sep, True)!r} (day first) or "
+                f"{_suggest_format(example, sep, False)!r} (month first)"
+            )
+        day_first = bool(first_gt12)
+        xxy_desc = _suggest_format(example, sep, day_first)
+        day, month = (xxy[0], xxy[2]) if day_first else (xxy[2], xxy[0])
+        xxy_us = _components_us(xxy[3], month, day, *xxy[4:])
+    else:
+        xxy_us = pl.lit(None, dtype=pl.Int64)
+
+    ts_text = pl.col("t")
+    epoch = _epoch_us(ts_text.cast(pl.Int64, strict=False), ts_text.cast(pl.Float64, strict=False), None)
+    us = (
+        pl.when(pl.col("is_epoch")).then(epoch)
+        .when(ymd[0].is_not_null()).then(_components_us(*ymd))
+        .when(has_xxy).then(xxy_us)
+    )
+    ts = _finish(parts, us)
+
+    kinds = []
+    n_epoch = parts.select(pl.col("is_epoch").sum()).item()
+    if n_epoch:
+        kinds.append(_epoch_description(parts.filter(pl.col("is_epoch")), ts_text.cast(pl.Float64, strict=False)))
+    if parts.select(ymd[0].is_not_null().any()).item():
+        kinds.append("ISO-8601 date/time")
+    if xxy_desc:
+        kinds.append(xxy_desc)
+    return ts, " + ".join(kinds) if kinds else "unrecognised"
+
+
+def _suggest_format(example: str, sep: str, day_first: bool) -> str:
+    date = f"%d{sep}%m{sep}%Y" if day_first else f"%m{sep}%d{sep}%Y"
+    match = re.match(r"^\S+(?:T|\s+)(\d{1,2}:\d{2}(:\d{2}([.,]\d+)?)?)", example)
+    if not match:
+        return date
+    clock = "%H:%M" + (":%S" if match.group(2) else "") + (".%f" if match.group(3) else "")
+    joiner = "T" if "T" in example else " "
+    return f"{date}{joiner}{clock}"

@@ -1,0 +1,159 @@
+"""Candle use cases: load a window from its market's source, summarise what is stored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+
+from rl_lifecycle.candles.store import CandleWriteStats, Gap, find_gaps, load_candles, upsert_candles
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets import Market
+from rl_lifecycle.registry import MarketRecord
+from rl_lifecycle.windows import Window
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    market: Market
+    window: Window
+    rows: int
+    expected_rows: int
+    first_ts: int | None
+    last_ts: int | None
+    gaps: list[Gap]
+    ts: np.ndarray = field(repr=False)
+    close: np.ndarray = field(repr=False)
+
+    @property
+    def missing_bars(self) -> int:
+        return sum(g.missing_bars for g in self.gaps)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def window_bounds_until_now(market: Market, window: Window, now: int | None = None) -> tuple[int, int]:
+    """[start, end) of the window, cut at the last bar that has already opened."""
+    current = now_us() if now is None else now
+    last_open = current - current % market.interval_us
+    return window.start, min(window.end, last_open + market.interval_us)
+
+
+def summarize_window(conn: psycopg.Connection, market: Market, window: Window, now: int | None = None) -> WindowSummary:
+    candles = load_candles(conn, market, window.start, window.end)
+    start, end = window_bounds_until_now(market, window, now)
+    expected = max(0, (end - start) // market.interval_us)
+    return WindowSummary(
+        market=market,
+        window=window,
+        rows=len(candles),
+        expected_rows=int(expected),
+        first_ts=int(candles.ts[0]) if len(candles) else None,
+        last_ts=int(candles.ts[-1]) if len(candles) else None,
+        gaps=find_gaps(candles.ts, market.interval_us, start, end) if len(candles) else [],
+        ts=candles.ts,
+        close=candles.close,
+    )
+
+
+def ingest_synthetic(conn: psycopg.Connection, market: Market, start_us: int, end_us: int, seed: int) -> CandleWriteStats:
+    from rl_lifecycle.candles.synthetic import synthetic_candles
+
+    return upsert_candles(conn, market, synthetic_candles(market, start_us, end_us, seed))
+
+
+def load_window(
+    conn: psycopg.Connection, record: MarketRecord, window: Window, now: int | None = None
+) -> tuple[CandleWriteStats | None, WindowSummary]:
+    """Bring a window's candles into the table from the market's source; idempotent.
+
+    Synthetic markets are generated up to now; imported markets are fed by `rl-lifecycle ingest`,
+    so their window is only checked to hold candles.
+    """
+    market = record.market
+    stats = None
+    if record.source == "synthetic":
+        start, end = window_bounds_until_now(market, window, now)
+        if end > start:
+            stats = ingest_synthetic(conn, market, start, end, int(record.synthetic_seed))
+    summary = summarize_window(conn, market, window, now)
+    if summary.rows == 0:
+        raise UserInputError(
+            f"no candles stored for {market.key} in window {window.key}; "
+            f"ingest them first: rl-lifecycle ingest --market {market.key} --csv FILE"
+        )
+    return stats, summary
+
+
+@dataclass(frozen=True)
+class FileIngestResult:
+    path: str
+    rows_read: int
+    stats: CandleWriteStats | None  # None when the file was refused
+    quarantined: int
+    report: object  # validation.ValidationReport
+
+    @property
+    def refused(self) -> bool:
+        return self.stats is None
+
+
+def _file_sha256(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest_file(
+    conn: psycopg.Connection,
+    market: Market,
+    path,
+    *,
+    ts_column: str | None = None,
+    ts_format: str | None = None,
+    quarantine: bool = False,
+) -> FileIngestResult:
+    """Validate a candle file whole; write it in one transaction, or nothing.
+
+    With any bad row the file is refused unless `quarantine`: then the bad rows go to
+    `candles_quarantine` with their reasons and the good rows are written, atomically.
+    """
+    import json
+
+    from rl_lifecycle.candles.importer import read_candle_file
+    from rl_lifecycle.candles.validation import validate_candles
+
+    raw = read_candle_file(path, ts_column=ts_column, ts_format=ts_format)
+    report = validate_candles(raw, market.interval)
+    rows_read = raw.frame.height
+    if not report.ok and not quarantine:
+        return FileIngestResult(str(path), rows_read, None, 0, report)
+    quarantined = 0
+    with conn.transaction():
+        stats = upsert_candles(conn, market, report.good)
+        if not report.ok:
+            sha = _file_sha256(path)
+            records = [
+                (market.pair, market.interval, str(path), sha, int(row["row"]), row.get("ts_raw"),
+                 json.dumps({k: v for k, v in row.items() if k not in ("row", "reasons")}, default=str),
+                 list(row["reasons"]))
+                for row in report.bad.iter_rows(named=True)
+            ]
+            with conn.cursor() as cur:
+                cur.executemany(
+                    """INSERT INTO candles_quarantine
+                         (pair, interval, source, source_sha256, row_number, ts_raw, raw, reasons)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (pair, interval, source_sha256, row_number) DO NOTHING""",
+                    records,
+                )
+            quarantined = len(records)
+    return FileIngestResult(str(path), rows_read, stats, quarantined, report)

@@ -1,0 +1,272 @@
+"""`rl-lifecycle`: the small CLI around the platform.
+
+Exit codes: 0 success, 1 a run or a blocking check failed, 2 bad input (nothing was written).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets import Market
+from rl_lifecycle.operations import connect, open_database, register_market, run_partitions
+from rl_lifecycle.settings import load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="The database: embedded PostgreSQL or RL_DATABASE_URL.")
+market_app = typer.Typer(no_args_is_help=True, help="Markets (pair + interval), the `market` partitions.")
+app.add_typer(db_app, name="db")
+app.add_typer(market_app, name="market")
+
+
+# -- db ---------------------------------------------------------------------------------------
+@db_app.command("start")
+def db_start() -> None:
+    """Start the embedded PostgreSQL in the background (it keeps running) and migrate it."""
+    settings = load_settings()
+    if settings.database_url:
+        typer.echo("RL_DATABASE_URL is set: using the external database, nothing to start.")
+        return
+    url = open_database(settings)
+    typer.echo(f"embedded PostgreSQL running under {settings.pgdata}\nurl: {url}")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL."""
+    from rl_lifecycle.db import embedded
+
+    settings = load_settings()
+    stopped = embedded.stop(settings.pgdata)
+    typer.echo("stopped" if stopped else f"not running ({settings.pgdata})")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Which database is in use and whether it is up."""
+    from rl_lifecycle.db import embedded
+    from rl_lifecycle.db.migrate import pending_migrations
+
+    settings = load_settings()
+    if settings.database_url:
+        from rl_lifecycle.db.connection import plain_postgres_url
+
+        url = plain_postgres_url(settings.database_url)
+        typer.echo("database: external (RL_DATABASE_URL)")
+    else:
+        state = embedded.status(settings.pgdata)
+        typer.echo(f"database: embedded PostgreSQL 16 under {settings.pgdata}")
+        typer.echo(f"running: {'yes, pid ' + str(state.pid) if state.running else 'no'}")
+        if not state.running:
+            return
+        url = embedded.url_if_running(settings.pgdata)
+    with connect(url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        timescale = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    typer.echo(f"server: PostgreSQL {version}; timescaledb: {timescale[0] if timescale else 'not installed'}")
+    pending = pending_migrations(url)
+    typer.echo(f"migrations pending: {', '.join(pending) if pending else 'none'}")
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print a URL for psql and other clients (starts the embedded server if needed)."""
+    typer.echo(open_database(load_settings()))
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations from sql/ (idempotent)."""
+    from rl_lifecycle.db import resolve_database_url
+    from rl_lifecycle.db.migrate import apply_migrations
+
+    applied = apply_migrations(resolve_database_url(load_settings()))
+    typer.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+# -- markets ------------------------------------------------------------------------------------
+@market_app.command("add")
+def market_add(
+    pair: Annotated[str, typer.Argument(help="e.g. BTC/USDT, btc-usdt, BTCUSDT")],
+    interval: Annotated[str, typer.Argument(help="1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d")],
+    synthetic_seed: Annotated[int | None, typer.Option(help="generate this market's candles with this seed")] = None,
+) -> None:
+    """Register a market and its `market` partition."""
+    market = Market.of(pair, interval)  # validate before touching anything
+    settings = load_settings()
+    source = "synthetic" if synthetic_seed is not None else "import"
+    added = register_market(open_database(settings), settings, market, source, synthetic_seed)
+    typer.echo(f"{'added' if added else 'already registered'}: {market.key}")
+
+
+@market_app.command("list")
+def market_list() -> None:
+    """Registered markets with their candle coverage."""
+    from rl_lifecycle.registry import list_markets
+
+    with connect(open_database(load_settings())) as conn:
+        records = list_markets(conn)
+        coverage = {
+            (p, i): (n, first, last)
+            for p, i, n, first, last in conn.execute(
+                "SELECT pair, interval, count(*), min(ts), max(ts) FROM market_candles GROUP BY pair, interval"
+            ).fetchall()
+        }
+    if not records:
+        typer.echo("no markets; add one with: rl-lifecycle market add BTC/USDT 1h")
+        return
+    typer.echo(f"{'market':<18} {'source':<10} {'candles':>9}  first .. last")
+    for r in records:
+        n, first, last = coverage.get((r.market.pair, r.market.interval), (0, None, None))
+        span = f"{first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}" if n else "-"
+        source = r.source + (f"({r.synthetic_seed})" if r.synthetic_seed is not None else "")
+        typer.echo(f"{r.market.key:<18} {source:<10} {n:>9}  {span}")
+
+
+# -- ingest -------------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="generate deterministic synthetic candles")] = False,
+    start: Annotated[str | None, typer.Option(help="with --synthetic: first bar (ISO date)")] = None,
+    end: Annotated[str | None, typer.Option(help="with --synthetic: end, exclusive (ISO date)")] = None,
+    seed: Annotated[int, typer.Option(help="with --synthetic: generator seed")] = 7,
+    csv: Annotated[Path | None, typer.Option(help="CSV file (Binance klines or generic OHLCV)")] = None,
+    parquet: Annotated[Path | None, typer.Option(help="Parquet file with OHLCV columns")] = None,
+    ts_column: Annotated[str | None, typer.Option(help="name of the time column, when detection is ambiguous")] = None,
+    ts_format: Annotated[str | None, typer.Option(help="strptime format, or epoch_s/epoch_ms/epoch_us/epoch_ns")] = None,
+    quarantine: Annotated[bool, typer.Option("--quarantine", help="store good rows; bad rows go to candles_quarantine")] = False,
+) -> None:
+    """Load candles into `market_candles` (idempotent; a file with bad rows is refused whole)."""
+    parsed = Market.parse(market)
+    sources = [s for s in (synthetic, csv is not None, parquet is not None) if s]
+    if len(sources) != 1:
+        raise UserInputError("give exactly one source: --synthetic, --csv FILE or --parquet FILE")
+    settings = load_settings()
+    if synthetic:
+        from rl_lifecycle.candles.service import ingest_synthetic
+        from rl_lifecycle.windows import to_us
+
+        if not start or not end:
+            raise UserInputError("--synthetic needs --start and --end (ISO dates)")
+        start_us, end_us = to_us(start), to_us(end)
+        if end_us <= start_us:
+            raise UserInputError(f"--end {end} must be after --start {start}")
+        url = open_database(settings)
+        register_market(url, settings, parsed)
+        with connect(url) as conn:
+            stats = ingest_synthetic(conn, parsed, start_us, end_us, seed)
+        typer.echo(f"{parsed.key}: inserted {stats.inserted}, updated {stats.updated}, unchanged {stats.unchanged}")
+        return
+    from rl_lifecycle.candles.service import ingest_file
+
+    path = csv or parquet
+    if not path.exists():
+        raise UserInputError(f"file {path} does not exist")
+    url = open_database(settings)
+    with connect(url) as conn:
+        result = ingest_file(conn, parsed, path, ts_column=ts_column, ts_format=ts_format, quarantine=quarantine)
+    report = result.report
+    if result.refused:
+        typer.echo(f"refused {path}: nothing was written.\n{report.describe()}", err=True)
+        typer.echo("fix the rows above, or rerun with --quarantine to store the good rows and set the bad ones aside.", err=True)
+        raise typer.Exit(2)
+    register_market(url, settings, parsed)
+    stats = result.stats
+    typer.echo(
+        f"{parsed.key}: read {result.rows_read} rows; inserted {stats.inserted}, updated {stats.updated}, "
+        f"unchanged {stats.unchanged}; quarantined {result.quarantined}"
+    )
+    if not report.ok or report.gaps:
+        typer.echo(report.describe())
+
+
+# -- materialize -------------------------------------------------------------------------------
+def _partition_keys(partition: list[str] | None, market: str | None, windows: str | None) -> list[str]:
+    from rl_lifecycle.partitions import WINDOW_SCHEME, parse_partition_key
+
+    keys: list[str] = []
+    for key in partition or []:
+        m, w = parse_partition_key(key)
+        keys.append(f"{m.key}|{w.key}")
+    if market or windows:
+        if not (market and windows):
+            raise UserInputError("--market and --windows go together, e.g. --market BTCUSDT-1h --windows 2024-01-01..2024-06-01")
+        first, sep, last = windows.partition("..")
+        if not sep:
+            raise UserInputError(f"--windows {windows!r} is invalid; expected FIRST..LAST such as 2024-01-01..2024-06-01")
+        m = Market.parse(market)
+        keys += [f"{m.key}|{w.key}" for w in WINDOW_SCHEME.range(first, last)]
+    if not keys:
+        raise UserInputError("give --partition 'MARKET|WINDOW' or --market M --windows A..B")
+    return keys
+
+
+@app.command()
+def materialize(
+    assets: Annotated[list[str], typer.Argument(help="asset keys, e.g. candles feature_snapshots")],
+    partition: Annotated[list[str] | None, typer.Option(help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")] = None,
+    market: Annotated[str | None, typer.Option(help="market key for a range of windows")] = None,
+    windows: Annotated[str | None, typer.Option(help="FIRST..LAST window keys, e.g. 2024-01-01..2024-06-01")] = None,
+) -> None:
+    """Materialize assets (with their blocking checks) on the PostgreSQL-backed Dagster instance."""
+    keys = _partition_keys(partition, market, windows)
+    settings = load_settings()
+    runs = run_partitions(settings, open_database(settings), assets, keys)
+    failed = [r for r in runs if not r.ok]
+    typer.echo(f"{len(runs) - len(failed)}/{len(runs)} partitions succeeded")
+    if failed:
+        raise typer.Exit(1)
+
+
+# -- main job, UI, benchmarks ---------------------------------------------------------------------
+@app.command()
+def run() -> None:
+    """The main job on the demo markets: register, materialize, print what was stored."""
+    from rl_lifecycle.demo import run_demo
+
+    ok = run_demo(load_settings())
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def dev(port: Annotated[int, typer.Option(help="webserver port")] = 3000) -> None:
+    """Start the Dagster UI and daemon (`dagster dev`) against the same PostgreSQL."""
+    from rl_lifecycle.instance import REPO_ROOT, prepare_dagster_env
+
+    settings = load_settings()
+    url = open_database(settings)
+    prepare_dagster_env(settings, url)
+    typer.echo(f"Dagster UI on http://127.0.0.1:{port} (instance storage: PostgreSQL, DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster), [str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)])
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The Dagster code location: assets, checks, jobs, sensors and resources."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from rl_lifecycle.assets.candles import candles
+from rl_lifecycle.partitions import market_window_partitions
+from rl_lifecycle.resources import PostgresResource
+from rl_lifecycle.sensors import market_partitions_sensor
+
+ALL_ASSETS = [candles]
+
+lifecycle_job = define_asset_job(
+    "lifecycle_job",
+    selection=AssetSelection.assets(*ALL_ASSETS),
+    partitions_def=market_window_partitions,
+    description="Candles -> feature snapshots -> training dataset for one market x window, with every blocking check.",
+)
+
+defs = Definitions(
+    assets=ALL_ASSETS,
+    jobs=[lifecycle_job],
+    sensors=[market_partitions_sensor],
+    resources={"database": PostgresResource()},
+)

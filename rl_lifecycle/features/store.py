@@ -1,0 +1,182 @@
+"""`rl_feature_snapshots`: bulk idempotent upsert and range reads straight into numpy.
+
+Writes stage rows with one binary COPY and merge them with one `INSERT ... ON CONFLICT`; rows whose
+bytes are unchanged are not touched (their `computed_at` stays). Reads are one binary COPY decoded
+as a numpy structured array. A window is written in one transaction together with its
+`rl_feature_windows` record, so a window is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from rl_lifecycle.db import binary_copy as bc
+from rl_lifecycle.db.binary_copy import pg_timestamp
+from rl_lifecycle.features.pipeline import FeatureFrame
+from rl_lifecycle.features.spec import PIPELINE_VERSION, FeatureSetSpec
+from rl_lifecycle.markets import Market
+from rl_lifecycle.windows import Window
+
+
+def _mask_bytes(n_features: int) -> int:
+    return (n_features + 7) // 8
+
+
+def _fields(n_features: int) -> list[bc.Field]:
+    return [
+        bc.timestamptz("ts"),
+        bc.raw_bytes("vector", "<f8", n_features),
+        bc.boolean("is_warm"),
+        bc.raw_bytes("missing_mask", "u1", _mask_bytes(n_features)),
+    ]
+
+
+@dataclass(frozen=True)
+class SnapshotWriteStats:
+    inserted: int
+    updated: int
+    unchanged: int
+    deleted: int = 0
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    window_start: int
+    window_end: int
+    candle_checksum: str
+    input_rows: int
+    rows: int
+    warm_rows: int
+    content_digest: str
+
+
+def register_feature_set(conn: psycopg.Connection, spec: FeatureSetSpec) -> str:
+    """Record the spec under its fingerprint (idempotent); returns the fingerprint."""
+    import talib
+
+    conn.execute(
+        """INSERT INTO feature_sets (fingerprint, name, version, feature_names, spec, talib_version, pipeline_version)
+           VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (fingerprint) DO NOTHING""",
+        (spec.fingerprint, spec.name, spec.version, list(spec.feature_names),
+         json.dumps(spec.model_dump(mode="json"), sort_keys=True), talib.__ta_version__.decode().split()[0],
+         PIPELINE_VERSION),
+    )
+    return spec.fingerprint
+
+
+def _stage(conn: psycopg.Connection, frame: FeatureFrame) -> None:
+    conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS snapshots_stage
+           (ts timestamptz, vector bytea, is_warm boolean, missing_mask bytea) ON COMMIT DELETE ROWS"""
+    )
+    k = len(frame.feature_names)
+    columns = {
+        "ts": bc.us_to_pg(frame.ts),
+        "vector": np.ascontiguousarray(frame.values, dtype="<f8"),
+        "is_warm": frame.is_warm,
+        "missing_mask": np.packbits(frame.missing, axis=1, bitorder="little").reshape(len(frame), _mask_bytes(k)),
+    }
+    bc.copy_in(conn, "snapshots_stage", _fields(k), columns)
+
+
+def upsert_snapshots(conn: psycopg.Connection, market: Market, fingerprint: str, frame: FeatureFrame) -> SnapshotWriteStats:
+    """Stage with COPY, merge with one INSERT ... ON CONFLICT; identical rows stay untouched."""
+    if len(frame) == 0:
+        return SnapshotWriteStats(0, 0, 0)
+    with conn.transaction():
+        _stage(conn, frame)
+        inserted, written = conn.execute(
+            """WITH merged AS (
+                 INSERT INTO rl_feature_snapshots AS s (pair, interval, fingerprint, ts, vector, is_warm, missing_mask)
+                 SELECT %s, %s, %s, ts, vector, is_warm, missing_mask FROM snapshots_stage
+                 ON CONFLICT (pair, interval, fingerprint, ts) DO UPDATE
+                   SET vector = EXCLUDED.vector, is_warm = EXCLUDED.is_warm,
+                       missing_mask = EXCLUDED.missing_mask, computed_at = now()
+                   WHERE (s.vector, s.is_warm, s.missing_mask)
+                         IS DISTINCT FROM (EXCLUDED.vector, EXCLUDED.is_warm, EXCLUDED.missing_mask)
+                 RETURNING (xmax = 0) AS inserted)
+               SELECT count(*) FILTER (WHERE inserted), count(*) FROM merged""",
+            (market.pair, market.interval, fingerprint),
+        ).fetchone()
+    return SnapshotWriteStats(inserted, written - inserted, len(frame) - written)
+
+
+def write_window(
+    conn: psycopg.Connection,
+    market: Market,
+    spec: FeatureSetSpec,
+    window: Window,
+    frame: FeatureFrame,
+    candle_checksum: str,
+    input_rows: int,
+) -> SnapshotWriteStats:
+    """Make the stored window equal `frame`, and record it, all-or-nothing."""
+    fingerprint = spec.fingerprint
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"features:{market.key}:{fingerprint}",))
+        register_feature_set(conn, spec)
+        stats = upsert_snapshots(conn, market, fingerprint, frame)
+        # Rows whose candles disappeared from the window must not survive the rewrite; the staged
+        # rows (still there until commit) are exactly the window's rows now.
+        deleted = conn.execute(
+            sql.SQL(
+                "DELETE FROM rl_feature_snapshots s WHERE pair = %s AND interval = %s AND fingerprint = %s "
+                "AND ts >= {s} AND ts < {e} AND NOT EXISTS (SELECT 1 FROM snapshots_stage st WHERE st.ts = s.ts)"
+            ).format(s=pg_timestamp(window.start), e=pg_timestamp(window.end)),
+            (market.pair, market.interval, fingerprint),
+        ).rowcount
+        conn.execute(
+            sql.SQL(
+                """INSERT INTO rl_feature_windows (pair, interval, fingerprint, window_start, window_end,
+                        candle_checksum, input_rows, rows, warm_rows, content_digest)
+                   VALUES (%s, %s, %s, {s}, {e}, %s, %s, %s, %s, %s)
+                   ON CONFLICT (pair, interval, fingerprint, window_start) DO UPDATE
+                     SET window_end = EXCLUDED.window_end, candle_checksum = EXCLUDED.candle_checksum,
+                         input_rows = EXCLUDED.input_rows, rows = EXCLUDED.rows, warm_rows = EXCLUDED.warm_rows,
+                         content_digest = EXCLUDED.content_digest, computed_at = now()"""
+            ).format(s=pg_timestamp(window.start), e=pg_timestamp(window.end)),
+            (market.pair, market.interval, fingerprint, candle_checksum, input_rows, len(frame),
+             int(frame.is_warm.sum()), frame.digest()),
+        )
+    return SnapshotWriteStats(stats.inserted, stats.updated, stats.unchanged, deleted)
+
+
+def read_snapshots(
+    conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, start_us: int, end_us: int
+) -> FeatureFrame:
+    """Snapshots with start <= ts < end as (ts, float64 matrix, flags): the exact bytes written."""
+    k = len(spec.feature_names)
+    query = sql.SQL(
+        "SELECT ts, vector, is_warm, missing_mask FROM rl_feature_snapshots "
+        "WHERE pair = {p} AND interval = {i} AND fingerprint = {f} AND ts >= {s} AND ts < {e} ORDER BY ts"
+    ).format(p=market.pair, i=market.interval, f=spec.fingerprint, s=pg_timestamp(start_us), e=pg_timestamp(end_us))
+    rows = bc.copy_out(conn, query, _fields(k))
+    missing = np.unpackbits(rows["missing_mask"].reshape(len(rows), -1), axis=1, count=k, bitorder="little")
+    return FeatureFrame(
+        ts=bc.pg_to_us(rows["ts"].astype(np.int64)),
+        values=np.ascontiguousarray(rows["vector"].reshape(len(rows), k), dtype=np.float64),
+        is_warm=rows["is_warm"].astype(bool),
+        missing=missing.astype(bool),
+        feature_names=tuple(spec.feature_names),
+    )
+
+
+def window_records(
+    conn: psycopg.Connection, market: Market, fingerprint: str, start_us: int, end_us: int
+) -> dict[int, WindowRecord]:
+    """Stored window records keyed by window start, for windows starting in [start, end)."""
+    rows = conn.execute(
+        sql.SQL(
+            """SELECT (extract(epoch FROM window_start) * 1000000)::bigint, (extract(epoch FROM window_end) * 1000000)::bigint,
+                      candle_checksum, input_rows, rows, warm_rows, content_digest
+               FROM rl_feature_windows
+               WHERE pair = %s AND interval = %s AND fingerprint = %s AND window_start >= {s} AND window_start < {e}"""
+        ).format(s=pg_timestamp(start_us), e=pg_timestamp(end_us)),
+        (market.pair, market.interval, fingerprint),
+    ).fetchall()
+    return {int(r[0]): WindowRecord(int(r[0]), int(r[1]), *r[2:]) for r in rows}

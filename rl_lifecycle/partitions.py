@@ -1,0 +1,56 @@
+"""The one partitions module: market (dynamic) x window (time), and parsing of their keys."""
+
+from __future__ import annotations
+
+from dagster import (
+    DailyPartitionsDefinition,
+    DynamicPartitionsDefinition,
+    MonthlyPartitionsDefinition,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
+    WeeklyPartitionsDefinition,
+)
+
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets import Market
+from rl_lifecycle.settings import load_settings
+from rl_lifecycle.windows import Window, WindowScheme
+
+MARKET_DIMENSION = "market"
+WINDOW_DIMENSION = "window"
+
+_settings = load_settings()
+WINDOW_SCHEME = WindowScheme(_settings.window_cadence)
+
+
+def _window_partitions(scheme: WindowScheme, start: str) -> TimeWindowPartitionsDefinition:
+    # end_offset=1: the current, still-growing window is a partition too (live features, inference).
+    if scheme.cadence == "monthly":
+        return MonthlyPartitionsDefinition(start_date=start, end_offset=1)
+    if scheme.cadence == "weekly":
+        return WeeklyPartitionsDefinition(start_date=start, day_offset=1, end_offset=1)  # Monday, as WindowScheme
+    return DailyPartitionsDefinition(start_date=start, end_offset=1)
+
+
+market_partitions = DynamicPartitionsDefinition(name=MARKET_DIMENSION)
+window_partitions = _window_partitions(WINDOW_SCHEME, _settings.window_start)
+market_window_partitions = MultiPartitionsDefinition(
+    {MARKET_DIMENSION: market_partitions, WINDOW_DIMENSION: window_partitions}
+)
+
+
+def partition_key(market: Market, window: Window | str) -> MultiPartitionKey:
+    return MultiPartitionKey({MARKET_DIMENSION: market.key, WINDOW_DIMENSION: str(window)})
+
+
+def parse_partition_key(key: str | MultiPartitionKey) -> tuple[Market, Window]:
+    """`BTCUSDT-1h|2024-03-01` -> (Market, Window), with clear errors for malformed keys."""
+    if isinstance(key, MultiPartitionKey):
+        dims = key.keys_by_dimension
+        return Market.parse(dims[MARKET_DIMENSION]), WINDOW_SCHEME.parse(dims[WINDOW_DIMENSION])
+    text = (key or "").strip()
+    market_key, sep, window_key = text.partition("|")
+    if not sep:
+        raise UserInputError(f"partition {key!r} is invalid; expected MARKET|WINDOW such as BTCUSDT-1h|2024-03-01")
+    return Market.parse(market_key), WINDOW_SCHEME.parse(window_key)

@@ -1,0 +1,28 @@
+"""Dagster resources: they own connections. The core receives plain connections from them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from dagster import ConfigurableResource
+
+from rl_lifecycle.db import resolve_database_url
+from rl_lifecycle.db.migrate import apply_migrations
+
+
+class PostgresResource(ConfigurableResource):
+    """The feature store / audit database: RL_DATABASE_URL, or the embedded server when unset."""
+
+    url: str | None = None
+
+    def database_url(self) -> str:
+        return self.url or resolve_database_url()
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        url = self.database_url()
+        apply_migrations(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            yield conn

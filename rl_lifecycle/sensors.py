@@ -1,0 +1,17 @@
+"""Sensors: keep the `market` partition dimension in step with the `markets` table."""
+
+
+from dagster import SensorEvaluationContext, SensorResult, sensor
+
+from rl_lifecycle.partitions import market_partitions
+from rl_lifecycle.registry import list_markets
+from rl_lifecycle.resources import PostgresResource
+
+
+@sensor(minimum_interval_seconds=30, description="Adds markets registered in the database to the `market` partitions.")
+def market_partitions_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SensorResult:
+    with database.connect() as conn:
+        keys = [record.market.key for record in list_markets(conn)]
+    existing = set(context.instance.get_dynamic_partitions(market_partitions.name))
+    missing = [k for k in keys if k not in existing]
+    return SensorResult(dynamic_partitions_requests=[market_partitions.build_add_request(missing)] if missing else [])
