@@ -38,6 +38,7 @@ def materialize(
     asset_names: Sequence[str],
     partition_keys: Sequence[str],
     on_done: Callable[[PartitionRun], None] | None = None,
+    log_level: str = "WARNING",
 ) -> list[PartitionRun]:
     """Run `lifecycle_job` once per partition for the selected assets (and their checks)."""
     from rl_lifecycle.definitions import ALL_ASSETS, defs
@@ -52,6 +53,7 @@ def materialize(
     for key in partition_keys:
         result = job.execute_in_process(
             instance=instance, partition_key=key, asset_selection=selection, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             tags={"rl_lifecycle/launched_by": "cli"},
         )
         checks = [

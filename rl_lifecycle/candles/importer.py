@@ -126,11 +126,10 @@ def read_candle_file(
     frame, unparsed, ts_desc = _build_frame(file, table, roles, rows, ts_format, drop_blank=kind != "parquet")
     if frame.height == 0:
         raise UserInputError(f"candle file {str(file)!r} has no data rows")
-    ts_name = " + ".join(repr(names[table.columns.index(c)]) for c in roles["ts"])
-    source = f"{file} ({layout}; time column {ts_name}: {ts_desc})"
+    ts_names = [names[table.columns.index(c)].strip() or "<unnamed>" for c in roles["ts"]]
+    source = f"{file} ({layout}; time column {' + '.join(map(repr, ts_names))}: {ts_desc})"
     return RawCandles(
-        frame=frame, path=str(file), source=source,
-        ts_column=" + ".join(names[table.columns.index(c)] for c in roles["ts"]),
+        frame=frame, path=str(file), source=source, ts_column=" + ".join(ts_names),
         ts_format=ts_desc, unparsed=unparsed,
     )
 
@@ -329,7 +328,7 @@ def _build_frame(
 ) -> tuple[pl.DataFrame, pl.DataFrame, str]:
     ts_cols = roles["ts"]
     ts_source = (
-        pl.concat_str([pl.col(c).str.strip_chars() for c in ts_cols], separator=" ", ignore_nulls=True)
+        pl.concat_str([pl.col(c).cast(pl.String).str.strip_chars() for c in ts_cols], separator=" ", ignore_nulls=True)
         if len(ts_cols) > 1 else pl.col(ts_cols[0])
     )
     base = table.select(
@@ -346,10 +345,10 @@ def _build_frame(
         base = base.filter(~blank)
 
     ts, ts_desc = parse_timestamps(base.get_column("_ts_src"), ts_format, _file=file)
-    frame = base.select(
+    frame = base.with_columns(ts.alias("ts")).select(
         pl.col("row"),
         _raw_text(pl.col("_ts_src"), base.schema["_ts_src"]).alias("ts_raw"),
-        pl.lit(ts).alias("ts"),
+        pl.col("ts"),
         *[_number(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias(c) for c in VALUE_COLUMNS],
     )
     unparsed = pl.concat(
@@ -456,14 +455,17 @@ def _epoch_us(ints: pl.Expr | None, floats: pl.Expr, unit: str | None) -> pl.Exp
     )
     if ints is None:
         return from_float
-    from_int = pl.when(factor > 0).then(ints * factor).otherwise(ints.floordiv(-factor))
+    # Integer multiplication wraps on overflow; such values are nonsense, so make them null instead.
+    fits = (factor < 0) | (floats.abs() * factor.cast(pl.Float64) < 9.2e18)
+    from_int = pl.when(fits & (factor > 0)).then(ints * factor).when(factor < 0).then(ints.floordiv(-factor))
     return pl.coalesce(from_int, from_float)
 
 
 def _epoch_description(frame: pl.DataFrame, floats: pl.Expr) -> str:
     names = {1_000_000: "s", 1_000: "ms", 1: "us", -1_000: "ns"}
     seen = frame.select(_magnitude_factor(floats.abs()).filter(floats.is_finite()).unique().sort()).to_series()
-    units = [names[int(f)] for f in seen.to_list()]
+    present = {int(f) for f in seen.to_list()}
+    units = [name for factor, name in names.items() if factor in present]
     if not units:
         return "epoch (unit by magnitude)"
     return f"epoch {'/'.join(units)} (unit by magnitude{', mixed' if len(units) > 1 else ''})"

@@ -262,7 +262,10 @@ class _Generator:
         drift = np.bincount(chunk, _DRIFT[reg] * self.dt * (b - a), minlength=n_chunks)
         n_blocks = -(-n_chunks // _CHUNK_Z_BLOCK)
         z = np.concatenate(
-            [_rng("chunk", self.seed, self.pair, self.interval, i).standard_normal(_CHUNK_Z_BLOCK) for i in range(n_blocks)]
+            [
+                _rng("chunk", self.seed, self.pair, self.interval, i).standard_normal(_CHUNK_Z_BLOCK)
+                for i in range(n_blocks)
+            ]
         )
         log0 = math.log(self.profile.start_price)
         dev = 0.0

@@ -1,0 +1,48 @@
+# Everything a fresh machine with Python 3.11 needs: `make run` and `make test` install first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast dev bench lock lint clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## the main job on the embedded database: demo markets through every asset, then a summary
+run: install
+	$(BIN)/rl-lifecycle run
+
+## the whole suite against a real PostgreSQL (embedded, or RL_DATABASE_URL)
+test: install
+	$(BIN)/python -m pytest
+
+## the suite without the slow end-to-end tests
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+## Dagster UI + daemon on the same PostgreSQL (http://127.0.0.1:3000)
+dev: install
+	$(BIN)/rl-lifecycle dev
+
+## benchmarks; results in docs/benchmarks.md and $$RL_HOME/bench/latest.json
+bench: install
+	$(BIN)/python -m rl_lifecycle.bench
+
+## re-pin the whole dependency tree after changing pyproject.toml
+lock:
+	rm -rf /tmp/rl-lock-venv && $(PYTHON) -m venv /tmp/rl-lock-venv
+	/tmp/rl-lock-venv/bin/pip install --quiet "torch==2.13.0" -e ".[dev]"
+	/tmp/rl-lock-venv/bin/pip freeze --exclude-editable | grep -v '^rl.lifecycle' > requirements.lock
+
+lint: install
+	$(BIN)/ruff check rl_lifecycle rl_lifecycle_tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,109 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or RL_DATABASE_URL) with a scratch database per worker."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from rl_lifecycle.db.connection import plain_postgres_url
+
+TABLES = [
+    "dataset_versions", "rl_feature_windows", "rl_feature_snapshots", "feature_sets",
+    "candles_quarantine", "market_candles", "markets",
+]
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory) -> Iterator[str]:
+    """An admin URL of the server under test; the embedded one lives only for this session."""
+    external = os.environ.get("RL_DATABASE_URL")
+    if external:
+        yield plain_postgres_url(external)
+        return
+    from rl_lifecycle.db import embedded
+
+    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+    url = embedded.start(pgdata)
+    yield _with_database(url, "postgres")
+    embedded.stop(pgdata)
+
+
+def _scratch_database(server_url: str, label: str) -> Iterator[str]:
+    name = f"rl_test_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def empty_database_url(server_url) -> Iterator[str]:
+    """A database with nothing in it: for migration tests."""
+    yield from _scratch_database(server_url, "empty")
+
+
+@pytest.fixture(scope="session")
+def migrated_url(server_url) -> Iterator[str]:
+    from rl_lifecycle.db.migrate import apply_migrations
+
+    for url in _scratch_database(server_url, "main"):
+        apply_migrations(url)
+        yield url
+
+
+@pytest.fixture
+def database_url(migrated_url) -> str:
+    """The migrated test database, emptied before each test."""
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
+    return migrated_url
+
+
+@pytest.fixture
+def conn(database_url) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def rl_env(database_url, tmp_path, monkeypatch) -> dict[str, str]:
+    """Environment for code (and subprocesses) that reads RL_* settings: test database, temp home."""
+    env = {"RL_DATABASE_URL": database_url, "RL_HOME": str(tmp_path / "rl_home")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def dagster_database_url(server_url) -> Iterator[str]:
+    """A separate database for Dagster's own run/event storage."""
+    yield from _scratch_database(server_url, "dagster")
+
+
+@pytest.fixture
+def dagster_instance(dagster_database_url, rl_env, tmp_path: Path):
+    """A real PostgreSQL-backed Dagster instance (dagster-postgres, psycopg2 URL)."""
+    from dagster import DagsterInstance
+
+    from rl_lifecycle.db import dagster_storage_url
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "storage:\n  postgres:\n    postgres_url: " + dagster_storage_url(dagster_database_url) + "\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    with DagsterInstance.from_config(str(home)) as instance:
+        yield instance
