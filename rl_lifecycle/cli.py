@@ -17,7 +17,7 @@ from rl_lifecycle.markets import Market
 from rl_lifecycle.operations import connect, open_database, register_market, run_partitions
 from rl_lifecycle.settings import load_settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 db_app = typer.Typer(no_args_is_help=True, help="The database: embedded PostgreSQL or RL_DATABASE_URL.")
 market_app = typer.Typer(no_args_is_help=True, help="Markets (pair + interval), the `market` partitions.")
 app.add_typer(db_app, name="db")
@@ -250,22 +250,10 @@ def dev(port: Annotated[int, typer.Option(help="webserver port")] = 3000) -> Non
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app()
     except UserInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

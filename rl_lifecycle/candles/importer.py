@@ -188,9 +188,10 @@ def _read_csv_table(file: Path, data: bytes) -> tuple[pl.DataFrame, list[str], p
     lead = re.match(rb"(?:[ \t]*\r?\n)*", data)
     skipped_lines = lead.group().count(b"\n") if lead else 0
     data = data[lead.end():] if lead else data
-    if not data.strip():
+    if not data[:65536].strip() and not data.strip():
         raise UserInputError(f"candle file {str(file)!r} is empty")
-    first_line = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    newline = data.find(b"\n")
+    first_line = (data if newline < 0 else data[:newline]).decode("utf-8", errors="replace")
     separator = _sniff_separator(first_line)
     try:
         # has_header=False: we decide about the header ourselves, and polars keeps blank lines as
@@ -345,19 +346,19 @@ def _build_frame(
         base = base.filter(~blank)
 
     ts, ts_desc = parse_timestamps(base.get_column("_ts_src"), ts_format, _file=file)
-    frame = base.with_columns(ts.alias("ts")).select(
-        pl.col("row"),
-        _raw_text(pl.col("_ts_src"), base.schema["_ts_src"]).alias("ts_raw"),
-        pl.col("ts"),
+    wide = base.with_columns(
+        ts.alias("ts"),
         *[_number(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias(c) for c in VALUE_COLUMNS],
     )
+    frame = wide.select(
+        "row", _raw_text(pl.col("_ts_src"), base.schema["_ts_src"]).alias("ts_raw"), "ts", *VALUE_COLUMNS
+    )
+    # Keep the text of cells that failed to parse, so validation can quote it next to the row number.
     unparsed = pl.concat(
         [
-            base.select(
-                pl.col("row"), pl.lit(c).alias("column"),
-                _raw_text(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias("text"),
-                _number(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias("_value"),
-            ).filter(pl.col("_value").is_null() & (pl.col("text").str.strip_chars() != "")).drop("_value")
+            wide.filter(pl.col(c).is_null() & pl.col(f"_{c}_src").is_not_null())
+            .select("row", pl.lit(c).alias("column"), _raw_text(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias("text"))
+            .filter(pl.col("text").str.strip_chars() != "")
             for c in VALUE_COLUMNS
         ]
     ).sort("row", "column")
@@ -505,59 +506,77 @@ def _components_us(
 
 
 def _parse_auto(frame: pl.DataFrame, where: str) -> tuple[pl.Series, str]:
-    text = pl.col("v").str.strip_chars()
-    parts = frame.select(
-        text.alias("t"),
-        text.str.contains(_EPOCH_RE).alias("is_epoch"),
-        text.str.extract_groups(_YMD_RE).alias("ymd"),
-        text.str.extract_groups(_XXY_RE).alias("xxy"),
+    # Each pattern only sees the rows the previous ones did not claim (others are masked to null),
+    # so a uniform column costs one cheap regex test plus one parse.
+    parts = frame.select(pl.col("v").str.strip_chars().alias("t")).with_columns(
+        pl.col("t").str.contains(_EPOCH_RE).fill_null(False).alias("is_epoch")
     )
-    ymd = [pl.col("ymd").struct.field(str(i)) for i in range(1, 11)]
-    xxy = [pl.col("xxy").struct.field(str(i)) for i in range(1, 12)]
-    has_xxy = xxy[0].is_not_null()
-    first_gt12 = parts.select((has_xxy & (xxy[0].cast(pl.Int64) > 12)).any()).item()
-    second_gt12 = parts.select((has_xxy & (xxy[2].cast(pl.Int64) > 12)).any()).item()
-    n_xxy = parts.select(has_xxy.sum()).item()
-    xxy_desc = ""
-    if n_xxy:
-        example = parts.filter(has_xxy).get_column("t").head(1).item()
-        sep = parts.filter(has_xxy).select(xxy[1]).to_series().head(1).item()
-        if first_gt12 and second_gt12:
-            raise UserInputError(
-                f"{where}the time column mixes day-first and month-first dates (e.g. {example!r}); "
-                f"pass --ts-format with the right one"
-            )
-        if not first_gt12 and not second_gt12:
-            raise UserInputError(
-                f"{where}ambiguous time format: {example!r} reads as day-first and as month-first and no value "
-                f"decides; pass --ts-format {_suggest_format(example, sep, True)!r} (day first) or "
-                f"{_suggest_format(example, sep, False)!r} (month first)"
-            )
-        day_first = bool(first_gt12)
-        xxy_desc = _suggest_format(example, sep, day_first)
-        day, month = (xxy[0], xxy[2]) if day_first else (xxy[2], xxy[0])
-        xxy_us = _components_us(xxy[3], month, day, *xxy[4:])
-    else:
-        xxy_us = pl.lit(None, dtype=pl.Int64)
-
-    ts_text = pl.col("t")
-    epoch = _epoch_us(ts_text.cast(pl.Int64, strict=False), ts_text.cast(pl.Float64, strict=False), None)
-    us = (
-        pl.when(pl.col("is_epoch")).then(epoch)
-        .when(ymd[0].is_not_null()).then(_components_us(*ymd))
-        .when(has_xxy).then(xxy_us)
-    )
-    ts = _finish(parts, us)
-
-    kinds = []
-    n_epoch = parts.select(pl.col("is_epoch").sum()).item()
+    n_rows = parts.height - parts.get_column("t").null_count()
+    n_epoch = int(parts.get_column("is_epoch").sum())
+    kinds: list[str] = []
+    branches: list[tuple[pl.Expr, pl.Expr]] = []
     if n_epoch:
-        kinds.append(_epoch_description(parts.filter(pl.col("is_epoch")), ts_text.cast(pl.Float64, strict=False)))
-    if parts.select(ymd[0].is_not_null().any()).item():
-        kinds.append("ISO-8601 date/time")
-    if xxy_desc:
-        kinds.append(xxy_desc)
-    return ts, " + ".join(kinds) if kinds else "unrecognised"
+        epoch_rows = parts.filter(pl.col("is_epoch"))
+        kinds.append(_epoch_description(epoch_rows, pl.col("t").cast(pl.Float64, strict=False)))
+        text = pl.col("t")
+        branches.append(
+            (pl.col("is_epoch"), _epoch_us(text.cast(pl.Int64, strict=False), text.cast(pl.Float64, strict=False), None))
+        )
+    if n_epoch < n_rows:
+        parts = parts.with_columns(
+            pl.when(~pl.col("is_epoch")).then(pl.col("t")).str.extract_groups(_YMD_RE).alias("ymd")
+        )
+        ymd = [pl.col("ymd").struct.field(str(i)) for i in range(1, 11)]
+        parts = parts.with_columns(ymd[0].is_not_null().alias("is_ymd"))
+        n_ymd = int(parts.get_column("is_ymd").sum())
+        if n_ymd:
+            kinds.append("ISO-8601 date/time")
+            branches.append((pl.col("is_ymd"), _components_us(*ymd)))
+        if n_epoch + n_ymd < n_rows:
+            parts, branch, desc = _day_month_branch(parts, where)
+            if branch is not None:
+                kinds.append(desc)
+                branches.append(branch)
+    expr: pl.Expr = pl.lit(None, dtype=pl.Int64)
+    if branches:
+        chain = pl.when(branches[0][0]).then(branches[0][1])
+        for cond, value in branches[1:]:
+            chain = chain.when(cond).then(value)
+        expr = chain
+    return _finish(parts, expr), " + ".join(kinds) if kinds else "unrecognised"
+
+
+def _day_month_branch(
+    parts: pl.DataFrame, where: str
+) -> tuple[pl.DataFrame, tuple[pl.Expr, pl.Expr] | None, str]:
+    """Rows like 13.01.2024 or 01/13/2024: decide day-first or month-first once for the whole column."""
+    parts = parts.with_columns(
+        pl.when(~pl.col("is_epoch") & ~pl.col("is_ymd")).then(pl.col("t")).str.extract_groups(_XXY_RE).alias("xxy")
+    )
+    xxy = [pl.col("xxy").struct.field(str(i)) for i in range(1, 12)]
+    parts = parts.with_columns(xxy[0].is_not_null().alias("is_xxy"))
+    matched = parts.filter(pl.col("is_xxy"))
+    if matched.height == 0:
+        return parts, None, ""
+    first_gt12 = bool(matched.select((xxy[0].cast(pl.Int64) > 12).any()).item())
+    second_gt12 = bool(matched.select((xxy[2].cast(pl.Int64) > 12).any()).item())
+    example = matched.get_column("t").item(0)
+    sep = matched.select(xxy[1]).item(0, 0)
+    if first_gt12 and second_gt12:
+        raise UserInputError(
+            f"{where}the time column mixes day-first and month-first dates (e.g. {example!r}); "
+            f"pass --ts-format with the right one"
+        )
+    if not first_gt12 and not second_gt12:
+        raise UserInputError(
+            f"{where}ambiguous time format: {example!r} reads as day-first and as month-first and no value "
+            f"decides; pass --ts-format {_suggest_format(example, sep, True)!r} (day first) or "
+            f"{_suggest_format(example, sep, False)!r} (month first)"
+        )
+    day, month = (xxy[0], xxy[2]) if first_gt12 else (xxy[2], xxy[0])
+    return parts, (pl.col("is_xxy"), _components_us(xxy[3], month, day, *xxy[4:])), _suggest_format(
+        example, sep, first_gt12
+    )
 
 
 def _suggest_format(example: str, sep: str, day_first: bool) -> str:
