@@ -158,9 +158,9 @@ def ingest(
         if end_us <= start_us:
             raise UserInputError(f"--end {end} must be after --start {start}")
         url = open_database(settings)
-        register_market(url, settings, parsed)
         with connect(url) as conn:
             stats = ingest_synthetic(conn, parsed, start_us, end_us, seed)
+        register_market(url, settings, parsed)
         typer.echo(f"{parsed.key}: inserted {stats.inserted}, updated {stats.updated}, unchanged {stats.unchanged}")
         return
     from rl_lifecycle.candles.service import ingest_file

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from rl_lifecycle.assets.candles import candles
+from rl_lifecycle.assets.features import feature_snapshots
+from rl_lifecycle.checks.features import FEATURE_CHECKS
 from rl_lifecycle.partitions import market_window_partitions
 from rl_lifecycle.resources import PostgresResource
 from rl_lifecycle.sensors import market_partitions_sensor
 
-ALL_ASSETS = [candles]
+ALL_ASSETS = [candles, feature_snapshots]
+ALL_CHECKS = [*FEATURE_CHECKS]
 
 lifecycle_job = define_asset_job(
     "lifecycle_job",
@@ -20,6 +23,7 @@ lifecycle_job = define_asset_job(
 
 defs = Definitions(
     assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
     jobs=[lifecycle_job],
     sensors=[market_partitions_sensor],
     resources={"database": PostgresResource()},

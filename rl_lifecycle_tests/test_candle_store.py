@@ -8,8 +8,9 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.candles.frame import CandleArrays
+from rl_lifecycle.candles.gaps import find_gaps
 from rl_lifecycle.candles.service import ingest_synthetic, load_window, summarize_window
-from rl_lifecycle.candles.store import find_gaps, load_candles, load_candles_with_warmup, upsert_candles
+from rl_lifecycle.candles.store import load_candles, load_candles_with_warmup, upsert_candles
 from rl_lifecycle.candles.synthetic import synthetic_candles
 from rl_lifecycle.markets import Market
 from rl_lifecycle.registry import add_market, get_market

@@ -537,7 +537,7 @@ def _parse_auto(frame: pl.DataFrame, where: str) -> tuple[pl.Series, str]:
             if branch is not None:
                 kinds.append(desc)
                 branches.append(branch)
-    expr: pl.Expr = pl.lit(None, dtype=pl.Int64)
+    expr: pl.Expr = pl.repeat(None, pl.len(), dtype=pl.Int64)
     if branches:
         chain = pl.when(branches[0][0]).then(branches[0][1])
         for cond, value in branches[1:]:

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from rl_lifecycle.candles.store import CandleWriteStats, Gap, find_gaps, load_candles, upsert_candles
+from rl_lifecycle.candles.gaps import Gap, find_gaps
+from rl_lifecycle.candles.store import CandleWriteStats, load_candles, upsert_candles
+from rl_lifecycle.candles.validation import ValidationReport
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import MarketRecord
+from rl_lifecycle.registry import MarketRecord, add_market
 from rl_lifecycle.windows import Window
 
 
@@ -63,7 +65,10 @@ def summarize_window(conn: psycopg.Connection, market: Market, window: Window, n
 def ingest_synthetic(conn: psycopg.Connection, market: Market, start_us: int, end_us: int, seed: int) -> CandleWriteStats:
     from rl_lifecycle.candles.synthetic import synthetic_candles
 
-    return upsert_candles(conn, market, synthetic_candles(market, start_us, end_us, seed))
+    frame = synthetic_candles(market, start_us, end_us, seed)
+    with conn.transaction():
+        add_market(conn, market)  # no-op when registered; an unknown market is registered as imported
+        return upsert_candles(conn, market, frame)
 
 
 def load_window(
@@ -95,7 +100,7 @@ class FileIngestResult:
     rows_read: int
     stats: CandleWriteStats | None  # None when the file was refused
     quarantined: int
-    report: object  # validation.ValidationReport
+    report: ValidationReport
 
     @property
     def refused(self) -> bool:
@@ -138,6 +143,7 @@ def ingest_file(
         return FileIngestResult(str(path), rows_read, None, 0, report)
     quarantined = 0
     with conn.transaction():
+        add_market(conn, market)
         stats = upsert_candles(conn, market, report.good)
         if not report.ok:
             sha = _file_sha256(path)

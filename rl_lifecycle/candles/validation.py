@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 import polars as pl
 
 from rl_lifecycle.candles.frame import CANDLE_SCHEMA, PRICE_COLUMNS, VALUE_COLUMNS
+from rl_lifecycle.candles.gaps import Gap, find_gaps
 from rl_lifecycle.candles.importer import RAW_SCHEMA, RawCandles, parse_timestamps
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import INTERVALS, normalize_interval
@@ -24,18 +24,6 @@ __all__ = ["Gap", "ValidationReport", "validate_candles"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNPARSED_SCHEMA = {"row": pl.Int64, "column": pl.String, "text": pl.String}
-
-
-class Gap(NamedTuple):
-    """A run of missing bars between two good candles.
-
-    `start_us` / `end_us` are the open times (epoch us, UTC) of the first and last missing bar, both
-    inclusive; `missing_bars` = (end_us - start_us) / interval + 1.
-    """
-
-    start_us: int
-    end_us: int
-    missing_bars: int
 
 
 @dataclass(frozen=True)
@@ -84,7 +72,7 @@ class ValidationReport:
             for gap in self.gaps[:max_rows]:
                 span = _fmt_us(gap.start_us)
                 if gap.missing_bars > 1:
-                    span += f" .. {_fmt_us(gap.end_us)}"
+                    span += f" .. {_fmt_us(gap.last_missing_us)}"
                 lines.append(f"  {span}: {gap.missing_bars} missing bar{'s' if gap.missing_bars > 1 else ''}")
             if len(self.gaps) > max_rows:
                 lines.append(f"  ... and {len(self.gaps) - max_rows} more gaps")
@@ -225,17 +213,7 @@ def _attach_conflicts(df: pl.DataFrame) -> pl.DataFrame:
 
 def _gaps(sorted_us: pl.Series, step: int) -> list[Gap]:
     """Runs of missing grid bars between consecutive good (aligned, sorted, unique) timestamps."""
-    runs = (
-        sorted_us.rename("prev").to_frame()
-        .with_columns(pl.col("prev").shift(-1).alias("next"))
-        .filter((pl.col("next") - pl.col("prev")) > step)
-        .select(
-            (pl.col("prev") + step).alias("start"),
-            (pl.col("next") - step).alias("end"),
-            ((pl.col("next") - pl.col("prev")) // step - 1).alias("missing"),
-        )
-    )
-    return [Gap(int(s), int(e), int(m)) for s, e, m in runs.iter_rows()]
+    return find_gaps(sorted_us.to_numpy(), step)
 
 
 def _grid_hint(interval: str) -> str:

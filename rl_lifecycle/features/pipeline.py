@@ -170,34 +170,38 @@ def _compile(spec: FeatureSetSpec) -> list[_Step]:
     return steps
 
 
-def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Rows lo:hi of the normalised series (x covers the whole segment)."""
+def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """Write rows lo:hi of the normalised series into `out` (x covers the whole segment)."""
     kind = norm.kind
     if kind == "none":
-        return x[lo:hi]
-    if kind in ("relative_to_close", "log_ratio"):
-        out = np.divide(x[lo:hi], close[lo:hi])
-        return np.log(out, out=out) if kind == "log_ratio" else out
-    period = int(norm.period or 0)
-    if kind == "difference":
-        out = np.full(hi - lo, np.nan)
+        np.copyto(out, x[lo:hi])
+    elif kind in ("relative_to_close", "log_ratio"):
+        np.divide(x[lo:hi], close[lo:hi], out=out)
+        if kind == "log_ratio":
+            np.log(out, out=out)
+    elif kind == "difference":
+        period = int(norm.period or 0)
         start = max(lo, period)  # rows before `period` have no x[t - period]
-        if start < hi:
-            np.subtract(x[start:hi], x[start - period:hi - period], out=out[start - lo:])
-        return out
-    # zscore: TA-Lib's SMA/STDDEV are causal for a fixed start, like the indicators themselves.
-    sma = talib.SMA(x, timeperiod=period)
-    std = talib.STDDEV(x, timeperiod=period, nbdev=1.0)
-    out = np.subtract(x[lo:hi], sma[lo:hi])
-    std = std[lo:hi]
-    flat = std == 0
-    np.divide(out, std, out=out, where=~flat)
-    out[flat] = 0.0
-    return out
+        out[: start - lo] = np.nan
+        np.subtract(x[start:hi], x[start - period : hi - period], out=out[start - lo :])
+    else:  # zscore: TA-Lib's SMA/STDDEV are causal for a fixed start, like the indicators themselves
+        period = int(norm.period or 0)
+        sma = talib.SMA(x, timeperiod=period)
+        std = talib.STDDEV(x, timeperiod=period, nbdev=1.0)[lo:hi]
+        np.subtract(x[lo:hi], sma[lo:hi], out=out)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(out, std, out=out)
+        flat = std == 0  # a flat stretch has no scale: its z-score is 0, not inf/NaN
+        if flat.any():
+            out[flat] = 0.0
 
 
-def _fill(steps: list[_Step], candles: CandleArrays, lo: int, hi: int, out: np.ndarray) -> None:
-    """Run every step over the whole segment and write rows lo:hi into out[(hi - lo), k]."""
+def _fill(steps: list[_Step], candles: CandleArrays, lo: int, hi: int, block: np.ndarray) -> None:
+    """Run every step over the whole segment; write rows lo:hi column-major into block[k, hi - lo].
+
+    Column-major keeps every write contiguous; the one transpose into the row-major frame happens
+    while the block is still in cache.
+    """
     series = {s: np.ascontiguousarray(getattr(candles, s), dtype=np.float64)
               for s in ("open", "high", "low", "close", "volume")}
     close = series["close"]
@@ -205,25 +209,35 @@ def _fill(steps: list[_Step], candles: CandleArrays, lo: int, hi: int, out: np.n
     for step in steps:
         results = step.run(series)
         for index, norm in step.outputs:
-            out[:, col] = _normalise(results[index], norm, close, lo, hi)
+            _normalise(results[index], norm, close, lo, hi, block[col])
             col += 1
 
 
-def _finish(ts: np.ndarray, values: np.ndarray, aged: np.ndarray, spec: FeatureSetSpec) -> FeatureFrame:
-    missing = ~np.isfinite(values)
-    is_warm = aged & ~missing.any(axis=1)
-    return FeatureFrame(ts, values, is_warm, missing, spec.feature_names)
+def _emit(block: np.ndarray, finite: np.ndarray, aged: np.ndarray, values: np.ndarray, missing: np.ndarray,
+          is_warm: np.ndarray) -> None:
+    """Transpose a column-major block into frame rows; derive warm flags and the missing mask.
+
+    `finite` is scratch shaped like `block`. Every pass here is contiguous except the one transpose.
+    """
+    np.isfinite(block, out=finite)
+    np.logical_and.reduce(finite, axis=0, out=is_warm)  # elementwise across the k feature rows
+    is_warm &= aged
+    values[...] = block.T
+    np.isfinite(values, out=missing)
+    np.logical_not(missing, out=missing)
 
 
 def compute_segment(spec: FeatureSetSpec, candles: CandleArrays, first_output: int) -> FeatureFrame:
     """Indicators over the whole segment, rows from `first_output` on; row i is warm iff i >= warmup."""
     n = len(candles)
     lo = min(max(int(first_output), 0), n)
-    values = np.empty((n - lo, len(spec.feature_names)))
+    frame = _allocate(candles.ts[lo:], spec)
     if n > lo:
-        _fill(_compile(spec), candles, lo, n, values)
-    aged = np.arange(lo, n) >= spec.warmup
-    return _finish(np.array(candles.ts[lo:], dtype=np.int64), values, aged, spec)
+        block = np.empty((len(spec.feature_names), n - lo))
+        _fill(_compile(spec), candles, lo, n, block)
+        _emit(block, np.empty(block.shape, np.bool_), np.arange(lo, n) >= spec.warmup, frame.values,
+              frame.missing, frame.is_warm)
+    return _frozen(frame)
 
 
 def compute_features(
@@ -243,19 +257,43 @@ def compute_features(
     first = int(np.searchsorted(ts, output_from_us, side="left"))
     last = len(ts) if output_before_us is None else int(np.searchsorted(ts, output_before_us, side="left"))
     last = max(last, first)
-    values = np.empty((last - first, len(spec.feature_names)))
-    aged = np.empty(last - first, dtype=np.bool_)
-    if last > first:
+    pieces = []  # (segment start, window end, output start, output end) as row indices
+    row = first
+    while row < last:
+        window = scheme.containing(int(ts[row]))
+        w_lo, w_hi = (int(i) for i in np.searchsorted(ts, [window.start, window.end], side="left"))
+        pieces.append((max(0, w_lo - spec.warmup), w_hi, row, min(w_hi, last)))
+        row = w_hi
+    frame = _allocate(ts[first:last], spec)
+    if pieces:
         steps = _compile(spec)
-        anchors = scheme.anchors(ts[first:last])
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(anchors)) + 1)) + first  # first row of each window
-        for row in starts.tolist():
-            window = scheme.containing(int(ts[row]))
-            w_lo, w_hi = (int(i) for i in np.searchsorted(ts, [window.start, window.end], side="left"))
-            seg_lo = max(0, w_lo - spec.warmup)
-            out_lo, out_hi = max(w_lo, first), min(w_hi, last)
-            _fill(steps, candles.slice(seg_lo, w_hi), out_lo - seg_lo, out_hi - seg_lo,
-                  values[out_lo - first:out_hi - first])
-            aged[out_lo - first:out_hi - first] = np.arange(out_lo - seg_lo, out_hi - seg_lo) >= spec.warmup
-    return _finish(ts[first:last].copy(), values, aged, spec)
+        # Scratch reused by every window; sliced per window so each stays C-contiguous.
+        shape = (len(spec.feature_names), max(hi - lo for _, _, lo, hi in pieces))
+        block, finite = np.empty(shape), np.empty(shape, np.bool_)
+        for seg_lo, seg_hi, out_lo, out_hi in pieces:
+            rows, dst = out_hi - out_lo, slice(out_lo - first, out_hi - first)
+            flat_block = block.reshape(-1)[: shape[0] * rows].reshape(shape[0], rows)
+            flat_finite = finite.reshape(-1)[: shape[0] * rows].reshape(shape[0], rows)
+            _fill(steps, candles.slice(seg_lo, seg_hi), out_lo - seg_lo, out_hi - seg_lo, flat_block)
+            aged = np.arange(out_lo - seg_lo, out_hi - seg_lo) >= spec.warmup
+            _emit(flat_block, flat_finite, aged, frame.values[dst], frame.missing[dst], frame.is_warm[dst])
+    return _frozen(frame)
 
+
+@dataclass
+class _Buffers:
+    ts: np.ndarray
+    values: np.ndarray
+    is_warm: np.ndarray
+    missing: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+def _allocate(ts: np.ndarray, spec: FeatureSetSpec) -> _Buffers:
+    n, k = len(ts), len(spec.feature_names)
+    return _Buffers(np.array(ts, dtype=np.int64), np.empty((n, k)), np.empty(n, np.bool_), np.empty((n, k), np.bool_),
+                    spec.feature_names)
+
+
+def _frozen(b: _Buffers) -> FeatureFrame:
+    return FeatureFrame(b.ts, b.values, b.is_warm, b.missing, b.feature_names)

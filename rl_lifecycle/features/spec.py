@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +73,7 @@ NATIVE_FUNCTIONS: dict[str, FunctionInfo] = {
 _NATIVE_MIN_PERIOD = {"LOGRET": 1, "RVOL": 2}  # RVOL over one return is identically 0
 
 
-@lru_cache(maxsize=None)
+@cache
 def function_info(name: str) -> FunctionInfo | None:
     """Metadata of a native or TA-Lib function, None when the name is unknown."""
     if name in NATIVE_FUNCTIONS:

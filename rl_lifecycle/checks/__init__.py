@@ -1,0 +1,1 @@
+"""Dagster asset checks: the blocking leakage, determinism and dataset gates."""

@@ -1,0 +1,127 @@
+"""Feature use cases: compute a window by the canonical rule, store it, verify it.
+
+The input of window w is always `candles[anchor(w) - warmup, ..., end of w)`, read from the
+database by one query, so batch snapshots, datasets and checks see the same candles.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from rl_lifecycle.candles.frame import CandleArrays
+from rl_lifecycle.candles.store import load_candles_with_warmup
+from rl_lifecycle.features.checks import (
+    diff_frames,
+    lookahead_violations,
+    sample_timestamps,
+    unflagged_nan_rows,
+)
+from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
+from rl_lifecycle.features.spec import FeatureSetSpec
+from rl_lifecycle.features.store import SnapshotWriteStats, read_snapshots, write_window
+from rl_lifecycle.markets import Market
+from rl_lifecycle.windows import Window, WindowScheme
+
+
+@dataclass(frozen=True)
+class WindowFeatures:
+    window: Window
+    frame: FeatureFrame
+    candles: CandleArrays  # the pipeline's input: warmup rows, then the window's candles
+    candle_checksum: str
+
+
+def window_input(conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, window: Window) -> CandleArrays:
+    return load_candles_with_warmup(conn, market, window.start, window.end, spec.warmup)
+
+
+def compute_window(
+    conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, scheme: WindowScheme, window: Window
+) -> WindowFeatures:
+    candles = window_input(conn, market, spec, window)
+    frame = compute_features(spec, candles, scheme, window.start)
+    return WindowFeatures(window, frame, candles, candles.checksum())
+
+
+def materialize_window(
+    conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, scheme: WindowScheme, window: Window
+) -> tuple[WindowFeatures, SnapshotWriteStats]:
+    """Compute the window and make the stored snapshots equal to it (all-or-nothing)."""
+    computed = compute_window(conn, market, spec, scheme, window)
+    stats = write_window(conn, market, spec, window, computed.frame, computed.candle_checksum, len(computed.candles))
+    return computed, stats
+
+
+def stored_window(conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, window: Window) -> FeatureFrame:
+    return read_snapshots(conn, market, spec, window.start, window.end)
+
+
+# -- checks ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckReport:
+    passed: bool
+    summary: str
+    details: list[dict]
+
+
+def _recompute_in_child(url: str, market_key: str, spec: FeatureSetSpec, cadence: str, window_key: str) -> FeatureFrame:
+    scheme = WindowScheme(cadence)
+    with psycopg.connect(url) as conn:
+        return compute_window(conn, Market.parse(market_key), spec, scheme, scheme.parse(window_key)).frame
+
+
+def recompute_in_fresh_process(
+    url: str, market: Market, spec: FeatureSetSpec, scheme: WindowScheme, window: Window
+) -> FeatureFrame:
+    """The window recomputed by a newly spawned interpreter: nothing shared with this process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_recompute_in_child, url, market.key, spec, scheme.cadence, window.key).result()
+
+
+def check_deterministic(stored: FeatureFrame, recomputed: FeatureFrame) -> CheckReport:
+    if stored.digest() == recomputed.digest():
+        return CheckReport(True, f"{len(stored)} rows recomputed in a fresh process: identical bytes", [])
+    details = diff_frames(stored, recomputed)
+    return CheckReport(False, f"stored snapshots differ from a fresh recomputation ({len(details)} differences shown)", details)
+
+
+def check_no_lookahead(
+    spec: FeatureSetSpec, scheme: WindowScheme, candles: CandleArrays, stored: FeatureFrame, samples: int = 8, seed: int = 0
+) -> CheckReport:
+    if len(stored) == 0:
+        return CheckReport(False, "no stored rows to check", [])
+    sampled = sample_timestamps(stored.ts, samples, seed)
+    violations = lookahead_violations(spec, candles, scheme, stored, sampled, seed)
+    if violations:
+        return CheckReport(False, f"{len(violations)} sampled timestamps change when later candles change", violations)
+    return CheckReport(True, f"{len(sampled)} sampled timestamps unchanged by truncation and by perturbing later candles", [])
+
+
+def check_warmup_flagged(stored: FeatureFrame) -> CheckReport:
+    rows = unflagged_nan_rows(stored)
+    if rows:
+        return CheckReport(False, f"{len(rows)} rows hold NaN without being flagged", rows)
+    return CheckReport(True, f"every NaN is flagged; {int(stored.is_warm.sum())}/{len(stored)} rows warm", [])
+
+
+# -- statistics shown in the UI -------------------------------------------------------------------
+def feature_statistics(frame: FeatureFrame) -> list[dict]:
+    """Per feature, over warm rows: mean, std, min, max; over all rows: missing rate."""
+    warm = frame.values[frame.is_warm]
+    stats = []
+    for i, name in enumerate(frame.feature_names):
+        column = warm[:, i] if len(warm) else np.array([np.nan])
+        stats.append({
+            "feature": name,
+            "mean": float(np.nanmean(column)) if len(warm) else float("nan"),
+            "std": float(np.nanstd(column)) if len(warm) else float("nan"),
+            "min": float(np.nanmin(column)) if len(warm) else float("nan"),
+            "max": float(np.nanmax(column)) if len(warm) else float("nan"),
+            "missing_rate": float(frame.missing[:, i].mean()) if len(frame) else 0.0,
+        })
+    return stats

@@ -1,0 +1,82 @@
+"""`rl-lifecycle ingest`: a bad file is refused whole; --quarantine sets bad rows aside; re-imports change nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rl_lifecycle_tests.cli_helpers import run_cli
+
+GOOD_ROWS = [
+    "2024-03-01 00:00:00,100,101,99,100.5,10",
+    "2024-03-01 01:00:00,100.5,102,100,101,12",
+    "2024-03-01 02:00:00,101,101.5,100.5,101.2,9",
+    "2024-03-01 05:00:00,101.2,103,101,102,15",
+]
+BAD_ROWS = [
+    "2024-03-01 03:00:00,101,100,99,100.8,11",  # high < max(open, close)
+    "2024-03-01 04:00:00,100.8,101,99,100,-3",  # negative volume
+    "2024-03-01 04:30:00,100,101,99,100,5",  # not aligned to 1h
+    "not-a-date,1,2,0.5,1,1",  # unparseable timestamp
+]
+
+
+def _write(tmp_path: Path, rows: list[str]) -> Path:
+    path = tmp_path / "eurusd.csv"
+    path.write_text("Time,Open,High,Low,Close,Volume,Adj Close\n" + "\n".join(r + ",0" for r in rows) + "\n")
+    return path
+
+
+def _candles(conn) -> int:
+    return conn.execute("SELECT count(*) FROM market_candles").fetchone()[0]
+
+
+def test_bad_file_is_refused_whole_with_every_problem(capsys, monkeypatch, rl_env, conn, tmp_path):
+    path = _write(tmp_path, GOOD_ROWS + BAD_ROWS)
+    code, _, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path))
+    assert code == 2
+    assert "nothing was written" in err
+    for row, reason in [(6, "high"), (7, "is negative"), (8, "aligned"), (9, "timestamp")]:
+        assert f"row {row}" in err and reason in err, (row, reason, err)
+    assert _candles(conn) == 0
+    assert conn.execute("SELECT count(*) FROM candles_quarantine").fetchone()[0] == 0
+
+
+def test_quarantine_stores_good_rows_and_bad_rows_with_reasons(capsys, monkeypatch, rl_env, conn, tmp_path):
+    path = _write(tmp_path, GOOD_ROWS + BAD_ROWS)
+    code, out, _ = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path), "--quarantine")
+    assert code == 0, out
+    assert "inserted 4" in out and "quarantined 4" in out
+    assert _candles(conn) == 4
+    reasons = dict(conn.execute("SELECT row_number, reasons FROM candles_quarantine ORDER BY row_number").fetchall())
+    assert sorted(reasons) == [6, 7, 8, 9]
+    assert any("high" in r for r in reasons[6]) and any("volume" in r for r in reasons[7])
+    # the same file again changes nothing, in either table
+    code, out, _ = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path), "--quarantine")
+    assert code == 0 and "inserted 0, updated 0, unchanged 4" in out
+    assert conn.execute("SELECT count(*) FROM candles_quarantine").fetchone()[0] == 4
+
+
+def test_clean_file_is_ingested_idempotently_and_gaps_reported(capsys, monkeypatch, rl_env, conn, tmp_path):
+    path = _write(tmp_path, GOOD_ROWS)
+    code, out, _ = run_cli(capsys, monkeypatch, "ingest", "--market", "eur/usd-1h", "--csv", str(path))
+    assert code == 0 and "inserted 4" in out
+    assert "2 missing bars" in out  # 03:00 and 04:00 are a gap, reported and not filled
+    code, out, _ = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path))
+    assert "inserted 0, updated 0, unchanged 4" in out
+    assert conn.execute("SELECT pair, interval, source FROM markets").fetchall() == [("EURUSD", "1h", "import")]
+
+
+def test_missing_columns_are_named(capsys, monkeypatch, rl_env, conn, tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("Time,Open,Close\n2024-03-01 00:00:00,1,1\n")
+    code, _, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path))
+    assert code == 2 and "high" in err and "low" in err and "volume" in err
+    assert _candles(conn) == 0
+
+
+def test_synthetic_ingest_is_idempotent(capsys, monkeypatch, rl_env, conn):
+    args = ["ingest", "--market", "BTCUSDT-1h", "--synthetic", "--start", "2024-01-01", "--end", "2024-01-08", "--seed", "7"]
+    code, out, _ = run_cli(capsys, monkeypatch, *args)
+    assert code == 0 and "inserted 168" in out
+    code, out, _ = run_cli(capsys, monkeypatch, *args)
+    assert code == 0 and "inserted 0, updated 0, unchanged 168" in out
