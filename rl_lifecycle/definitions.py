@@ -5,14 +5,15 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from rl_lifecycle.assets.candles import candles
+from rl_lifecycle.assets.datasets import DATASET_CHECKS, training_dataset
 from rl_lifecycle.assets.features import feature_snapshots
 from rl_lifecycle.checks.features import FEATURE_CHECKS
 from rl_lifecycle.partitions import market_window_partitions
 from rl_lifecycle.resources import PostgresResource
 from rl_lifecycle.sensors import market_partitions_sensor
 
-ALL_ASSETS = [candles, feature_snapshots]
-ALL_CHECKS = [*FEATURE_CHECKS]
+ALL_ASSETS = [candles, feature_snapshots, training_dataset]
+ALL_CHECKS = [*FEATURE_CHECKS, *DATASET_CHECKS]
 
 lifecycle_job = define_asset_job(
     "lifecycle_job",

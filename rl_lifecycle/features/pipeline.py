@@ -19,7 +19,7 @@ import talib
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rl_lifecycle.candles.frame import CandleArrays
-from rl_lifecycle.features.spec import FeatureSetSpec, Normalise
+from rl_lifecycle.features.spec import SERIES, FeatureSetSpec, Normalise
 from rl_lifecycle.windows import WindowScheme
 
 
@@ -150,13 +150,12 @@ def _check_talib_state(spec: FeatureSetSpec) -> None:
     # Global TA-Lib settings change outputs without changing the spec: refuse rather than drift.
     if talib.get_compatibility() != 0:
         raise RuntimeError("TA-Lib compatibility mode was changed from the default (0); features would drift")
-    for name in spec.talib_functions:
-        try:
-            unstable = talib.get_unstable_period(name)
-        except KeyError:  # the function has no unstable period
-            continue
-        if unstable != 0:
-            raise RuntimeError(f"TA-Lib unstable period of {name} is {unstable}, not 0; features would drift")
+    for ind in spec.indicators:
+        if ind.info.unstable and talib.get_unstable_period(ind.function) != 0:
+            raise RuntimeError(
+                f"TA-Lib unstable period of {ind.function} is {talib.get_unstable_period(ind.function)}, "
+                "not 0; features would drift"
+            )
 
 
 def _compile(spec: FeatureSetSpec) -> list[_Step]:
@@ -196,48 +195,56 @@ def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: i
             out[flat] = 0.0
 
 
-def _fill(steps: list[_Step], candles: CandleArrays, lo: int, hi: int, block: np.ndarray) -> None:
-    """Run every step over the whole segment; write rows lo:hi column-major into block[k, hi - lo].
+class _Writer:
+    """Writes segment rows into preallocated frame arrays, through scratch reused by every window.
 
-    Column-major keeps every write contiguous; the one transpose into the row-major frame happens
-    while the block is still in cache.
+    Features are first written column-major (every write contiguous), then transposed into the
+    row-major frame a chunk at a time while the chunk is still in cache.
     """
-    series = {s: np.ascontiguousarray(getattr(candles, s), dtype=np.float64)
-              for s in ("open", "high", "low", "close", "volume")}
-    close = series["close"]
-    col = 0
-    for step in steps:
-        results = step.run(series)
-        for index, norm in step.outputs:
-            _normalise(results[index], norm, close, lo, hi, block[col])
-            col += 1
 
+    _CHUNK = 8192
 
-def _emit(block: np.ndarray, finite: np.ndarray, aged: np.ndarray, values: np.ndarray, missing: np.ndarray,
-          is_warm: np.ndarray) -> None:
-    """Transpose a column-major block into frame rows; derive warm flags and the missing mask.
+    def __init__(self, spec: FeatureSetSpec, n_rows: int, max_segment_rows: int) -> None:
+        self.spec, self.steps, k = spec, _compile(spec), len(spec.feature_names)
+        self.values, self.missing = np.empty((n_rows, k)), np.empty((n_rows, k), np.bool_)
+        self.is_warm = np.empty(n_rows, np.bool_)
+        self._block, self._finite = np.empty(k * max_segment_rows), np.empty(max_segment_rows, np.bool_)
 
-    `finite` is scratch shaped like `block`. Every pass here is contiguous except the one transpose.
-    """
-    np.isfinite(block, out=finite)
-    np.logical_and.reduce(finite, axis=0, out=is_warm)  # elementwise across the k feature rows
-    is_warm &= aged
-    values[...] = block.T
-    np.isfinite(values, out=missing)
-    np.logical_not(missing, out=missing)
+    def segment(self, candles: CandleArrays, lo: int, hi: int, dst: int) -> None:
+        """Indicators over the whole segment `candles`; its rows lo:hi land at frame rows dst.."""
+        rows, k = hi - lo, len(self.spec.feature_names)
+        block = self._block[: k * rows].reshape(k, rows)
+        finite = self._finite[:rows]
+        warm = self.is_warm[dst : dst + rows]
+        np.greater_equal(np.arange(lo, hi), self.spec.warmup, out=warm)  # row i of a segment is aged iff i >= warmup
+        series = {s: np.ascontiguousarray(getattr(candles, s), dtype=np.float64) for s in SERIES}
+        col = 0
+        for step in self.steps:
+            results = step.run(series)
+            for index, norm in step.outputs:
+                _normalise(results[index], norm, series["close"], lo, hi, block[col])
+                warm &= np.isfinite(block[col], out=finite)  # while the column is still in cache
+                col += 1
+        for start in range(0, rows, self._CHUNK):
+            stop = min(start + self._CHUNK, rows)
+            out, mask = self.values[dst + start : dst + stop], self.missing[dst + start : dst + stop]
+            out[...] = block[:, start:stop].T
+            np.isfinite(out, out=mask)
+            np.logical_not(mask, out=mask)
+
+    def frame(self, ts: np.ndarray) -> FeatureFrame:
+        return FeatureFrame(np.array(ts, dtype=np.int64), self.values, self.is_warm, self.missing,
+                            self.spec.feature_names)
 
 
 def compute_segment(spec: FeatureSetSpec, candles: CandleArrays, first_output: int) -> FeatureFrame:
     """Indicators over the whole segment, rows from `first_output` on; row i is warm iff i >= warmup."""
     n = len(candles)
     lo = min(max(int(first_output), 0), n)
-    frame = _allocate(candles.ts[lo:], spec)
+    writer = _Writer(spec, n - lo, n - lo)
     if n > lo:
-        block = np.empty((len(spec.feature_names), n - lo))
-        _fill(_compile(spec), candles, lo, n, block)
-        _emit(block, np.empty(block.shape, np.bool_), np.arange(lo, n) >= spec.warmup, frame.values,
-              frame.missing, frame.is_warm)
-    return _frozen(frame)
+        writer.segment(candles, lo, n, 0)
+    return writer.frame(candles.ts[lo:])
 
 
 def compute_features(
@@ -264,36 +271,7 @@ def compute_features(
         w_lo, w_hi = (int(i) for i in np.searchsorted(ts, [window.start, window.end], side="left"))
         pieces.append((max(0, w_lo - spec.warmup), w_hi, row, min(w_hi, last)))
         row = w_hi
-    frame = _allocate(ts[first:last], spec)
-    if pieces:
-        steps = _compile(spec)
-        # Scratch reused by every window; sliced per window so each stays C-contiguous.
-        shape = (len(spec.feature_names), max(hi - lo for _, _, lo, hi in pieces))
-        block, finite = np.empty(shape), np.empty(shape, np.bool_)
-        for seg_lo, seg_hi, out_lo, out_hi in pieces:
-            rows, dst = out_hi - out_lo, slice(out_lo - first, out_hi - first)
-            flat_block = block.reshape(-1)[: shape[0] * rows].reshape(shape[0], rows)
-            flat_finite = finite.reshape(-1)[: shape[0] * rows].reshape(shape[0], rows)
-            _fill(steps, candles.slice(seg_lo, seg_hi), out_lo - seg_lo, out_hi - seg_lo, flat_block)
-            aged = np.arange(out_lo - seg_lo, out_hi - seg_lo) >= spec.warmup
-            _emit(flat_block, flat_finite, aged, frame.values[dst], frame.missing[dst], frame.is_warm[dst])
-    return _frozen(frame)
-
-
-@dataclass
-class _Buffers:
-    ts: np.ndarray
-    values: np.ndarray
-    is_warm: np.ndarray
-    missing: np.ndarray
-    feature_names: tuple[str, ...]
-
-
-def _allocate(ts: np.ndarray, spec: FeatureSetSpec) -> _Buffers:
-    n, k = len(ts), len(spec.feature_names)
-    return _Buffers(np.array(ts, dtype=np.int64), np.empty((n, k)), np.empty(n, np.bool_), np.empty((n, k), np.bool_),
-                    spec.feature_names)
-
-
-def _frozen(b: _Buffers) -> FeatureFrame:
-    return FeatureFrame(b.ts, b.values, b.is_warm, b.missing, b.feature_names)
+    writer = _Writer(spec, last - first, max((hi - lo for _, _, lo, hi in pieces), default=0))
+    for seg_lo, seg_hi, out_lo, out_hi in pieces:
+        writer.segment(candles.slice(seg_lo, seg_hi), out_lo - seg_lo, out_hi - seg_lo, out_lo - first)
+    return writer.frame(ts[first:last])

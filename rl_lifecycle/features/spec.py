@@ -60,6 +60,7 @@ class FunctionInfo:
     outputs: tuple[str, ...]
     native: bool = False
     cumulative: bool = False  # output level accumulates from the first candle (OBV, AD, ...)
+    unstable: bool = False  # TA-Lib lets a global "unstable period" change its output
 
 
 NATIVE_FUNCTIONS: dict[str, FunctionInfo] = {
@@ -91,6 +92,7 @@ def function_info(name: str) -> FunctionInfo | None:
         inputs=tuple(inputs),
         outputs=tuple(info["output_names"]),
         cumulative="Output is path-dependent" in flags and name not in _TRAILING,
+        unstable="Function has an unstable period" in flags,
     )
 
 

@@ -1,0 +1,107 @@
+"""`training_dataset`: the dataset ending at a market x window, with its two blocking gates."""
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetDep,
+    AssetExecutionContext,
+    Config,
+    DimensionPartitionMapping,
+    IdentityPartitionMapping,
+    MaterializeResult,
+    MultiPartitionMapping,
+    TimeWindowPartitionMapping,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from rl_lifecycle.datasets.builder import build_dataset
+from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
+from rl_lifecycle.features.spec import active_feature_set
+from rl_lifecycle.partitions import (
+    MARKET_DIMENSION,
+    WINDOW_DIMENSION,
+    WINDOW_SCHEME,
+    market_window_partitions,
+    parse_partition_key,
+)
+from rl_lifecycle.resources import PostgresResource
+from rl_lifecycle.settings import load_settings
+
+DEFAULT_SPAN_WINDOWS = 3
+
+# The dataset of a window spans it and the windows before it.
+SPAN_MAPPING = MultiPartitionMapping(
+    {
+        MARKET_DIMENSION: DimensionPartitionMapping(MARKET_DIMENSION, IdentityPartitionMapping()),
+        WINDOW_DIMENSION: DimensionPartitionMapping(
+            WINDOW_DIMENSION, TimeWindowPartitionMapping(start_offset=-(DEFAULT_SPAN_WINDOWS - 1))
+        ),
+    }
+)
+
+
+class TrainingDatasetConfig(Config):
+    span_windows: int = Field(default=DEFAULT_SPAN_WINDOWS, ge=1, le=120, description="windows in the dataset, ending at the partition's")
+    forward_return_horizon: int = Field(default=1, ge=1, description="label horizon in bars (the minimum purge)")
+    transaction_cost_bps: float = Field(default=10.0, ge=0.0, description="cost per unit of turnover")
+
+
+def _spec(partition_key: str, config: TrainingDatasetConfig):
+    market, window = parse_partition_key(partition_key)
+    return spec_ending_at(
+        market, window, WINDOW_SCHEME, active_feature_set().name, config.span_windows,
+        forward_return_horizon=config.forward_return_horizon, transaction_cost_bps=config.transaction_cost_bps,
+    )
+
+
+@asset(
+    partitions_def=market_window_partitions,
+    deps=[AssetDep("feature_snapshots", partition_mapping=SPAN_MAPPING)],
+    group_name="datasets",
+    kinds={"parquet", "postgres"},
+    description="Warm feature rows of the span ending at this window, with close and forward-return label; content-addressed.",
+)
+def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConfig, database: PostgresResource) -> MaterializeResult:
+    spec = _spec(context.partition_key, config)
+    with database.connect() as conn:
+        build = build_dataset(conn, spec, load_settings().datasets_dir)
+    context.log.info(
+        f"dataset {build.dataset_hash[:12]}: {build.rows} rows; windows from cache {len(build.cached_windows)}, "
+        f"computed {len(build.computed_windows)}{'; reused an existing version' if build.reused else ''}"
+    )
+    return MaterializeResult(
+        metadata={
+            "dataset_hash": build.dataset_hash,
+            "rows": build.rows,
+            "span": f"{spec.first_window}..{spec.last_window}",
+            "feature_set": spec.feature_set,
+            "fingerprint": build.fingerprint,
+            "windows_from_cache": len(build.cached_windows),
+            "windows_computed": len(build.computed_windows),
+            "computed_windows": ", ".join(build.computed_windows) or "-",
+            "reused_version": build.reused,
+            "storage_uri": build.storage_uri,
+            "min_purge_bars": spec.min_purge_bars,
+        }
+    )
+
+
+@asset_check(asset=training_dataset, blocking=True, partitions_def=market_window_partitions,
+             description="Rebuild the latest dataset of this partition from stored snapshots, re-hash its file; both must equal its dataset_hash.")
+def dataset_reproducible(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
+    with database.connect() as conn:
+        result = check_reproducible(conn, *parse_partition_key(context.partition_key))
+    return AssetCheckResult(passed=result.passed, description=result.summary)
+
+
+@asset_check(asset=training_dataset, blocking=True, partitions_def=market_window_partitions,
+             description="Every dataset row is a warm snapshot row with all features defined.")
+def dataset_no_unwarm_rows(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
+    with database.connect() as conn:
+        result = check_no_unwarm_rows(conn, *parse_partition_key(context.partition_key))
+    return AssetCheckResult(passed=result.passed, description=result.summary)
+
+
+DATASET_CHECKS = [dataset_reproducible, dataset_no_unwarm_rows]

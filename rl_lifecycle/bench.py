@@ -1,0 +1,246 @@
+"""`make bench`: speed targets measured beside a baseline in the same run, on a scratch database.
+
+Results go to $RL_HOME/bench/latest.json as {"<name>": {"value", "unit", "baseline", "ratio",
+"target", "met", ...}} and to the generated section of docs/benchmarks.md (machine and date).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+
+from rl_lifecycle.markets import Market
+from rl_lifecycle.settings import load_settings
+from rl_lifecycle.windows import WindowScheme, to_us
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+MONTHLY = WindowScheme("monthly")
+
+
+def _median_seconds(action: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None) -> float:
+    times = []
+    for _ in range(repeats):
+        if setup:
+            setup()
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@contextmanager
+def scratch_database(server_url: str):
+    """A migrated, throw-away database on the configured server."""
+    from rl_lifecycle.db.migrate import apply_migrations
+
+    name = f"rl_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(server_url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    try:
+        apply_migrations(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _frame_for_rows(rows: int):
+    """`rows` ta_v2 snapshot rows of one 1m market (synthetic candles, canonical pipeline)."""
+    from rl_lifecycle.candles.frame import CandleArrays
+    from rl_lifecycle.candles.synthetic import synthetic_candles
+    from rl_lifecycle.features.pipeline import compute_features
+    from rl_lifecycle.features.spec import load_feature_set
+
+    spec = load_feature_set("ta_v2")
+    market = Market("BTCUSDT", "1m")
+    start = to_us("2024-01-01")
+    candles = CandleArrays.from_frame(synthetic_candles(market, start, start + rows * market.interval_us, seed=3))
+    return spec, market, compute_features(spec, candles, MONTHLY, start)
+
+
+def bench_snapshots(url: str, rows: int = 100_000, executemany_rows: int = 20_000, repeats: int = 3) -> dict:
+    from rl_lifecycle.db import binary_copy as bc
+    from rl_lifecycle.features.store import _fields, read_snapshots, register_feature_set, upsert_snapshots
+    from rl_lifecycle.registry import add_market
+
+    spec, market, frame = _frame_for_rows(rows)
+    k = len(spec.feature_names)
+    results = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        add_market(conn, market)
+        register_feature_set(conn, spec)
+
+        def clear():
+            conn.execute("TRUNCATE rl_feature_snapshots")
+
+        upsert_s = _median_seconds(lambda: upsert_snapshots(conn, market, spec.fingerprint, frame), repeats, clear)
+        rewrite_s = _median_seconds(lambda: upsert_snapshots(conn, market, spec.fingerprint, frame), repeats)
+
+        conn.execute("CREATE TABLE bench_copy (LIKE rl_feature_snapshots INCLUDING ALL)")
+        columns = {
+            "ts": bc.us_to_pg(frame.ts), "vector": frame.values, "is_warm": frame.is_warm,
+            "missing_mask": np.packbits(frame.missing, axis=1, bitorder="little"),
+        }
+        pair_fields = [bc.Field("pair", "S7"), bc.Field("interval", "S2"), bc.Field("fingerprint", "S64")]
+        copy_columns = {"pair": np.full(rows, b"BTCUSDT"), "interval": np.full(rows, b"1m"),
+                        "fingerprint": np.full(rows, spec.fingerprint.encode()), **columns}
+        copy_s = _median_seconds(
+            lambda: bc.copy_in(conn, "bench_copy", [*pair_fields, *_fields(k)], copy_columns), repeats,
+            lambda: conn.execute("TRUNCATE bench_copy"),
+        )
+
+        conn.execute("CREATE TABLE bench_many (LIKE rl_feature_snapshots INCLUDING ALL)")
+        masks = np.packbits(frame.missing[:executemany_rows], axis=1, bitorder="little")
+        params = [
+            (market.pair, market.interval, spec.fingerprint, datetime.fromtimestamp(int(t) / 1e6, UTC),
+             frame.values[i].tobytes(), bool(frame.is_warm[i]), masks[i].tobytes())
+            for i, t in enumerate(frame.ts[:executemany_rows])
+        ]
+
+        def executemany():
+            with conn.cursor() as cur:
+                cur.executemany(
+                    """INSERT INTO bench_many (pair, interval, fingerprint, ts, vector, is_warm, missing_mask)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (pair, interval, fingerprint, ts) DO UPDATE
+                       SET vector = EXCLUDED.vector, is_warm = EXCLUDED.is_warm, missing_mask = EXCLUDED.missing_mask""",
+                    params,
+                )
+
+        many_s = _median_seconds(executemany, repeats, lambda: conn.execute("TRUNCATE bench_many"))
+
+        upsert_rate, copy_rate = rows / upsert_s, rows / copy_s
+        many_rate = executemany_rows / many_s
+        results["snapshots.upsert_vs_copy"] = {
+            "value": round(upsert_rate), "unit": "rows/s", "baseline": round(copy_rate),
+            "ratio": round(upsert_rate / copy_rate, 3), "target": ">= 0.4", "met": upsert_rate / copy_rate >= 0.4,
+            "rows": rows, "identical_rewrite_rows_per_s": round(rows / rewrite_s),
+        }
+        results["snapshots.upsert_vs_executemany"] = {
+            "value": round(upsert_rate), "unit": "rows/s", "baseline": round(many_rate),
+            "ratio": round(upsert_rate / many_rate, 2), "target": ">= 20", "met": upsert_rate / many_rate >= 20,
+            "baseline_rows": executemany_rows,
+        }
+        upsert_snapshots(conn, market, spec.fingerprint, frame)
+        end = int(frame.ts[50_000]) if rows > 50_000 else int(frame.ts[-1]) + 1
+        read_s = _median_seconds(lambda: read_snapshots(conn, market, spec, int(frame.ts[0]), end), max(5, repeats))
+        read_rows = len(read_snapshots(conn, market, spec, int(frame.ts[0]), end))
+        results["snapshots.read_50k_ms"] = {
+            "value": round(read_s * 1000, 1), "unit": "ms", "baseline": None, "ratio": None,
+            "target": "<= 100", "met": read_s * 1000 <= 100, "rows": read_rows,
+        }
+    return results
+
+
+def bench_datasets(url: str, months: int = 12, repeats: int = 3) -> dict:
+    """The same >= 500k-row dataset built cold (empty snapshot store) and warm (all cached)."""
+    from rl_lifecycle.candles.service import ingest_synthetic
+    from rl_lifecycle.datasets.builder import build_dataset
+    from rl_lifecycle.datasets.spec import DatasetSpec
+
+    market = Market("BTCUSDT", "1m")
+    windows = [MONTHLY.parse("2024-01-01")]
+    while len(windows) < months:
+        windows.append(MONTHLY.next(windows[-1]))
+    spec = DatasetSpec.create(market=market.key, first_window=windows[0].key, last_window=windows[-1].key,
+                              feature_set="ta_v2", window_cadence="monthly")
+    out_dir = load_settings().bench_dir / "datasets"
+    with psycopg.connect(url, autocommit=True) as conn:
+        ingest_synthetic(conn, market, MONTHLY.previous(windows[0]).start, windows[-1].end, seed=5)
+
+        def cold_setup():
+            conn.execute("TRUNCATE rl_feature_snapshots, rl_feature_windows, dataset_versions")
+
+        builds = []
+        cold_s = _median_seconds(lambda: builds.append(build_dataset(conn, spec, out_dir)), repeats, cold_setup)
+        warm_s = _median_seconds(lambda: builds.append(build_dataset(conn, spec, out_dir)), repeats)
+    rows = builds[-1].rows
+    same_hash = len({b.dataset_hash for b in builds}) == 1
+    ratio = cold_s / warm_s
+    return {
+        "datasets.warm_vs_cold": {
+            "value": round(warm_s, 3), "unit": "s (warm build)", "baseline": round(cold_s, 3),
+            "ratio": round(ratio, 1), "target": ">= 20 (cold/warm)", "met": ratio >= 20 and same_hash and rows >= 500_000,
+            "rows": rows, "same_hash_every_build": same_hash,
+        }
+    }
+
+
+def bench_pipeline() -> dict:
+    from rl_lifecycle.features.bench import bench_pipeline_vs_talib
+
+    return {"features.pipeline_vs_talib": bench_pipeline_vs_talib()}
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def write_report(results: dict, machine: str, when: str) -> None:
+    lines = [BEGIN, f"Last run: {when} on {machine}.", "",
+             "| benchmark | value | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        baseline = "-" if r.get("baseline") is None else r["baseline"]
+        ratio = "-" if r.get("ratio") is None else r["ratio"]
+        lines.append(f"| `{name}` | {r['value']} {r['unit']} | {baseline} | {ratio} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
+    extras = {n: {k: v for k, v in r.items() if k not in {"value", "unit", "baseline", "ratio", "target", "met"}}
+              for n, r in results.items()}
+    lines += ["", "Details: " + "; ".join(f"`{n}` {json.dumps(e)}" for n, e in extras.items() if e), END]
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(head + "\n".join(lines) + tail)
+
+
+def main() -> int:
+    from rl_lifecycle.db import resolve_database_url
+    from rl_lifecycle.db.connection import plain_postgres_url
+
+    settings = load_settings()
+    url = resolve_database_url(settings)
+    parts = urlsplit(plain_postgres_url(url))
+    server_url = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    results: dict = {}
+    print("features.pipeline_vs_talib ...", flush=True)
+    results.update(bench_pipeline())
+    with scratch_database(server_url) as scratch:
+        print("snapshots ...", flush=True)
+        results.update(bench_snapshots(scratch))
+        print("datasets.warm_vs_cold ...", flush=True)
+        results.update(bench_datasets(scratch))
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    settings.bench_dir.mkdir(parents=True, exist_ok=True)
+    (settings.bench_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    write_report(results, _machine(), when)
+    for name, r in results.items():
+        print(f"{name:32} {r['value']} {r['unit']:<16} ratio {r['ratio']} target {r['target']} {'met' if r['met'] else 'NOT MET'}")
+    return 0 if all(r["met"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training datasets: snapshot-first builds, content-addressed by dataset_hash."""

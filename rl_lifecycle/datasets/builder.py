@@ -1,0 +1,226 @@
+"""Snapshot-first dataset builds.
+
+For each window of the span the stored snapshots are used when their window record carries the
+checksum of the candles stored now; a window that is missing, or whose candles changed, is
+computed by the canonical pipeline and written back first. A build reads one feature set
+fingerprint only, and keeps warm rows only.
+
+`dataset_hash` = sha256(fingerprint, canonical spec JSON, content), content being the timestamps,
+vector bytes, flags, close prices and labels. A hash that exists already is reused, not rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import psycopg
+
+from rl_lifecycle.candles.frame import CandleArrays
+from rl_lifecycle.candles.store import load_candles_with_warmup
+from rl_lifecycle.datasets.spec import DatasetSpec
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
+from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
+from rl_lifecycle.features.store import read_snapshots, register_feature_set, window_records, write_window
+from rl_lifecycle.windows import Window
+
+
+@dataclass(frozen=True)
+class DatasetContent:
+    """The rows of a dataset: warm snapshot rows with the close price and the forward-return label."""
+
+    ts: np.ndarray  # int64 epoch us
+    values: np.ndarray  # float64 [n, k]
+    is_warm: np.ndarray  # bool [n], all True
+    missing: np.ndarray  # bool [n, k], all False for warm rows
+    close: np.ndarray  # float64 [n]
+    forward_return: np.ndarray  # float64 [n], NaN where t + horizon lies past the span
+    feature_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass(frozen=True)
+class DatasetBuild:
+    dataset_hash: str
+    spec: DatasetSpec
+    fingerprint: str
+    rows: int
+    storage_uri: str
+    cached_windows: list[str]
+    computed_windows: list[str]
+    reused: bool  # an identical dataset version existed already
+    source_windows: dict[str, dict] = field(repr=False)
+
+
+def dataset_hash(fingerprint: str, spec: DatasetSpec, content: DatasetContent) -> str:
+    digest = hashlib.sha256()
+    digest.update(fingerprint.encode())
+    digest.update(spec.canonical_json().encode())
+    for array, dtype in (
+        (content.ts, "<i8"), (content.values, "<f8"), (content.is_warm, "?"), (content.missing, "?"),
+        (content.close, "<f8"), (content.forward_return, "<f8"),
+    ):
+        digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return digest.hexdigest()
+
+
+def _window_input(candles: CandleArrays, window: Window, warmup: int) -> CandleArrays:
+    """The canonical input of `window` out of a span's candles: `warmup` rows before it, then its rows."""
+    lo = int(np.searchsorted(candles.ts, window.start))
+    hi = int(np.searchsorted(candles.ts, window.end))
+    return candles.slice(max(0, lo - warmup), hi)
+
+
+def _label_candles(candles: CandleArrays, ts: np.ndarray, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Close at t and log(close[t + h bars] / close[t]); NaN when that bar is not stored inside the span."""
+    interval_us = spec.parsed_market.interval_us
+    at = np.searchsorted(candles.ts, ts)
+    close = candles.close[at]
+    span_end = spec.windows()[-1].end
+    target = ts + spec.forward_return_horizon * interval_us
+    ahead = np.minimum(np.searchsorted(candles.ts, target), len(candles) - 1)
+    found = (candles.ts[ahead] == target) & (target < span_end)
+    forward = np.full(len(ts), np.nan)
+    forward[found] = np.log(candles.close[ahead[found]] / close[found])
+    return close, forward
+
+
+def assemble(snapshots: FeatureFrame, candles: CandleArrays, spec: DatasetSpec) -> DatasetContent:
+    warm = snapshots.is_warm
+    ts = snapshots.ts[warm]
+    close, forward = _label_candles(candles, ts, spec)
+    return DatasetContent(
+        ts=ts, values=np.ascontiguousarray(snapshots.values[warm]), is_warm=warm[warm],
+        missing=np.ascontiguousarray(snapshots.missing[warm]), close=close, forward_return=forward,
+        feature_names=snapshots.feature_names,
+    )
+
+
+def _to_frame(content: DatasetContent, horizon: int) -> pl.DataFrame:
+    columns = {"ts": pl.Series(content.ts, dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")}
+    columns.update({name: content.values[:, i] for i, name in enumerate(content.feature_names)})
+    columns["close"] = content.close
+    columns[f"forward_return_{horizon}"] = content.forward_return
+    return pl.DataFrame(columns)
+
+
+def read_dataset(path: str | Path, spec: DatasetSpec, feature_names: tuple[str, ...]) -> DatasetContent:
+    """Load a stored dataset back into the exact arrays its hash was computed over."""
+    frame = pl.read_parquet(path)
+    values = np.ascontiguousarray(frame.select(feature_names).to_numpy(), dtype=np.float64)
+    return DatasetContent(
+        ts=frame["ts"].dt.epoch("us").to_numpy().astype(np.int64),
+        values=values,
+        is_warm=np.ones(frame.height, dtype=bool),
+        missing=np.zeros(values.shape, dtype=bool),
+        close=frame["close"].to_numpy().astype(np.float64),
+        forward_return=frame[f"forward_return_{spec.forward_return_horizon}"].to_numpy().astype(np.float64),
+        feature_names=feature_names,
+    )
+
+
+def _write_parquet_atomically(frame: pl.DataFrame, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".parquet.tmp")
+    os.close(handle)
+    try:
+        frame.write_parquet(tmp, statistics=True)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def refresh_windows(
+    conn: psycopg.Connection, spec: DatasetSpec, features: FeatureSetSpec
+) -> tuple[CandleArrays, dict[str, dict], list[str], list[str]]:
+    """Make every window of the span current in the snapshot store.
+
+    Returns the span's candles (with warmup), the per-window sources, and which windows came
+    from the cache and which were computed and written back.
+    """
+    market, scheme, windows = spec.parsed_market, spec.scheme, spec.windows()
+    candles = load_candles_with_warmup(conn, market, windows[0].start, windows[-1].end, features.warmup)
+    records = window_records(conn, market, features.fingerprint, windows[0].start, windows[-1].end)
+    sources: dict[str, dict] = {}
+    cached, computed = [], []
+    for window in windows:
+        window_candles = _window_input(candles, window, features.warmup)
+        checksum = window_candles.checksum()
+        record = records.get(window.start)
+        if record is not None and record.candle_checksum == checksum:
+            cached.append(window.key)
+            digest = record.content_digest
+        else:
+            frame = compute_features(features, window_candles, scheme, window.start)
+            write_window(conn, market, features, window, frame, checksum, len(window_candles))
+            computed.append(window.key)
+            digest = frame.digest()
+        sources[window.key] = {"candle_checksum": checksum, "content_digest": digest}
+    return candles, sources, cached, computed
+
+
+def _existing_version(conn: psycopg.Connection, spec: DatasetSpec, fingerprint: str, sources: dict) -> tuple[str, str] | None:
+    """A stored version built from exactly these window contents: its content, hence its hash, is ours."""
+    row = conn.execute(
+        """SELECT dataset_hash, storage_uri FROM dataset_versions
+           WHERE fingerprint = %s AND spec = %s::jsonb AND source_windows = %s::jsonb
+           ORDER BY created_at DESC LIMIT 1""",
+        (fingerprint, spec.canonical_json(), json.dumps(sources, sort_keys=True)),
+    ).fetchone()
+    if row is None or not Path(row[1]).exists():
+        return None
+    return row[0], row[1]
+
+
+def build_dataset(conn: psycopg.Connection, spec: DatasetSpec, datasets_dir: Path) -> DatasetBuild:
+    features = load_feature_set(spec.feature_set)
+    fingerprint = register_feature_set(conn, features)
+    market, windows = spec.parsed_market, spec.windows()
+    candles, sources, cached, computed = refresh_windows(conn, spec, features)
+    existing = _existing_version(conn, spec, fingerprint, sources)
+    if existing is not None:
+        rows = conn.execute("SELECT rows FROM dataset_versions WHERE dataset_hash = %s", (existing[0],)).fetchone()[0]
+        return DatasetBuild(existing[0], spec, fingerprint, rows, existing[1], cached, computed, True, sources)
+
+    snapshots = read_snapshots(conn, market, features, windows[0].start, windows[-1].end)
+    content = assemble(snapshots, candles, spec)
+    if len(content) == 0:
+        raise UserInputError(
+            f"dataset {market.key} {spec.first_window}..{spec.last_window} has no warm rows: "
+            f"ingest candles for the span (and {features.warmup} bars of warmup before it)"
+        )
+    digest = dataset_hash(fingerprint, spec, content)
+    target = datasets_dir / market.key / f"{digest}.parquet"
+    stored = conn.execute("SELECT storage_uri FROM dataset_versions WHERE dataset_hash = %s", (digest,)).fetchone()
+    reused = stored is not None and Path(stored[0]).exists()
+    if not reused:
+        _write_parquet_atomically(_to_frame(content, spec.forward_return_horizon), target)
+    conn.execute(
+        """INSERT INTO dataset_versions (dataset_hash, pair, interval, fingerprint, feature_set, span_start, span_end,
+                                         spec, rows, storage_uri, source_windows)
+           VALUES (%s, %s, %s, %s, %s, to_timestamp(%s / 1e6), to_timestamp(%s / 1e6), %s::jsonb, %s, %s, %s::jsonb)
+           ON CONFLICT (dataset_hash) DO UPDATE SET storage_uri = EXCLUDED.storage_uri, source_windows = EXCLUDED.source_windows""",
+        (digest, market.pair, market.interval, fingerprint, features.name, windows[0].start, windows[-1].end,
+         spec.canonical_json(), len(content), str(stored[0] if reused else target), json.dumps(sources, sort_keys=True)),
+    )
+    return DatasetBuild(digest, spec, fingerprint, len(content), str(stored[0] if reused else target), cached, computed,
+                        reused, sources)
+
+
+def rebuild_hash(conn: psycopg.Connection, spec: DatasetSpec) -> str:
+    """The dataset hash recomputed from the stored snapshots and candles, with no shortcut."""
+    features = load_feature_set(spec.feature_set)
+    windows = spec.windows()
+    candles = load_candles_with_warmup(conn, spec.parsed_market, windows[0].start, windows[-1].end, features.warmup)
+    snapshots = read_snapshots(conn, spec.parsed_market, features, windows[0].start, windows[-1].end)
+    return dataset_hash(features.fingerprint, spec, assemble(snapshots, candles, spec))

@@ -1,0 +1,90 @@
+"""Dataset use cases for the shell: the spec of a partition, and the two dataset gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from rl_lifecycle.datasets.builder import dataset_hash, read_dataset, rebuild_hash
+from rl_lifecycle.datasets.spec import DatasetSpec
+from rl_lifecycle.features.spec import load_feature_set
+from rl_lifecycle.features.store import read_snapshots
+from rl_lifecycle.markets import Market
+from rl_lifecycle.windows import Window, WindowScheme
+
+
+def spec_ending_at(
+    market: Market, window: Window, scheme: WindowScheme, feature_set: str, span_windows: int, **labels
+) -> DatasetSpec:
+    """The dataset of `span_windows` windows that ends with `window`."""
+    first = window
+    for _ in range(span_windows - 1):
+        first = scheme.previous(first)
+    return DatasetSpec.create(
+        market=market.key, first_window=first.key, last_window=window.key, feature_set=feature_set,
+        window_cadence=scheme.cadence, **labels,
+    )
+
+
+@dataclass(frozen=True)
+class DatasetCheck:
+    passed: bool
+    summary: str
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    dataset_hash: str
+    storage_uri: str
+    rows: int
+    spec: DatasetSpec
+
+
+def latest_version(conn: psycopg.Connection, market: Market, window: Window) -> DatasetVersion | None:
+    """The dataset most recently recorded for the span ending at `window`, whatever its settings."""
+    row = conn.execute(
+        """SELECT dataset_hash, storage_uri, rows, spec FROM dataset_versions
+           WHERE pair = %s AND interval = %s AND span_end = to_timestamp(%s / 1e6)
+           ORDER BY created_at DESC LIMIT 1""",
+        (market.pair, market.interval, window.end),
+    ).fetchone()
+    return None if row is None else DatasetVersion(row[0], row[1], row[2], DatasetSpec.create(**row[3]))
+
+
+def check_reproducible(conn: psycopg.Connection, market: Market, window: Window) -> DatasetCheck:
+    """Rebuild from stored snapshots and candles, and re-hash the stored file: both must equal the recorded hash."""
+    version = latest_version(conn, market, window)
+    if version is None:
+        return DatasetCheck(False, f"no dataset recorded for {market.key} ending at {window.key}")
+    recorded, uri, spec = version.dataset_hash, version.storage_uri, version.spec
+    rebuilt = rebuild_hash(conn, spec)
+    if rebuilt != recorded:
+        return DatasetCheck(False, f"rebuilt hash {rebuilt[:12]} differs from the recorded {recorded[:12]}")
+    if not Path(uri).exists():
+        return DatasetCheck(False, f"dataset file {uri} is missing")
+    features = load_feature_set(spec.feature_set)
+    from_file = dataset_hash(features.fingerprint, spec, read_dataset(uri, spec, features.feature_names))
+    if from_file != recorded:
+        return DatasetCheck(False, f"stored file hashes to {from_file[:12]}, not the recorded {recorded[:12]}")
+    return DatasetCheck(True, f"rebuild and stored file both hash to {recorded[:12]}")
+
+
+def check_no_unwarm_rows(conn: psycopg.Connection, market: Market, window: Window) -> DatasetCheck:
+    """Every dataset row is a warm snapshot row with no missing feature."""
+    version = latest_version(conn, market, window)
+    if version is None or not Path(version.storage_uri).exists():
+        return DatasetCheck(False, f"no stored dataset for {market.key} ending at {window.key}")
+    spec = version.spec
+    features = load_feature_set(spec.feature_set)
+    content = read_dataset(version.storage_uri, spec, features.feature_names)
+    windows = spec.windows()
+    snapshots = read_snapshots(conn, spec.parsed_market, features, windows[0].start, windows[-1].end)
+    warm_ts = snapshots.ts[snapshots.is_warm]
+    not_warm = np.setdiff1d(content.ts, warm_ts)
+    nan_rows = int(np.isnan(content.values).any(axis=1).sum())
+    if len(not_warm) or nan_rows:
+        return DatasetCheck(False, f"{len(not_warm)} rows are not warm snapshots; {nan_rows} rows hold NaN features")
+    return DatasetCheck(True, f"all {len(content)} rows are warm with every feature defined")

@@ -1,0 +1,70 @@
+"""The dataset spec: what a training dataset is made of, validated, with a canonical JSON form."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets import Market
+from rl_lifecycle.windows import CADENCES, Window, WindowScheme
+
+
+class DatasetSpec(BaseModel):
+    """A market, a span of windows, a feature set, and the label/reward settings later stages need."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    market: str
+    first_window: str
+    last_window: str
+    feature_set: str
+    window_cadence: str = "monthly"
+    forward_return_horizon: int = Field(default=1, ge=1, le=10_000, description="bars ahead for the label; the minimum purge")
+    transaction_cost_bps: float = Field(default=10.0, ge=0.0, le=1_000.0, description="cost per unit of turnover, for rewards")
+
+    @field_validator("market")
+    @classmethod
+    def _normalise_market(cls, value: str) -> str:
+        return Market.parse(value).key
+
+    @field_validator("window_cadence")
+    @classmethod
+    def _known_cadence(cls, value: str) -> str:
+        if value not in CADENCES:
+            raise ValueError(f"must be one of {CADENCES}")
+        return value
+
+    @model_validator(mode="after")
+    def _span_is_ordered(self) -> DatasetSpec:
+        self.windows()  # validates both keys and their order
+        return self
+
+    @classmethod
+    def create(cls, **fields) -> DatasetSpec:
+        """Build a spec, turning validation errors into one message naming every bad field."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+            raise UserInputError(f"invalid dataset spec: {problems}") from None
+
+    @property
+    def parsed_market(self) -> Market:
+        return Market.parse(self.market)
+
+    @property
+    def scheme(self) -> WindowScheme:
+        return WindowScheme(self.window_cadence)
+
+    def windows(self) -> list[Window]:
+        return self.scheme.range(self.first_window, self.last_window)
+
+    @property
+    def min_purge_bars(self) -> int:
+        """Labels look this many bars ahead, so folds must purge at least this many bars."""
+        return self.forward_return_horizon
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
