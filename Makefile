@@ -21,11 +21,11 @@ run: install
 
 ## the whole suite against a real PostgreSQL (embedded, or RL_DATABASE_URL)
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 ## the suite without the slow end-to-end tests
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 ## Dagster UI + daemon on the same PostgreSQL (http://127.0.0.1:3000)
 dev: install

@@ -51,7 +51,7 @@ def run_partitions(settings: Settings, url: str, assets: list[str], keys: list[s
         raise UserInputError(f"market(s) not registered: {', '.join(unregistered)}; add them with `rl-lifecycle market add`")
     instance = get_instance(settings, url)
     sync_market_partitions(instance, sorted(registered))
-    bar = tqdm(total=len(keys), desc="materialize", unit="partition", file=sys.stderr)
+    bar = tqdm(total=len(keys), desc="materialize", unit="partition", file=sys.stderr, disable=None)  # no bar when not a TTY
 
     def report(run) -> None:
         bar.update(1)

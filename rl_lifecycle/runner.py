@@ -27,6 +27,7 @@ class PartitionRun:
     materialized: list[str]
     checks: list[CheckOutcome] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    metadata: dict[str, dict] = field(default_factory=dict)  # asset -> materialization metadata values
 
     @property
     def ok(self) -> bool:
@@ -64,7 +65,7 @@ def materialize(
             for e in result.get_asset_check_evaluations()
         ]
         errors = [
-            f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
+            f"{event.step_key}: {_root_message(event.event_specific_data.error)}"
             for event in result.all_events
             if event.is_step_failure and event.event_specific_data and event.event_specific_data.error
         ]
@@ -73,6 +74,10 @@ def materialize(
             run_id=result.run_id,
             success=result.success,
             materialized=sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}),
+            metadata={
+                e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+                for e in result.get_asset_materialization_events()
+            },
             checks=checks,
             errors=errors,
         )
@@ -80,3 +85,10 @@ def materialize(
         if on_done:
             on_done(run)
     return runs
+
+
+def _root_message(error) -> str:
+    """The innermost cause of a step failure: what the user's code raised, not Dagster's wrapper."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()

@@ -3,9 +3,9 @@
 `vector(t) = pipeline(candles[anchor(t) - warmup, ..., t])`: every window is computed as one
 segment that starts `warmup` rows before the window's first candle. TA-Lib is causal for a
 fixed segment start, so a whole window, a half-finished window and any range computation
-agree bit for bit on every row they share. Determinism rules followed here: only elementwise
-numpy ufuncs on contiguous arrays (no reductions whose order could depend on length or
-alignment), the same operations in the same order for every row, no threads.
+agree bit for bit on every row they share. Determinism rules followed here: TA-Lib and
+elementwise numpy ufuncs only (no numpy reductions, whose summation order can depend on length
+or alignment), the same operations in the same order for every row, no threads.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import talib
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rl_lifecycle.candles.frame import CandleArrays
+from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import SERIES, FeatureSetSpec, Normalise
 from rl_lifecycle.windows import WindowScheme
 
 
 @dataclass(frozen=True, eq=False)
 class FeatureFrame:
-    """Feature rows in declared column order; arrays are read-only."""
+    """Feature rows in declared column order. The constructor makes the arrays it is given read-only."""
 
     ts: np.ndarray  # int64[n], epoch microseconds (candle open time)
     values: np.ndarray  # float64[n, k], C-contiguous; NaN/inf where undefined
@@ -182,14 +183,14 @@ def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: i
         period = int(norm.period or 0)
         start = max(lo, period)  # rows before `period` have no x[t - period]
         out[: start - lo] = np.nan
-        np.subtract(x[start:hi], x[start - period : hi - period], out=out[start - lo :])
+        if start < hi:
+            np.subtract(x[start:hi], x[start - period : hi - period], out=out[start - lo :])
     else:  # zscore: TA-Lib's SMA/STDDEV are causal for a fixed start, like the indicators themselves
         period = int(norm.period or 0)
         sma = talib.SMA(x, timeperiod=period)
         std = talib.STDDEV(x, timeperiod=period, nbdev=1.0)[lo:hi]
         np.subtract(x[lo:hi], sma[lo:hi], out=out)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(out, std, out=out)
+        np.divide(out, std, out=out)
         flat = std == 0  # a flat stretch has no scale: its z-score is 0, not inf/NaN
         if flat.any():
             out[flat] = 0.0
@@ -198,20 +199,18 @@ def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: i
 class _Writer:
     """Writes segment rows into preallocated frame arrays, through scratch reused by every window.
 
-    Features are first written column-major (every write contiguous), then transposed into the
-    row-major frame a chunk at a time while the chunk is still in cache.
+    Features are first written column-major (every write contiguous), then transposed once into
+    the row-major frame: writing columns of a row-major matrix directly costs ~3x more.
     """
 
-    _CHUNK = 8192
-
-    def __init__(self, spec: FeatureSetSpec, n_rows: int, max_segment_rows: int) -> None:
+    def __init__(self, spec: FeatureSetSpec, n_rows: int, max_rows: int) -> None:
         self.spec, self.steps, k = spec, _compile(spec), len(spec.feature_names)
         self.values, self.missing = np.empty((n_rows, k)), np.empty((n_rows, k), np.bool_)
         self.is_warm = np.empty(n_rows, np.bool_)
-        self._block, self._finite = np.empty(k * max_segment_rows), np.empty(max_segment_rows, np.bool_)
+        self._block, self._finite = np.empty(k * max_rows), np.empty(max_rows, np.bool_)  # per-segment output rows
 
     def segment(self, candles: CandleArrays, lo: int, hi: int, dst: int) -> None:
-        """Indicators over the whole segment `candles`; its rows lo:hi land at frame rows dst.."""
+        """Run the indicators over the whole segment `candles`; write its rows lo:hi at frame row dst on."""
         rows, k = hi - lo, len(self.spec.feature_names)
         block = self._block[: k * rows].reshape(k, rows)
         finite = self._finite[:rows]
@@ -219,18 +218,17 @@ class _Writer:
         np.greater_equal(np.arange(lo, hi), self.spec.warmup, out=warm)  # row i of a segment is aged iff i >= warmup
         series = {s: np.ascontiguousarray(getattr(candles, s), dtype=np.float64) for s in SERIES}
         col = 0
-        for step in self.steps:
-            results = step.run(series)
-            for index, norm in step.outputs:
-                _normalise(results[index], norm, series["close"], lo, hi, block[col])
-                warm &= np.isfinite(block[col], out=finite)  # while the column is still in cache
-                col += 1
-        for start in range(0, rows, self._CHUNK):
-            stop = min(start + self._CHUNK, rows)
-            out, mask = self.values[dst + start : dst + stop], self.missing[dst + start : dst + stop]
-            out[...] = block[:, start:stop].T
-            np.isfinite(out, out=mask)
-            np.logical_not(mask, out=mask)
+        with np.errstate(divide="ignore", invalid="ignore"):  # undefined values are flagged, not warned about
+            for step in self.steps:
+                results = step.run(series)
+                for index, norm in step.outputs:
+                    _normalise(results[index], norm, series["close"], lo, hi, block[col])
+                    warm &= np.isfinite(block[col], out=finite)  # while the column is still in cache
+                    col += 1
+        out, mask = self.values[dst : dst + rows], self.missing[dst : dst + rows]
+        out[...] = block.T
+        np.isfinite(out, out=mask)
+        np.logical_not(mask, out=mask)
 
     def frame(self, ts: np.ndarray) -> FeatureFrame:
         return FeatureFrame(np.array(ts, dtype=np.int64), self.values, self.is_warm, self.missing,
@@ -261,6 +259,8 @@ def compute_features(
     max(idx(w.start), idx(output_from)) are kept.
     """
     ts = np.asarray(candles.ts, dtype=np.int64)
+    if len(ts) > 1 and not (ts[1:] > ts[:-1]).all():
+        raise UserInputError("candles must be sorted by ts without duplicates for the canonical feature rule")
     first = int(np.searchsorted(ts, output_from_us, side="left"))
     last = len(ts) if output_before_us is None else int(np.searchsorted(ts, output_before_us, side="left"))
     last = max(last, first)

@@ -86,10 +86,8 @@ def _stage(conn: psycopg.Connection, frame: FeatureFrame) -> None:
 
 def upsert_snapshots(conn: psycopg.Connection, market: Market, fingerprint: str, frame: FeatureFrame) -> SnapshotWriteStats:
     """Stage with COPY, merge with one INSERT ... ON CONFLICT; identical rows stay untouched."""
-    if len(frame) == 0:
-        return SnapshotWriteStats(0, 0, 0)
     with conn.transaction():
-        _stage(conn, frame)
+        _stage(conn, frame)  # even when empty: write_window deletes what the stage does not hold
         inserted, written = conn.execute(
             """WITH merged AS (
                  INSERT INTO rl_feature_snapshots AS s (pair, interval, fingerprint, ts, vector, is_warm, missing_mask)
