@@ -1,0 +1,146 @@
+"""rl_feature_snapshots on a real PostgreSQL: exact bytes, idempotent writes, window records, the gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rl_lifecycle.candles.service import ingest_synthetic
+from rl_lifecycle.features.service import (
+    check_deterministic,
+    check_no_lookahead,
+    check_warmup_flagged,
+    compute_window,
+    materialize_window,
+    recompute_in_fresh_process,
+    stored_window,
+    window_input,
+)
+from rl_lifecycle.features.spec import load_feature_set
+from rl_lifecycle.features.store import read_snapshots, upsert_snapshots, window_records
+from rl_lifecycle.markets import Market
+from rl_lifecycle.windows import WindowScheme
+
+BTC = Market("BTCUSDT", "1h")
+SCHEME = WindowScheme("monthly")
+FEB, MARCH, APRIL = (SCHEME.parse(k) for k in ("2024-02-01", "2024-03-01", "2024-04-01"))
+
+
+@pytest.fixture
+def ta_v2():
+    return load_feature_set("ta_v2")
+
+
+@pytest.fixture
+def btc(conn):
+    ingest_synthetic(conn, BTC, SCHEME.parse("2024-01-01").start, APRIL.end, seed=7)
+    return conn
+
+
+def _snapshot_bytes(conn) -> list[tuple]:
+    return conn.execute(
+        "SELECT ts, vector, is_warm, missing_mask, computed_at FROM rl_feature_snapshots ORDER BY ts"
+    ).fetchall()
+
+
+def test_read_returns_the_exact_bytes_written(btc, ta_v2):
+    computed, stats = materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    assert stats.inserted == len(computed.frame) == 31 * 24
+    stored = stored_window(btc, BTC, ta_v2, MARCH)
+    assert stored.digest() == computed.frame.digest()
+    assert stored.values.tobytes() == computed.frame.values.tobytes()
+    assert np.array_equal(stored.missing, computed.frame.missing)
+    record = window_records(btc, BTC, ta_v2.fingerprint, MARCH.start, MARCH.end)[MARCH.start]
+    assert record.rows == 744 and record.content_digest == computed.frame.digest()
+    assert record.candle_checksum == computed.candle_checksum
+    assert record.input_rows == 744 + ta_v2.warmup
+
+
+def test_rematerializing_changes_no_stored_byte(btc, ta_v2):
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    before = _snapshot_bytes(btc)
+    _, stats = materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    assert (stats.inserted, stats.updated, stats.deleted, stats.unchanged) == (0, 0, 0, 744)
+    assert _snapshot_bytes(btc) == before  # computed_at included: untouched rows
+
+
+def test_duplicate_upserts_are_idempotent_on_the_unique_key(btc, ta_v2):
+    computed = compute_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    for _ in range(3):
+        upsert_snapshots(btc, BTC, ta_v2.fingerprint, computed.frame)
+    assert btc.execute("SELECT count(*) FROM rl_feature_snapshots").fetchone()[0] == 744
+
+
+def test_a_later_candle_changes_nothing_in_an_earlier_window(btc, ta_v2):
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    before = _snapshot_bytes(btc)
+    btc.execute(
+        "UPDATE market_candles SET close = close * 1.05, high = high * 1.05 WHERE ts >= %s",
+        (_dt(APRIL.start),),
+    )
+    _, stats = materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    assert stats.updated == 0 and _snapshot_bytes(btc) == before
+
+
+def _dt(ts_us: int):
+    from rl_lifecycle.windows import from_us
+
+    return from_us(ts_us)
+
+
+def test_editing_a_candle_in_the_window_fails_determinism_until_rewritten(btc, ta_v2, database_url):
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    edited = _dt(MARCH.start + 300 * BTC.interval_us)
+    btc.execute("UPDATE market_candles SET close = close * 1.01, high = high * 1.01 WHERE ts = %s", (edited,))
+    stored = stored_window(btc, BTC, ta_v2, MARCH)
+    fresh = recompute_in_fresh_process(database_url, BTC, ta_v2, SCHEME, MARCH)
+    report = check_deterministic(stored, fresh)
+    assert not report.passed
+    assert report.details and report.details[0]["ts"].startswith("2024-03-13T12:00")
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)  # rewrite the window
+    report = check_deterministic(stored_window(btc, BTC, ta_v2, MARCH), recompute_in_fresh_process(database_url, BTC, ta_v2, SCHEME, MARCH))
+    assert report.passed, report.summary
+
+
+def test_lookahead_and_warmup_gates_pass_on_stored_snapshots(btc, ta_v2):
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    stored = stored_window(btc, BTC, ta_v2, MARCH)
+    assert check_no_lookahead(ta_v2, SCHEME, window_input(btc, BTC, ta_v2, MARCH), stored).passed
+    assert check_warmup_flagged(stored).passed
+
+
+def test_lookahead_gate_catches_snapshots_that_saw_the_future(btc, ta_v2):
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    stored = stored_window(btc, BTC, ta_v2, MARCH)
+    # Snapshots written from candles shifted one bar ahead: each row holds the next bar's vector.
+    leaked = type(stored)(stored.ts[:-1].copy(), stored.values[1:].copy(), stored.is_warm[1:].copy(),
+                          stored.missing[1:].copy(), stored.feature_names)
+    report = check_no_lookahead(ta_v2, SCHEME, window_input(btc, BTC, ta_v2, MARCH), leaked)
+    assert not report.passed and report.details
+
+
+def test_first_window_of_history_is_flagged_not_filled(conn, ta_v2):
+    ingest_synthetic(conn, BTC, MARCH.start, MARCH.end, seed=7)
+    computed, _ = materialize_window(conn, BTC, ta_v2, SCHEME, MARCH)
+    stored = stored_window(conn, BTC, ta_v2, MARCH)
+    assert not stored.is_warm[: ta_v2.warmup].any() and stored.is_warm[ta_v2.warmup :].all()
+    assert np.isnan(stored.values[0]).any() and stored.missing[0].any()
+    assert check_warmup_flagged(stored).passed
+
+
+def test_window_write_drops_rows_whose_candles_disappeared(btc, ta_v2):
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    btc.execute("DELETE FROM market_candles WHERE ts = %s", (_dt(MARCH.start + 10 * BTC.interval_us),))
+    _, stats = materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    assert stats.deleted == 1
+    assert len(read_snapshots(btc, BTC, ta_v2, MARCH.start, MARCH.end)) == 743
+
+
+def test_feature_sets_are_registered_and_kept_apart(btc, ta_v2):
+    core = load_feature_set("core_v1")
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    materialize_window(btc, BTC, core, SCHEME, MARCH)
+    names = dict(btc.execute("SELECT name, feature_names FROM feature_sets").fetchall())
+    assert names["ta_v2"] == list(ta_v2.feature_names) and names["core_v1"] == list(core.feature_names)
+    assert len(stored_window(btc, BTC, core, MARCH).feature_names) == len(core.feature_names)
+    assert btc.execute("SELECT count(DISTINCT fingerprint) FROM rl_feature_snapshots").fetchone()[0] == 2
