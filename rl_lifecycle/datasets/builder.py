@@ -157,7 +157,8 @@ def refresh_windows(
         window_candles = _window_input(candles, window, features.warmup)
         checksum = window_candles.checksum()
         record = records.get(window.start)
-        if record is not None and record.candle_checksum == checksum:
+        # window_end guards against records written under another window cadence (another anchor).
+        if record is not None and record.candle_checksum == checksum and record.window_end == window.end:
             cached.append(window.key)
             digest = record.content_digest
         else:

@@ -87,7 +87,7 @@ def check_deterministic(stored: FeatureFrame, recomputed: FeatureFrame) -> Check
     if stored.digest() == recomputed.digest():
         return CheckReport(True, f"{len(stored)} rows recomputed in a fresh process: identical bytes", [])
     details = diff_frames(stored, recomputed)
-    return CheckReport(False, f"stored snapshots differ from a fresh recomputation ({len(details)} differences shown)", details)
+    return CheckReport(False, f"stored snapshots differ from a fresh recomputation at {_where(details)}", details)
 
 
 def check_no_lookahead(
@@ -98,15 +98,25 @@ def check_no_lookahead(
     sampled = sample_timestamps(stored.ts, samples, seed)
     violations = lookahead_violations(spec, candles, scheme, stored, sampled, seed)
     if violations:
-        return CheckReport(False, f"{len(violations)} sampled timestamps change when later candles change", violations)
+        return CheckReport(False, f"{len(violations)} sampled rows change when later candles change: {_where(violations)}", violations)
     return CheckReport(True, f"{len(sampled)} sampled timestamps unchanged by truncation and by perturbing later candles", [])
 
 
 def check_warmup_flagged(stored: FeatureFrame) -> CheckReport:
     rows = unflagged_nan_rows(stored)
     if rows:
-        return CheckReport(False, f"{len(rows)} rows hold NaN without being flagged", rows)
+        return CheckReport(False, f"{len(rows)} rows hold NaN without being flagged: {_where(rows)}", rows)
     return CheckReport(True, f"every NaN is flagged; {int(stored.is_warm.sum())}/{len(stored)} rows warm", [])
+
+
+def _where(details: list[dict], shown: int = 3) -> str:
+    """The first few differences as `ts [features]`, for a check's one-line description."""
+    parts = []
+    for d in details[:shown]:
+        features = d.get("features") or d.get("unflagged") or ([d["feature"]] if "feature" in d else [])
+        parts.append(f"{d['ts']} [{', '.join(features)}]" if "ts" in d else str(d.get("kind", d)))
+    more = len(details) - shown
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 # -- statistics shown in the UI -------------------------------------------------------------------
