@@ -10,6 +10,7 @@ import pytest
 from rl_lifecycle.db.connection import dagster_storage_url, plain_postgres_url
 from rl_lifecycle.db.migrate import apply_migrations, pending_migrations
 
+MIGRATIONS = ["0001.markets-candles", "0002.feature-store", "0003.datasets", "0004.candle-change-stamps"]
 EXPECTED_TABLES = {
     "markets", "market_candles", "candles_quarantine", "feature_sets", "rl_feature_snapshots",
     "rl_feature_windows", "dataset_versions",
@@ -29,7 +30,7 @@ def test_migrations_from_zero_then_rerun(empty_database_url):
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     first = apply_migrations(empty_database_url)
-    assert first == ["0001.markets-candles", "0002.feature-store", "0003.datasets"]
+    assert first == MIGRATIONS
     assert EXPECTED_TABLES <= _tables(empty_database_url)
     assert apply_migrations(empty_database_url) == []
     assert pending_migrations(empty_database_url) == []
@@ -42,7 +43,7 @@ def test_two_processes_migrating_at_once(empty_database_url):
     with ctx.Pool(2) as pool:
         applied = pool.map(_migrate, [empty_database_url, empty_database_url])
     # one process applies everything, the other finds nothing left to do
-    assert sorted(applied, key=len) == [[], ["0001.markets-candles", "0002.feature-store", "0003.datasets"]]
+    assert sorted(applied, key=len) == [[], MIGRATIONS]
     assert EXPECTED_TABLES <= _tables(empty_database_url)
 
 

@@ -134,3 +134,14 @@ def test_bad_specs_are_refused_naming_the_field(overrides, fragment):
 def test_unknown_feature_set_is_refused(btc, tmp_path):
     with pytest.raises(UserInputError, match="nope"):
         build_dataset(btc, _spec(feature_set="nope"), tmp_path)
+
+
+def test_rewriting_identical_candles_keeps_windows_cached(btc, tmp_path):
+    spec = _spec()
+    first = build_dataset(btc, spec, tmp_path)
+    # an identical re-ingest writes nothing; a no-op UPDATE moves the stamp but not the checksum
+    ingest_synthetic(btc, BTC, SCHEME.parse("2024-01-01").start, SCHEME.parse("2024-04-01").end, seed=7)
+    btc.execute("UPDATE market_candles SET close = close WHERE ts = %s", (from_us(SCHEME.parse("2024-03-01").start),))
+    again = build_dataset(btc, spec, tmp_path)
+    assert again.computed_windows == [] and again.dataset_hash == first.dataset_hash
+    assert build_dataset(btc, spec, tmp_path).cached_windows == ["2024-02-01", "2024-03-01", "2024-04-01"]

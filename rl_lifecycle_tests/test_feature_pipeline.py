@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
@@ -78,7 +79,8 @@ def batch(spec: FeatureSetSpec, candles: CandleArrays) -> FeatureFrame:
 def test_frame_layout(spec: FeatureSetSpec, candles: CandleArrays, batch: FeatureFrame) -> None:
     assert len(batch) == len(candles) and batch.feature_names == spec.feature_names
     assert batch.values.shape == (len(candles), len(spec.feature_names))
-    assert batch.values.dtype == np.float64 and batch.values.flags.c_contiguous
+    assert batch.values.dtype == np.float64 and batch.values.flags.f_contiguous  # column-major: no transpose
+    assert batch.missing.flags.f_contiguous
     assert batch.is_warm.dtype == np.bool_ and batch.missing.shape == batch.values.shape
     np.testing.assert_array_equal(batch.ts, candles.ts)
     with pytest.raises(ValueError):
@@ -91,6 +93,43 @@ def test_slice_concat_roundtrip(batch: FeatureFrame) -> None:
     assert len(head) == 1234 and len(head) + len(tail) == len(batch)
     _same(FeatureFrame.concat([head, tail]), batch)
     assert len(FeatureFrame.empty(batch.feature_names)) == 0
+
+
+def _row_major(frame: FeatureFrame) -> FeatureFrame:
+    return FeatureFrame(frame.ts.copy(), np.ascontiguousarray(frame.values), frame.is_warm.copy(),
+                        np.ascontiguousarray(frame.missing), frame.feature_names)
+
+
+def test_layout_is_not_content(spec: FeatureSetSpec, candles: CandleArrays, batch: FeatureFrame) -> None:
+    rows = _row_major(batch)
+    assert rows.values.flags.c_contiguous and not rows.values.flags.f_contiguous
+    _same(rows, batch)  # same digest, no byte difference, in both directions
+    _same(batch, rows)
+    h = hashlib.sha256()
+    for arr in (batch.ts, batch.values, batch.is_warm, batch.missing):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    assert batch.digest() == h.hexdigest()  # defined over the row-major bytes
+    a, b, c = (int(batch.ts[i]) for i in (0, 1234, len(batch) - 1))
+    head, tail = batch.slice_ts(a, b), rows.slice_ts(b, c + 1)  # a column-major slice is a view, not a copy
+    assert np.shares_memory(head.values, batch.values) and not head.values.flags.c_contiguous
+    _same(FeatureFrame.concat([head, tail]), rows)
+    _same(head, rows.slice_ts(a, b))
+    sample = sample_timestamps(candles.ts, 4, seed=2)
+    assert lookahead_violations(spec, candles, MONTHLY, rows, sample, seed=1) == []
+    assert unflagged_nan_rows(rows) == [] and unflagged_nan_rows(head) == []
+    values = np.array(rows.values)
+    values[2000, 1] += 1e-9
+    planted = FeatureFrame(rows.ts, values, rows.is_warm, rows.missing, rows.feature_names)
+    assert [d["ts_us"] for d in diff_frames(batch, planted)] == [int(batch.ts[2000])]
+
+
+def test_frame_refuses_other_strides(batch: FeatureFrame) -> None:
+    every_other = batch.slice_ts(int(batch.ts[0]), int(batch.ts[-1]) + 1)
+    with pytest.raises(ValueError, match="values"):
+        FeatureFrame(every_other.ts[::2].copy(), every_other.values[::2], every_other.is_warm[::2].copy(),
+                     np.ascontiguousarray(every_other.missing[::2]), batch.feature_names)
+    with pytest.raises(ValueError, match="ts"):
+        FeatureFrame(batch.ts[::-1], batch.values, batch.is_warm, batch.missing, batch.feature_names)
 
 
 def test_digest_sees_one_bit(batch: FeatureFrame) -> None:

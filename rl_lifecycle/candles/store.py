@@ -52,7 +52,7 @@ def upsert_candles(conn: psycopg.Connection, market: Market, frame: pl.DataFrame
                SELECT %s, %s, ts, open, high, low, close, volume FROM candles_stage ORDER BY ts
                ON CONFLICT (pair, interval, ts) DO UPDATE
                  SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
-                     close = EXCLUDED.close, volume = EXCLUDED.volume, ingested_at = now()
+                     close = EXCLUDED.close, volume = EXCLUDED.volume
                  WHERE (m.open, m.high, m.low, m.close, m.volume)
                        IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)
                RETURNING (xmax = 0) AS inserted""",
@@ -92,3 +92,43 @@ def load_candles_with_warmup(
     else:
         query = sql.SQL("{} ORDER BY ts").format(window)
     return _to_arrays(bc.copy_out(conn, query, _FIELDS))
+
+
+@dataclass(frozen=True)
+class CandleStamp:
+    """What a window's pipeline input looks like without reading it: first ts, rows, latest write."""
+
+    input_start_us: int | None
+    rows: int
+    written_at: object  # datetime of the latest write to any input candle, or None when empty
+
+
+def window_input_stamps(
+    conn: psycopg.Connection, market: Market, windows: list[tuple[int, int]], warmup_rows: int
+) -> list[CandleStamp]:
+    """Stamps of each window's canonical input (`warmup_rows` before it, then its rows), in one query.
+
+    Taken under the shared side of the market's write lock, so no candle write is in flight.
+    """
+    if not windows:
+        return []
+    bounds = sql.SQL(", ").join(
+        sql.SQL("({}, {}, {})").format(sql.Literal(i), pg_timestamp(start), pg_timestamp(end))
+        for i, (start, end) in enumerate(windows)
+    )
+    query = sql.SQL(
+        """SELECT w.i, (extract(epoch FROM s.first_ts) * 1000000)::bigint, s.n, s.written_at
+           FROM (VALUES {bounds}) AS w(i, s, e)
+           CROSS JOIN LATERAL (
+             SELECT min(ts) AS first_ts, count(*) AS n, max(ingested_at) AS written_at FROM (
+               (SELECT ts, ingested_at FROM market_candles
+                 WHERE pair = {p} AND interval = {iv} AND ts < w.s ORDER BY ts DESC LIMIT {n})
+               UNION ALL
+               (SELECT ts, ingested_at FROM market_candles
+                 WHERE pair = {p} AND interval = {iv} AND ts >= w.s AND ts < w.e)) input) s
+           ORDER BY w.i"""
+    ).format(bounds=bounds, p=market.pair, iv=market.interval, n=int(warmup_rows))
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (f"candles:{market.key}",))
+        rows = conn.execute(query).fetchall()
+    return [CandleStamp(None if first is None else int(first), int(n), written) for _, first, n, written in rows]

@@ -23,12 +23,18 @@ import polars as pl
 import psycopg
 
 from rl_lifecycle.candles.frame import CandleArrays
-from rl_lifecycle.candles.store import load_candles_with_warmup
+from rl_lifecycle.candles.store import load_candles_with_warmup, window_input_stamps
 from rl_lifecycle.datasets.spec import DatasetSpec
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
-from rl_lifecycle.features.store import read_snapshots, register_feature_set, window_records, write_window
+from rl_lifecycle.features.store import (
+    read_snapshots,
+    register_feature_set,
+    restamp_window,
+    window_records,
+    write_window,
+)
 from rl_lifecycle.windows import Window
 
 
@@ -140,30 +146,59 @@ def _write_parquet_atomically(frame: pl.DataFrame, target: Path) -> None:
         raise
 
 
+class _SpanCandles:
+    """The span's candles (with warmup), read from the database only if some window needs them."""
+
+    def __init__(self, conn: psycopg.Connection, spec: DatasetSpec, warmup: int):
+        self._conn, self._spec, self._warmup = conn, spec, warmup
+        self._candles: CandleArrays | None = None
+
+    def get(self) -> CandleArrays:
+        if self._candles is None:
+            windows = self._spec.windows()
+            self._candles = load_candles_with_warmup(
+                self._conn, self._spec.parsed_market, windows[0].start, windows[-1].end, self._warmup
+            )
+        return self._candles
+
+    def window_input(self, window: Window) -> CandleArrays:
+        return _window_input(self.get(), window, self._warmup)
+
+
 def refresh_windows(
     conn: psycopg.Connection, spec: DatasetSpec, features: FeatureSetSpec
-) -> tuple[CandleArrays, dict[str, dict], list[str], list[str]]:
+) -> tuple[_SpanCandles, dict[str, dict], list[str], list[str]]:
     """Make every window of the span current in the snapshot store.
 
-    Returns the span's candles (with warmup), the per-window sources, and which windows came
-    from the cache and which were computed and written back.
+    A window is current when its record's input stamp equals the stamp of the candles stored now
+    (no candle read at all), or else when the checksum of its input candles equals the record's.
+    Other windows are computed by the canonical pipeline and written back. Returns the span's
+    candles (lazy), the per-window sources, and the windows that came from the cache / were computed.
     """
     market, scheme, windows = spec.parsed_market, spec.scheme, spec.windows()
-    candles = load_candles_with_warmup(conn, market, windows[0].start, windows[-1].end, features.warmup)
+    stamps = window_input_stamps(conn, market, [(w.start, w.end) for w in windows], features.warmup)
     records = window_records(conn, market, features.fingerprint, windows[0].start, windows[-1].end)
+    candles = _SpanCandles(conn, spec, features.warmup)
     sources: dict[str, dict] = {}
     cached, computed = [], []
-    for window in windows:
-        window_candles = _window_input(candles, window, features.warmup)
-        checksum = window_candles.checksum()
+    for window, stamp in zip(windows, stamps, strict=True):
         record = records.get(window.start)
         # window_end guards against records written under another window cadence (another anchor).
-        if record is not None and record.candle_checksum == checksum and record.window_end == window.end:
+        if record is not None and record.window_end != window.end:
+            record = None
+        if record is not None and record.matches(stamp):
+            cached.append(window.key)
+            sources[window.key] = {"candle_checksum": record.candle_checksum, "content_digest": record.content_digest}
+            continue
+        window_candles = candles.window_input(window)
+        checksum = window_candles.checksum()
+        if record is not None and record.candle_checksum == checksum:
+            restamp_window(conn, market, features.fingerprint, window, stamp)
             cached.append(window.key)
             digest = record.content_digest
         else:
             frame = compute_features(features, window_candles, scheme, window.start)
-            write_window(conn, market, features, window, frame, checksum, len(window_candles))
+            write_window(conn, market, features, window, frame, checksum, len(window_candles), stamp)
             computed.append(window.key)
             digest = frame.digest()
         sources[window.key] = {"candle_checksum": checksum, "content_digest": digest}
@@ -194,7 +229,7 @@ def build_dataset(conn: psycopg.Connection, spec: DatasetSpec, datasets_dir: Pat
         return DatasetBuild(existing[0], spec, fingerprint, rows, existing[1], cached, computed, True, sources)
 
     snapshots = read_snapshots(conn, market, features, windows[0].start, windows[-1].end)
-    content = assemble(snapshots, candles, spec)
+    content = assemble(snapshots, candles.get(), spec)
     if len(content) == 0:
         raise UserInputError(
             f"dataset {market.key} {spec.first_window}..{spec.last_window} has no warm rows: "

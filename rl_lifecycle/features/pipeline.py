@@ -24,14 +24,31 @@ from rl_lifecycle.features.spec import SERIES, FeatureSetSpec, Normalise
 from rl_lifecycle.windows import WindowScheme
 
 
+def _layout_ok(arr: np.ndarray) -> bool:
+    """Row-major, or column-major with every column contiguous (a Fortran-ordered matrix or a row
+    slice of one, as `slice_ts` returns)."""
+    if arr.flags.c_contiguous:
+        return True
+    n, size = arr.shape[0], arr.itemsize
+    return arr.ndim == 2 and arr.strides[0] == size and arr.strides[1] >= n * size
+
+
+_DIGEST_ROWS = 1 << 16  # rows hashed per chunk: bounds the row-major copy of a column-major frame
+
+
 @dataclass(frozen=True, eq=False)
 class FeatureFrame:
-    """Feature rows in declared column order. The constructor makes the arrays it is given read-only."""
+    """Feature rows in declared column order. The constructor makes the arrays it is given read-only.
+
+    `values` and `missing` are (n, k) and either row-major (C order, e.g. read back from the
+    store) or column-major (each column contiguous, as the pipeline writes them). The layout is
+    not part of the content: `digest()` and the check helpers see the same row-major bytes either way.
+    """
 
     ts: np.ndarray  # int64[n], epoch microseconds (candle open time)
-    values: np.ndarray  # float64[n, k], C-contiguous; NaN/inf where undefined
+    values: np.ndarray  # float64[n, k], C-contiguous or column-major; NaN/inf where undefined
     is_warm: np.ndarray  # bool[n]: past the warmup and no feature missing
-    missing: np.ndarray  # bool[n, k]: the value is NaN or infinite
+    missing: np.ndarray  # bool[n, k]: the value is NaN or infinite; same layout rules as values
     feature_names: tuple[str, ...]
 
     def __post_init__(self) -> None:
@@ -44,19 +61,23 @@ class FeatureFrame:
         }
         for name, (dtype, shape) in expected.items():
             arr = getattr(self, name)
-            if arr.dtype != dtype or arr.shape != shape or not arr.flags.c_contiguous:
-                raise ValueError(f"FeatureFrame.{name}: expected C-contiguous {np.dtype(dtype)}{list(shape)}, "
-                                 f"got {arr.dtype}{list(arr.shape)}")
+            if arr.dtype != dtype or arr.shape != shape or not _layout_ok(arr):
+                raise ValueError(f"FeatureFrame.{name}: expected row- or column-major {np.dtype(dtype)}{list(shape)}, "
+                                 f"got {arr.dtype}{list(arr.shape)} with strides {arr.strides}")
             arr.flags.writeable = False
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def digest(self) -> str:
-        """sha256 over the raw bytes of ts, values, is_warm, missing (fixed dtypes, C order)."""
+        """sha256 over the raw row-major (C order) bytes of ts, values, is_warm, missing (fixed dtypes).
+
+        Independent of the memory layout: a column-major frame hashes exactly like its row-major copy.
+        """
         h = hashlib.sha256()
         for arr in (self.ts, self.values, self.is_warm, self.missing):
-            h.update(memoryview(arr))
+            for lo in range(0, len(arr), _DIGEST_ROWS):  # sha256 is streamed: chunking changes nothing
+                h.update(memoryview(np.ascontiguousarray(arr[lo : lo + _DIGEST_ROWS])))
         return h.hexdigest()
 
     def slice_ts(self, start_us: int, end_us: int) -> FeatureFrame:
@@ -197,23 +218,24 @@ def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: i
 
 
 class _Writer:
-    """Writes segment rows into preallocated frame arrays, through scratch reused by every window.
+    """Writes segment rows straight into preallocated column-major frame arrays.
 
-    Features are first written column-major (every write contiguous), then transposed once into
-    the row-major frame: writing columns of a row-major matrix directly costs ~3x more.
+    Every feature column of a window is one contiguous stretch of `values` (Fortran order), so
+    normalisation writes its result in its final place, and the column's missing bits and its share
+    of the warm flags are computed right after, while it is still in cache: no transpose, no
+    second pass over the matrix.
     """
 
-    def __init__(self, spec: FeatureSetSpec, n_rows: int, max_rows: int) -> None:
+    def __init__(self, spec: FeatureSetSpec, n_rows: int) -> None:
         self.spec, self.steps, k = spec, _compile(spec), len(spec.feature_names)
-        self.values, self.missing = np.empty((n_rows, k)), np.empty((n_rows, k), np.bool_)
+        self.values = np.empty((n_rows, k), order="F")
+        self.missing = np.empty((n_rows, k), np.bool_, order="F")
         self.is_warm = np.empty(n_rows, np.bool_)
-        self._block, self._finite = np.empty(k * max_rows), np.empty(max_rows, np.bool_)  # per-segment output rows
 
     def segment(self, candles: CandleArrays, lo: int, hi: int, dst: int) -> None:
         """Run the indicators over the whole segment `candles`; write its rows lo:hi at frame row dst on."""
-        rows, k = hi - lo, len(self.spec.feature_names)
-        block = self._block[: k * rows].reshape(k, rows)
-        finite = self._finite[:rows]
+        rows = hi - lo
+        values, missing = self.values[dst : dst + rows], self.missing[dst : dst + rows]
         warm = self.is_warm[dst : dst + rows]
         np.greater_equal(np.arange(lo, hi), self.spec.warmup, out=warm)  # row i of a segment is aged iff i >= warmup
         series = {s: np.ascontiguousarray(getattr(candles, s), dtype=np.float64) for s in SERIES}
@@ -222,13 +244,12 @@ class _Writer:
             for step in self.steps:
                 results = step.run(series)
                 for index, norm in step.outputs:
-                    _normalise(results[index], norm, series["close"], lo, hi, block[col])
-                    warm &= np.isfinite(block[col], out=finite)  # while the column is still in cache
+                    out, mask = values[:, col], missing[:, col]  # contiguous: column-major
+                    _normalise(results[index], norm, series["close"], lo, hi, out)
+                    np.isfinite(out, out=mask)
+                    np.logical_and(warm, mask, out=warm)
+                    np.logical_not(mask, out=mask)
                     col += 1
-        out, mask = self.values[dst : dst + rows], self.missing[dst : dst + rows]
-        out[...] = block.T
-        np.isfinite(out, out=mask)
-        np.logical_not(mask, out=mask)
 
     def frame(self, ts: np.ndarray) -> FeatureFrame:
         return FeatureFrame(np.array(ts, dtype=np.int64), self.values, self.is_warm, self.missing,
@@ -239,7 +260,7 @@ def compute_segment(spec: FeatureSetSpec, candles: CandleArrays, first_output: i
     """Indicators over the whole segment, rows from `first_output` on; row i is warm iff i >= warmup."""
     n = len(candles)
     lo = min(max(int(first_output), 0), n)
-    writer = _Writer(spec, n - lo, n - lo)
+    writer = _Writer(spec, n - lo)
     if n > lo:
         writer.segment(candles, lo, n, 0)
     return writer.frame(candles.ts[lo:])
@@ -271,7 +292,7 @@ def compute_features(
         w_lo, w_hi = (int(i) for i in np.searchsorted(ts, [window.start, window.end], side="left"))
         pieces.append((max(0, w_lo - spec.warmup), w_hi, row, min(w_hi, last)))
         row = w_hi
-    writer = _Writer(spec, last - first, max((hi - lo for _, _, lo, hi in pieces), default=0))
+    writer = _Writer(spec, last - first)
     for seg_lo, seg_hi, out_lo, out_hi in pieces:
         writer.segment(candles.slice(seg_lo, seg_hi), out_lo - seg_lo, out_hi - seg_lo, out_lo - first)
     return writer.frame(ts[first:last])

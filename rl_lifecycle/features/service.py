@@ -14,7 +14,7 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.candles.frame import CandleArrays
-from rl_lifecycle.candles.store import load_candles_with_warmup
+from rl_lifecycle.candles.store import CandleStamp, load_candles_with_warmup, window_input_stamps
 from rl_lifecycle.features.checks import (
     diff_frames,
     lookahead_violations,
@@ -34,6 +34,7 @@ class WindowFeatures:
     frame: FeatureFrame
     candles: CandleArrays  # the pipeline's input: warmup rows, then the window's candles
     candle_checksum: str
+    stamp: CandleStamp  # taken before the candles were read
 
 
 def window_input(conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, window: Window) -> CandleArrays:
@@ -43,9 +44,10 @@ def window_input(conn: psycopg.Connection, market: Market, spec: FeatureSetSpec,
 def compute_window(
     conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, scheme: WindowScheme, window: Window
 ) -> WindowFeatures:
+    (stamp,) = window_input_stamps(conn, market, [(window.start, window.end)], spec.warmup)
     candles = window_input(conn, market, spec, window)
     frame = compute_features(spec, candles, scheme, window.start)
-    return WindowFeatures(window, frame, candles, candles.checksum())
+    return WindowFeatures(window, frame, candles, candles.checksum(), stamp)
 
 
 def materialize_window(
@@ -53,7 +55,9 @@ def materialize_window(
 ) -> tuple[WindowFeatures, SnapshotWriteStats]:
     """Compute the window and make the stored snapshots equal to it (all-or-nothing)."""
     computed = compute_window(conn, market, spec, scheme, window)
-    stats = write_window(conn, market, spec, window, computed.frame, computed.candle_checksum, len(computed.candles))
+    stats = write_window(
+        conn, market, spec, window, computed.frame, computed.candle_checksum, len(computed.candles), computed.stamp
+    )
     return computed, stats
 
 

@@ -53,6 +53,16 @@ class WindowRecord:
     rows: int
     warm_rows: int
     content_digest: str
+    input_start_us: int | None = None
+    candles_written_at: object = None  # the input's CandleStamp.written_at when it was computed
+
+    def matches(self, stamp) -> bool:
+        """The window's input candles are unchanged since this record, judged by their stamp."""
+        return (
+            self.candles_written_at is not None
+            and (self.input_start_us, self.input_rows, self.candles_written_at)
+            == (stamp.input_start_us, stamp.rows, stamp.written_at)
+        )
 
 
 def register_feature_set(conn: psycopg.Connection, spec: FeatureSetSpec) -> str:
@@ -112,8 +122,12 @@ def write_window(
     frame: FeatureFrame,
     candle_checksum: str,
     input_rows: int,
+    stamp=None,
 ) -> SnapshotWriteStats:
-    """Make the stored window equal `frame`, and record it, all-or-nothing."""
+    """Make the stored window equal `frame`, and record it (with the input's stamp), all-or-nothing.
+
+    `stamp` must be taken before the input candles were read, so a later change always moves it.
+    """
     fingerprint = spec.fingerprint
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"features:{market.key}:{fingerprint}",))
@@ -131,15 +145,18 @@ def write_window(
         conn.execute(
             sql.SQL(
                 """INSERT INTO rl_feature_windows (pair, interval, fingerprint, window_start, window_end,
-                        candle_checksum, input_rows, rows, warm_rows, content_digest)
-                   VALUES (%s, %s, %s, {s}, {e}, %s, %s, %s, %s, %s)
+                        candle_checksum, input_rows, rows, warm_rows, content_digest, input_start, candles_written_at)
+                   VALUES (%s, %s, %s, {s}, {e}, %s, %s, %s, %s, %s,
+                           to_timestamp(0) + %s * interval '1 microsecond', %s)
                    ON CONFLICT (pair, interval, fingerprint, window_start) DO UPDATE
                      SET window_end = EXCLUDED.window_end, candle_checksum = EXCLUDED.candle_checksum,
                          input_rows = EXCLUDED.input_rows, rows = EXCLUDED.rows, warm_rows = EXCLUDED.warm_rows,
-                         content_digest = EXCLUDED.content_digest, computed_at = now()"""
+                         content_digest = EXCLUDED.content_digest, input_start = EXCLUDED.input_start,
+                         candles_written_at = EXCLUDED.candles_written_at, computed_at = now()"""
             ).format(s=pg_timestamp(window.start), e=pg_timestamp(window.end)),
             (market.pair, market.interval, fingerprint, candle_checksum, input_rows, len(frame),
-             int(frame.is_warm.sum()), frame.digest()),
+             int(frame.is_warm.sum()), frame.digest(),
+             stamp.input_start_us if stamp else None, stamp.written_at if stamp else None),
         )
     return SnapshotWriteStats(stats.inserted, stats.updated, stats.unchanged, deleted)
 
@@ -171,10 +188,24 @@ def window_records(
     rows = conn.execute(
         sql.SQL(
             """SELECT (extract(epoch FROM window_start) * 1000000)::bigint, (extract(epoch FROM window_end) * 1000000)::bigint,
-                      candle_checksum, input_rows, rows, warm_rows, content_digest
+                      candle_checksum, input_rows, rows, warm_rows, content_digest,
+                      (extract(epoch FROM input_start) * 1000000)::bigint, candles_written_at
                FROM rl_feature_windows
                WHERE pair = %s AND interval = %s AND fingerprint = %s AND window_start >= {s} AND window_start < {e}"""
         ).format(s=pg_timestamp(start_us), e=pg_timestamp(end_us)),
         (market.pair, market.interval, fingerprint),
     ).fetchall()
-    return {int(r[0]): WindowRecord(int(r[0]), int(r[1]), *r[2:]) for r in rows}
+    return {int(r[0]): WindowRecord(int(r[0]), int(r[1]), *r[2:7], None if r[7] is None else int(r[7]), r[8])
+            for r in rows}
+
+
+def restamp_window(conn: psycopg.Connection, market: Market, fingerprint: str, window: Window, stamp) -> None:
+    """The input's candles were rewritten with identical values (checksum unchanged): record the new stamp."""
+    conn.execute(
+        sql.SQL(
+            """UPDATE rl_feature_windows
+               SET input_start = to_timestamp(0) + %s * interval '1 microsecond', candles_written_at = %s
+               WHERE pair = %s AND interval = %s AND fingerprint = %s AND window_start = {s}"""
+        ).format(s=pg_timestamp(window.start)),
+        (stamp.input_start_us, stamp.written_at, market.pair, market.interval, fingerprint),
+    )
