@@ -109,7 +109,8 @@ Series = dict[str, np.ndarray]
 
 
 def _logret(close: np.ndarray, period: int) -> np.ndarray:
-    out = np.full(len(close), np.nan)
+    out = np.empty(len(close))
+    out[:period] = np.nan  # every row is written once: NaN where there is no close[t - period]
     if len(close) > period:
         np.divide(close[period:], close[:-period], out=out[period:])
         np.log(out[period:], out=out[period:])
@@ -191,8 +192,12 @@ def _compile(spec: FeatureSetSpec) -> list[_Step]:
     return steps
 
 
-def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
-    """Write rows lo:hi of the normalised series into `out` (x covers the whole segment)."""
+def _normalise(
+    x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: int, out: np.ndarray, flags: np.ndarray
+) -> None:
+    """Write rows lo:hi of the normalised series into `out` (x covers the whole segment).
+
+    `flags` is bool scratch of out's length, free to overwrite."""
     kind = norm.kind
     if kind == "none":
         np.copyto(out, x[lo:hi])
@@ -212,7 +217,7 @@ def _normalise(x: np.ndarray, norm: Normalise, close: np.ndarray, lo: int, hi: i
         std = talib.STDDEV(x, timeperiod=period, nbdev=1.0)[lo:hi]
         np.subtract(x[lo:hi], sma[lo:hi], out=out)
         np.divide(out, std, out=out)
-        flat = std == 0  # a flat stretch has no scale: its z-score is 0, not inf/NaN
+        flat = np.equal(std, 0.0, out=flags)  # a flat stretch has no scale: its z-score is 0, not inf/NaN
         if flat.any():
             out[flat] = 0.0
 
@@ -237,7 +242,8 @@ class _Writer:
         rows = hi - lo
         values, missing = self.values[dst : dst + rows], self.missing[dst : dst + rows]
         warm = self.is_warm[dst : dst + rows]
-        np.greater_equal(np.arange(lo, hi), self.spec.warmup, out=warm)  # row i of a segment is aged iff i >= warmup
+        aged = min(max(self.spec.warmup - lo, 0), rows)  # row i of a segment is aged iff i >= warmup
+        warm[:aged], warm[aged:] = False, True
         series = {s: np.ascontiguousarray(getattr(candles, s), dtype=np.float64) for s in SERIES}
         col = 0
         with np.errstate(divide="ignore", invalid="ignore"):  # undefined values are flagged, not warned about
@@ -245,7 +251,7 @@ class _Writer:
                 results = step.run(series)
                 for index, norm in step.outputs:
                     out, mask = values[:, col], missing[:, col]  # contiguous: column-major
-                    _normalise(results[index], norm, series["close"], lo, hi, out)
+                    _normalise(results[index], norm, series["close"], lo, hi, out, mask)  # mask: scratch till isfinite
                     np.isfinite(out, out=mask)
                     np.logical_and(warm, mask, out=warm)
                     np.logical_not(mask, out=mask)
