@@ -1,14 +1,18 @@
 """Sensors: keep the `market` partition dimension in step with the `markets` table."""
 
 
-from dagster import SensorEvaluationContext, SensorResult, sensor
+from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
 from rl_lifecycle.partitions import market_partitions
 from rl_lifecycle.registry import list_markets
 from rl_lifecycle.resources import PostgresResource
 
 
-@sensor(minimum_interval_seconds=30, description="Adds markets registered in the database to the `market` partitions.")
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,  # partitions must follow the table without a click
+    description="Adds markets registered in the database to the `market` partitions.",
+)
 def market_partitions_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SensorResult:
     with database.connect() as conn:
         keys = [record.market.key for record in list_markets(conn)]

@@ -11,6 +11,7 @@ import pytest
 import talib
 
 from rl_lifecycle.candles.frame import CandleArrays
+from rl_lifecycle.db import binary_copy as bc
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.checks import (
     diff_frames,
@@ -21,6 +22,7 @@ from rl_lifecycle.features.checks import (
 )
 from rl_lifecycle.features.pipeline import FeatureFrame, compute_features, compute_segment
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set, parse_feature_set
+from rl_lifecycle.features.store import _fields, _stage_columns
 from rl_lifecycle.windows import WindowScheme, to_us
 
 HOUR = 3_600_000_000
@@ -121,6 +123,16 @@ def test_layout_is_not_content(spec: FeatureSetSpec, candles: CandleArrays, batc
     values[2000, 1] += 1e-9
     planted = FeatureFrame(rows.ts, values, rows.is_warm, rows.missing, rows.feature_names)
     assert [d["ts_us"] for d in diff_frames(batch, planted)] == [int(batch.ts[2000])]
+
+
+def test_store_encodes_either_layout_alike(batch: FeatureFrame) -> None:
+    fields = _fields(len(batch.feature_names))
+    payload = bc.encode(fields, _stage_columns(batch))
+    assert payload == bc.encode(fields, _stage_columns(_row_major(batch)))
+    rows = bc.decode(payload, fields)
+    assert rows["vector"].tobytes() == np.ascontiguousarray(batch.values).tobytes()
+    part = batch.slice_ts(int(batch.ts[100]), int(batch.ts[200]))  # a column-major view
+    assert bc.encode(fields, _stage_columns(part)) == bc.encode(fields, _stage_columns(_row_major(part)))
 
 
 def test_frame_refuses_other_strides(batch: FeatureFrame) -> None:

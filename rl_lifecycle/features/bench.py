@@ -7,10 +7,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import talib
 
 from rl_lifecycle.candles.frame import CandleArrays
-from rl_lifecycle.features.pipeline import _native_runner, compute_features
+from rl_lifecycle.features.pipeline import _native_runner, compute_features, talib_function
 from rl_lifecycle.features.spec import SERIES, FeatureSetSpec, load_feature_set
 from rl_lifecycle.windows import WindowScheme, to_us
 
@@ -45,18 +44,20 @@ def _bare_talib(spec: FeatureSetSpec, candles: CandleArrays) -> Callable[[], Non
                 zscores.setdefault(i, []).append((ind.info.outputs.index(out.output), int(out.normalise.period or 0)))
     native_outputs = {i: _native_runner(ind.function, ind.inputs, dict(ind.params))(series)
                       for i, ind in enumerate(spec.indicators) if ind.info.native and i in zscores}
+    functions = {i: talib_function(ind.function) for i, ind in enumerate(spec.indicators) if not ind.info.native}
+    sma, stddev = talib_function("SMA"), talib_function("STDDEV")  # the pipeline's entry points, too
 
     def run() -> None:
         for i, ind in enumerate(spec.indicators):
             if ind.info.native:
                 outs = native_outputs.get(i, ())
             else:
-                result = getattr(talib, ind.function)(*(series[s] for s in ind.inputs), **dict(ind.params))
+                result = functions[i](*(series[s] for s in ind.inputs), **dict(ind.params))
                 outs = result if isinstance(result, tuple) else (result,)
             for index, period in zscores.get(i, ()):
                 x = np.asarray(outs[index], dtype=np.float64)  # pattern functions return ints
-                talib.SMA(x, timeperiod=period)
-                talib.STDDEV(x, timeperiod=period, nbdev=1.0)
+                sma(x, timeperiod=period)
+                stddev(x, timeperiod=period, nbdev=1.0)
 
     return run
 

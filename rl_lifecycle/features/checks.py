@@ -23,10 +23,16 @@ def _at(ts_us: int) -> dict:
     return {"ts": iso(ts_us), "ts_us": int(ts_us)}
 
 
+def _bits(values: np.ndarray) -> np.ndarray:
+    """float64 cells as their uint64 bit patterns: NaN == NaN when the bits match, and -0.0 != 0.0,
+    exactly like the stored bytes. A same-itemsize view is valid for any layout or strides, and the
+    comparisons below are elementwise, so row- and column-major frames compare by content alone."""
+    return values.view(np.uint64)
+
+
 def _row_differences(expected: FeatureFrame, e_rows: np.ndarray, actual: FeatureFrame, a_rows: np.ndarray) -> list[dict]:
     """Cell and warm-flag differences between aligned rows, in row order then column order."""
-    # uint64 views: NaN == NaN when the bits match, and -0.0 != 0.0, exactly like the stored bytes.
-    cells = (expected.values[e_rows].view(np.uint64) != actual.values[a_rows].view(np.uint64)) | (
+    cells = (_bits(expected.values[e_rows]) != _bits(actual.values[a_rows])) | (
         expected.missing[e_rows] != actual.missing[a_rows]
     )
     warm = expected.is_warm[e_rows] != actual.is_warm[a_rows]
@@ -128,7 +134,7 @@ def lookahead_violations(
             if len(frame) != 1 or frame.ts[0] != t:
                 out.append({"kind": "lookahead", "variant": variant, **_at(t), "detail": "row not recomputed"})
                 continue
-            bad = (frame.values[0].view(np.uint64) != reference.values[r].view(np.uint64)) | (
+            bad = (_bits(frame.values[0]) != _bits(reference.values[r])) | (
                 frame.missing[0] != reference.missing[r]
             )
             if bad.any() or frame.is_warm[0] != reference.is_warm[r]:

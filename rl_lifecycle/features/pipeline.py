@@ -150,8 +150,20 @@ class _Step:
     outputs: tuple[tuple[int, Normalise], ...]  # (index into run's outputs, normalisation)
 
 
-def _talib_runner(name: str, inputs: tuple[str, ...], params: dict) -> Callable[[Series], tuple[np.ndarray, ...]]:
+def talib_function(name: str) -> Callable[..., np.ndarray | tuple[np.ndarray, ...]]:
+    """TA-Lib's compiled function `name`, without the pandas/polars shim `talib` wraps it in when
+    either is installed. The shim only converts Series (we pass numpy arrays) and calls this very
+    function, so results are the same; it costs ~2 us a call, and a windowed pipeline makes
+    hundreds of calls."""
     func = getattr(talib, name)
+    return getattr(func, "__wrapped__", func)
+
+
+_SMA, _STDDEV = talib_function("SMA"), talib_function("STDDEV")
+
+
+def _talib_runner(name: str, inputs: tuple[str, ...], params: dict) -> Callable[[Series], tuple[np.ndarray, ...]]:
+    func = talib_function(name)
 
     def run(series: Series) -> tuple[np.ndarray, ...]:
         result = func(*(series[s] for s in inputs), **params)
@@ -213,8 +225,8 @@ def _normalise(
             np.subtract(x[start:hi], x[start - period : hi - period], out=out[start - lo :])
     else:  # zscore: TA-Lib's SMA/STDDEV are causal for a fixed start, like the indicators themselves
         period = int(norm.period or 0)
-        sma = talib.SMA(x, timeperiod=period)
-        std = talib.STDDEV(x, timeperiod=period, nbdev=1.0)[lo:hi]
+        sma = _SMA(x, timeperiod=period)
+        std = _STDDEV(x, timeperiod=period, nbdev=1.0)[lo:hi]
         np.subtract(x[lo:hi], sma[lo:hi], out=out)
         np.divide(out, std, out=out)
         flat = np.equal(std, 0.0, out=flags)  # a flat stretch has no scale: its z-score is 0, not inf/NaN

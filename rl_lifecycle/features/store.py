@@ -79,19 +79,25 @@ def register_feature_set(conn: psycopg.Connection, spec: FeatureSetSpec) -> str:
     return spec.fingerprint
 
 
+def _stage_columns(frame: FeatureFrame) -> dict[str, np.ndarray]:
+    """The COPY columns of a frame's rows. Any layout: encode assigns the (n, k) matrices into the
+    rows' fields element by element, so a column-major frame is staged with the same bytes as its
+    row-major copy, without making that copy."""
+    k = len(frame.feature_names)
+    return {
+        "ts": bc.us_to_pg(frame.ts),
+        "vector": np.asarray(frame.values, dtype="<f8"),
+        "is_warm": frame.is_warm,
+        "missing_mask": np.packbits(frame.missing, axis=1, bitorder="little").reshape(len(frame), _mask_bytes(k)),
+    }
+
+
 def _stage(conn: psycopg.Connection, frame: FeatureFrame) -> None:
     conn.execute(
         """CREATE TEMP TABLE IF NOT EXISTS snapshots_stage
            (ts timestamptz, vector bytea, is_warm boolean, missing_mask bytea) ON COMMIT DELETE ROWS"""
     )
-    k = len(frame.feature_names)
-    columns = {
-        "ts": bc.us_to_pg(frame.ts),
-        "vector": np.ascontiguousarray(frame.values, dtype="<f8"),
-        "is_warm": frame.is_warm,
-        "missing_mask": np.packbits(frame.missing, axis=1, bitorder="little").reshape(len(frame), _mask_bytes(k)),
-    }
-    bc.copy_in(conn, "snapshots_stage", _fields(k), columns)
+    bc.copy_in(conn, "snapshots_stage", _fields(len(frame.feature_names)), _stage_columns(frame))
 
 
 def upsert_snapshots(conn: psycopg.Connection, market: Market, fingerprint: str, frame: FeatureFrame) -> SnapshotWriteStats:
@@ -164,7 +170,10 @@ def write_window(
 def read_snapshots(
     conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, start_us: int, end_us: int
 ) -> FeatureFrame:
-    """Snapshots with start <= ts < end as (ts, float64 matrix, flags): the exact bytes written."""
+    """Snapshots with start <= ts < end as (ts, float64 matrix, flags): the exact bytes written.
+
+    The frame is row-major (the rows' layout on the wire); its content and digest equal those of the
+    column-major frame the pipeline computed."""
     k = len(spec.feature_names)
     query = sql.SQL(
         "SELECT ts, vector, is_warm, missing_mask FROM rl_feature_snapshots "
