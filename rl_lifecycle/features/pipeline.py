@@ -235,12 +235,13 @@ def _normalise(
 
 
 class _Writer:
-    """Writes segment rows straight into preallocated column-major frame arrays.
+    """Fills preallocated column-major frame arrays, feature column by feature column.
 
-    Every feature column of a window is one contiguous stretch of `values` (Fortran order), so
-    normalisation writes its result in its final place, and the column's missing bits and its share
-    of the warm flags are computed right after, while it is still in cache: no transpose, no
-    second pass over the matrix.
+    Segments are registered first, then every indicator runs over every segment in turn (one TA-Lib
+    call per segment, as always; the order of the calls changes no result). So each feature column
+    of `values` (Fortran order) is written top to bottom, in its final place: no transpose, and each
+    freshly faulted page of the output is filled while it is still in cache. A column's missing bits
+    and its share of the warm flags are computed right after it is written, while it is hot too.
     """
 
     def __init__(self, spec: FeatureSetSpec, n_rows: int) -> None:
@@ -248,28 +249,33 @@ class _Writer:
         self.values = np.empty((n_rows, k), order="F")
         self.missing = np.empty((n_rows, k), np.bool_, order="F")
         self.is_warm = np.empty(n_rows, np.bool_)
+        self._segments: list[tuple[Series, int, int, int]] = []
 
-    def segment(self, candles: CandleArrays, lo: int, hi: int, dst: int) -> None:
-        """Run the indicators over the whole segment `candles`; write its rows lo:hi at frame row dst on."""
+    def add_segment(self, candles: CandleArrays, lo: int, hi: int, dst: int) -> None:
+        """Segment `candles` gets the indicators run over all of it; its rows lo:hi go to frame rows dst on."""
         rows = hi - lo
-        values, missing = self.values[dst : dst + rows], self.missing[dst : dst + rows]
-        warm = self.is_warm[dst : dst + rows]
         aged = min(max(self.spec.warmup - lo, 0), rows)  # row i of a segment is aged iff i >= warmup
-        warm[:aged], warm[aged:] = False, True
+        self.is_warm[dst : dst + aged], self.is_warm[dst + aged : dst + rows] = False, True
         series = {s: np.ascontiguousarray(getattr(candles, s), dtype=np.float64) for s in SERIES}
+        self._segments.append((series, lo, hi, dst))
+
+    def frame(self, ts: np.ndarray) -> FeatureFrame:
         col = 0
         with np.errstate(divide="ignore", invalid="ignore"):  # undefined values are flagged, not warned about
             for step in self.steps:
-                results = step.run(series)
-                for index, norm in step.outputs:
-                    out, mask = values[:, col], missing[:, col]  # contiguous: column-major
-                    _normalise(results[index], norm, series["close"], lo, hi, out, mask)  # mask: scratch till isfinite
-                    np.isfinite(out, out=mask)
-                    np.logical_and(warm, mask, out=warm)
-                    np.logical_not(mask, out=mask)
-                    col += 1
-
-    def frame(self, ts: np.ndarray) -> FeatureFrame:
+                for series, lo, hi, dst in self._segments:
+                    rows = hi - lo
+                    warm = self.is_warm[dst : dst + rows]
+                    results = step.run(series)
+                    for j, (index, norm) in enumerate(step.outputs):
+                        out = self.values[dst : dst + rows, col + j]  # contiguous: column-major
+                        mask = self.missing[dst : dst + rows, col + j]  # scratch for _normalise until isfinite
+                        _normalise(results[index], norm, series["close"], lo, hi, out, mask)
+                        np.isfinite(out, out=mask)
+                        np.logical_and(warm, mask, out=warm)
+                        np.logical_not(mask, out=mask)
+                col += len(step.outputs)
+        self._segments.clear()
         return FeatureFrame(np.array(ts, dtype=np.int64), self.values, self.is_warm, self.missing,
                             self.spec.feature_names)
 
@@ -280,7 +286,7 @@ def compute_segment(spec: FeatureSetSpec, candles: CandleArrays, first_output: i
     lo = min(max(int(first_output), 0), n)
     writer = _Writer(spec, n - lo)
     if n > lo:
-        writer.segment(candles, lo, n, 0)
+        writer.add_segment(candles, lo, n, 0)
     return writer.frame(candles.ts[lo:])
 
 
@@ -312,5 +318,5 @@ def compute_features(
         row = w_hi
     writer = _Writer(spec, last - first)
     for seg_lo, seg_hi, out_lo, out_hi in pieces:
-        writer.segment(candles.slice(seg_lo, seg_hi), out_lo - seg_lo, out_hi - seg_lo, out_lo - first)
+        writer.add_segment(candles.slice(seg_lo, seg_hi), out_lo - seg_lo, out_hi - seg_lo, out_lo - first)
     return writer.frame(ts[first:last])
