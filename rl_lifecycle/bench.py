@@ -76,7 +76,13 @@ def _frame_for_rows(rows: int):
 
 def bench_snapshots(url: str, rows: int = 100_000, executemany_rows: int = 20_000, repeats: int = 3) -> dict:
     from rl_lifecycle.db import binary_copy as bc
-    from rl_lifecycle.features.store import _fields, read_snapshots, register_feature_set, upsert_snapshots
+    from rl_lifecycle.features.store import (
+        _fields,
+        feature_set_id,
+        read_snapshots,
+        register_feature_set,
+        upsert_snapshots,
+    )
     from rl_lifecycle.registry import add_market
 
     spec, market, frame = _frame_for_rows(rows)
@@ -97,11 +103,12 @@ def bench_snapshots(url: str, rows: int = 100_000, executemany_rows: int = 20_00
             "ts": bc.us_to_pg(frame.ts), "vector": frame.values, "is_warm": frame.is_warm,
             "missing_mask": np.packbits(frame.missing, axis=1, bitorder="little"),
         }
-        pair_fields = [bc.Field("pair", "S7"), bc.Field("interval", "S2"), bc.Field("fingerprint", "S64")]
+        set_id = feature_set_id(conn, spec.fingerprint)
+        key_fields = [bc.Field("pair", "S7"), bc.Field("interval", "S2"), bc.Field("feature_set_id", ">i4")]
         copy_columns = {"pair": np.full(rows, b"BTCUSDT"), "interval": np.full(rows, b"1m"),
-                        "fingerprint": np.full(rows, spec.fingerprint.encode()), **columns}
+                        "feature_set_id": np.full(rows, set_id), **columns}
         copy_s = _median_seconds(
-            lambda: bc.copy_in(conn, "bench_copy", [*pair_fields, *_fields(k)], copy_columns), repeats,
+            lambda: bc.copy_in(conn, "bench_copy", [*key_fields, *_fields(k)], copy_columns), repeats,
             lambda: conn.execute("TRUNCATE bench_copy"),
         )
 
@@ -110,13 +117,13 @@ def bench_snapshots(url: str, rows: int = 100_000, executemany_rows: int = 20_00
         conn.execute("CREATE TABLE bench_many (LIKE rl_feature_snapshots INCLUDING ALL)")
         masks = np.packbits(frame.missing[:executemany_rows], axis=1, bitorder="little")
         params = [
-            (market.pair, market.interval, spec.fingerprint, datetime.fromtimestamp(int(t) / 1e6, UTC),
+            (market.pair, market.interval, set_id, datetime.fromtimestamp(int(t) / 1e6, UTC),
              frame.values[i].tobytes(), bool(frame.is_warm[i]), masks[i].tobytes())
             for i, t in enumerate(frame.ts[:executemany_rows])
         ]
-        insert = """INSERT INTO bench_many (pair, interval, fingerprint, ts, vector, is_warm, missing_mask)
+        insert = """INSERT INTO bench_many (pair, interval, feature_set_id, ts, vector, is_warm, missing_mask)
                     VALUES (%s, %s, %s, %s, %s, %s, %s)
-                    ON CONFLICT (pair, interval, fingerprint, ts) DO UPDATE
+                    ON CONFLICT (pair, interval, feature_set_id, ts) DO UPDATE
                     SET vector = EXCLUDED.vector, is_warm = EXCLUDED.is_warm, missing_mask = EXCLUDED.missing_mask"""
 
         def executemany_psycopg2():

@@ -56,7 +56,7 @@ def test_primary_keys_and_plain_tables_without_timescale(migrated_url):
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                WHERE i.indrelid = 'rl_feature_snapshots'::regclass AND i.indisprimary"""
         ).fetchone()[0]
-    assert pk == ["pair", "interval", "fingerprint", "ts"]
+    assert pk == ["pair", "interval", "feature_set_id", "ts"]
     if timescale is None:
         assert _tables(migrated_url) >= {"rl_feature_snapshots", "market_candles"}
 

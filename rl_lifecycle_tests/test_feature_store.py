@@ -17,7 +17,7 @@ from rl_lifecycle.features.service import (
     window_input,
 )
 from rl_lifecycle.features.spec import load_feature_set
-from rl_lifecycle.features.store import read_snapshots, upsert_snapshots, window_records
+from rl_lifecycle.features.store import read_snapshots, register_feature_set, upsert_snapshots, window_records
 from rl_lifecycle.markets import Market
 from rl_lifecycle.windows import WindowScheme
 
@@ -66,6 +66,9 @@ def test_rematerializing_changes_no_stored_byte(btc, ta_v2):
 
 def test_duplicate_upserts_are_idempotent_on_the_unique_key(btc, ta_v2):
     computed = compute_window(btc, BTC, ta_v2, SCHEME, MARCH)
+    with pytest.raises(ValueError, match="not registered"):
+        upsert_snapshots(btc, BTC, ta_v2.fingerprint, computed.frame)
+    register_feature_set(btc, ta_v2)
     for _ in range(3):
         upsert_snapshots(btc, BTC, ta_v2.fingerprint, computed.frame)
     assert btc.execute("SELECT count(*) FROM rl_feature_snapshots").fetchone()[0] == 744
@@ -143,4 +146,4 @@ def test_feature_sets_are_registered_and_kept_apart(btc, ta_v2):
     names = dict(btc.execute("SELECT name, feature_names FROM feature_sets").fetchall())
     assert names["ta_v2"] == list(ta_v2.feature_names) and names["core_v1"] == list(core.feature_names)
     assert len(stored_window(btc, BTC, core, MARCH).feature_names) == len(core.feature_names)
-    assert btc.execute("SELECT count(DISTINCT fingerprint) FROM rl_feature_snapshots").fetchone()[0] == 2
+    assert btc.execute("SELECT count(DISTINCT feature_set_id) FROM rl_feature_snapshots").fetchone()[0] == 2

@@ -79,6 +79,12 @@ def register_feature_set(conn: psycopg.Connection, spec: FeatureSetSpec) -> str:
     return spec.fingerprint
 
 
+def feature_set_id(conn: psycopg.Connection, fingerprint: str) -> int | None:
+    """The snapshot table's key for a fingerprint; None when the feature set was never registered."""
+    row = conn.execute("SELECT id FROM feature_sets WHERE fingerprint = %s", (fingerprint,)).fetchone()
+    return None if row is None else row[0]
+
+
 def _stage_columns(frame: FeatureFrame) -> dict[str, np.ndarray]:
     """The COPY columns of a frame's rows. Any layout: encode assigns the (n, k) matrices into the
     rows' fields element by element, so a column-major frame is staged with the same bytes as its
@@ -102,20 +108,23 @@ def _stage(conn: psycopg.Connection, frame: FeatureFrame) -> None:
 
 def upsert_snapshots(conn: psycopg.Connection, market: Market, fingerprint: str, frame: FeatureFrame) -> SnapshotWriteStats:
     """Stage with COPY, merge with one INSERT ... ON CONFLICT; identical rows stay untouched."""
+    set_id = feature_set_id(conn, fingerprint)
+    if set_id is None:
+        raise ValueError(f"feature set {fingerprint[:12]} is not registered; call register_feature_set first")
     with conn.transaction():
         _stage(conn, frame)  # even when empty: write_window deletes what the stage does not hold
         inserted, written = conn.execute(
             """WITH merged AS (
-                 INSERT INTO rl_feature_snapshots AS s (pair, interval, fingerprint, ts, vector, is_warm, missing_mask)
+                 INSERT INTO rl_feature_snapshots AS s (pair, interval, feature_set_id, ts, vector, is_warm, missing_mask)
                  SELECT %s, %s, %s, ts, vector, is_warm, missing_mask FROM snapshots_stage
-                 ON CONFLICT (pair, interval, fingerprint, ts) DO UPDATE
+                 ON CONFLICT (pair, interval, feature_set_id, ts) DO UPDATE
                    SET vector = EXCLUDED.vector, is_warm = EXCLUDED.is_warm,
                        missing_mask = EXCLUDED.missing_mask, computed_at = now()
                    WHERE (s.vector, s.is_warm, s.missing_mask)
                          IS DISTINCT FROM (EXCLUDED.vector, EXCLUDED.is_warm, EXCLUDED.missing_mask)
                  RETURNING (xmax = 0) AS inserted)
                SELECT count(*) FILTER (WHERE inserted), count(*) FROM merged""",
-            (market.pair, market.interval, fingerprint),
+            (market.pair, market.interval, set_id),
         ).fetchone()
     return SnapshotWriteStats(inserted, written - inserted, len(frame) - written)
 
@@ -143,10 +152,10 @@ def write_window(
         # rows (still there until commit) are exactly the window's rows now.
         deleted = conn.execute(
             sql.SQL(
-                "DELETE FROM rl_feature_snapshots s WHERE pair = %s AND interval = %s AND fingerprint = %s "
+                "DELETE FROM rl_feature_snapshots s WHERE pair = %s AND interval = %s AND feature_set_id = %s "
                 "AND ts >= {s} AND ts < {e} AND NOT EXISTS (SELECT 1 FROM snapshots_stage st WHERE st.ts = s.ts)"
             ).format(s=pg_timestamp(window.start), e=pg_timestamp(window.end)),
-            (market.pair, market.interval, fingerprint),
+            (market.pair, market.interval, feature_set_id(conn, fingerprint)),
         ).rowcount
         conn.execute(
             sql.SQL(
@@ -177,8 +186,9 @@ def read_snapshots(
     k = len(spec.feature_names)
     query = sql.SQL(
         "SELECT ts, vector, is_warm, missing_mask FROM rl_feature_snapshots "
-        "WHERE pair = {p} AND interval = {i} AND fingerprint = {f} AND ts >= {s} AND ts < {e} ORDER BY ts"
-    ).format(p=market.pair, i=market.interval, f=spec.fingerprint, s=pg_timestamp(start_us), e=pg_timestamp(end_us))
+        "WHERE pair = {p} AND interval = {i} AND feature_set_id = {f} AND ts >= {s} AND ts < {e} ORDER BY ts"
+    ).format(p=market.pair, i=market.interval, f=feature_set_id(conn, spec.fingerprint) or -1,
+             s=pg_timestamp(start_us), e=pg_timestamp(end_us))
     rows = bc.copy_out(conn, query, _fields(k))
     missing = np.unpackbits(rows["missing_mask"].reshape(len(rows), -1), axis=1, count=k, bitorder="little")
     return FeatureFrame(
