@@ -147,3 +147,14 @@ def test_feature_sets_are_registered_and_kept_apart(btc, ta_v2):
     assert names["ta_v2"] == list(ta_v2.feature_names) and names["core_v1"] == list(core.feature_names)
     assert len(stored_window(btc, BTC, core, MARCH).feature_names) == len(core.feature_names)
     assert btc.execute("SELECT count(DISTINCT feature_set_id) FROM rl_feature_snapshots").fetchone()[0] == 2
+
+
+def test_first_writes_and_merges_store_the_same_bytes(btc, ta_v2):
+    frame = compute_window(btc, BTC, ta_v2, SCHEME, MARCH).frame
+    register_feature_set(btc, ta_v2)
+    half = frame.slice_ts(MARCH.start, MARCH.start + 372 * BTC.interval_us)
+    first = upsert_snapshots(btc, BTC, ta_v2.fingerprint, half)  # empty range: plain insert
+    assert (first.inserted, first.updated, first.unchanged) == (372, 0, 0)
+    merged = upsert_snapshots(btc, BTC, ta_v2.fingerprint, frame)  # overlaps: ON CONFLICT merge
+    assert (merged.inserted, merged.updated, merged.unchanged) == (372, 0, 372)
+    assert read_snapshots(btc, BTC, ta_v2, MARCH.start, MARCH.end).digest() == frame.digest()
