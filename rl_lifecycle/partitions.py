@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dagster import (
     DailyPartitionsDefinition,
+    DimensionPartitionMapping,
     DynamicPartitionsDefinition,
+    IdentityPartitionMapping,
     MonthlyPartitionsDefinition,
     MultiPartitionKey,
+    MultiPartitionMapping,
     MultiPartitionsDefinition,
+    TimeWindowPartitionMapping,
     TimeWindowPartitionsDefinition,
     WeeklyPartitionsDefinition,
 )
@@ -38,6 +42,16 @@ window_partitions = _window_partitions(WINDOW_SCHEME, _settings.window_start)
 market_window_partitions = MultiPartitionsDefinition(
     {MARKET_DIMENSION: market_partitions, WINDOW_DIMENSION: window_partitions}
 )
+
+
+def same_market_and_previous_windows(previous: int) -> MultiPartitionMapping:
+    """Depend on the same market's window and the `previous` windows before it."""
+    return MultiPartitionMapping(
+        {
+            MARKET_DIMENSION: DimensionPartitionMapping(MARKET_DIMENSION, IdentityPartitionMapping()),
+            WINDOW_DIMENSION: DimensionPartitionMapping(WINDOW_DIMENSION, TimeWindowPartitionMapping(start_offset=-previous)),
+        }
+    )
 
 
 def partition_key(market: Market, window: Window | str) -> MultiPartitionKey:

@@ -12,6 +12,9 @@ from rl_lifecycle.db import resolve_database_url
 from rl_lifecycle.db.migrate import apply_migrations
 
 
+_MIGRATED: set[str] = set()  # URLs migrated by this process: migrate once, not on every connection
+
+
 class PostgresResource(ConfigurableResource):
     """The feature store / audit database: RL_DATABASE_URL, or the embedded server when unset."""
 
@@ -23,6 +26,8 @@ class PostgresResource(ConfigurableResource):
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
         url = self.database_url()
-        apply_migrations(url)
+        if url not in _MIGRATED:
+            apply_migrations(url)
+            _MIGRATED.add(url)
         with psycopg.connect(url, autocommit=True) as conn:
             yield conn

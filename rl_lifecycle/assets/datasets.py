@@ -6,11 +6,7 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     Config,
-    DimensionPartitionMapping,
-    IdentityPartitionMapping,
     MaterializeResult,
-    MultiPartitionMapping,
-    TimeWindowPartitionMapping,
     asset,
     asset_check,
 )
@@ -20,11 +16,10 @@ from rl_lifecycle.datasets.builder import build_dataset
 from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
 from rl_lifecycle.features.spec import active_feature_set
 from rl_lifecycle.partitions import (
-    MARKET_DIMENSION,
-    WINDOW_DIMENSION,
     WINDOW_SCHEME,
     market_window_partitions,
     parse_partition_key,
+    same_market_and_previous_windows,
 )
 from rl_lifecycle.resources import PostgresResource
 from rl_lifecycle.settings import load_settings
@@ -32,14 +27,7 @@ from rl_lifecycle.settings import load_settings
 DEFAULT_SPAN_WINDOWS = 3
 
 # The dataset of a window spans it and the windows before it.
-SPAN_MAPPING = MultiPartitionMapping(
-    {
-        MARKET_DIMENSION: DimensionPartitionMapping(MARKET_DIMENSION, IdentityPartitionMapping()),
-        WINDOW_DIMENSION: DimensionPartitionMapping(
-            WINDOW_DIMENSION, TimeWindowPartitionMapping(start_offset=-(DEFAULT_SPAN_WINDOWS - 1))
-        ),
-    }
-)
+SPAN_MAPPING = same_market_and_previous_windows(DEFAULT_SPAN_WINDOWS - 1)
 
 
 class TrainingDatasetConfig(Config):

@@ -1,35 +1,20 @@
 """`feature_snapshots`: the canonical TA-Lib feature vectors of one market x window."""
 
-from dagster import (
-    AssetDep,
-    AssetExecutionContext,
-    DimensionPartitionMapping,
-    IdentityPartitionMapping,
-    MaterializeResult,
-    MultiPartitionMapping,
-    TimeWindowPartitionMapping,
-    asset,
-)
+from dagster import AssetDep, AssetExecutionContext, MaterializeResult, asset
 
 from rl_lifecycle.assets.presentation import markdown_table
 from rl_lifecycle.features.service import feature_statistics, materialize_window
 from rl_lifecycle.features.spec import active_feature_set
 from rl_lifecycle.partitions import (
-    MARKET_DIMENSION,
-    WINDOW_DIMENSION,
     WINDOW_SCHEME,
     market_window_partitions,
     parse_partition_key,
+    same_market_and_previous_windows,
 )
 from rl_lifecycle.resources import PostgresResource
 
 # A window's features read its own candles plus `warmup` candles from earlier windows.
-WITH_PREVIOUS_WINDOW = MultiPartitionMapping(
-    {
-        MARKET_DIMENSION: DimensionPartitionMapping(MARKET_DIMENSION, IdentityPartitionMapping()),
-        WINDOW_DIMENSION: DimensionPartitionMapping(WINDOW_DIMENSION, TimeWindowPartitionMapping(start_offset=-1)),
-    }
-)
+WITH_PREVIOUS_WINDOW = same_market_and_previous_windows(1)
 
 
 @asset(
