@@ -249,6 +249,14 @@ def dev(port: Annotated[int, typer.Option(help="webserver port")] = 3000) -> Non
 
 
 def main() -> None:
+    # Dagster flags the partitioned checks and MultiPartitionMapping we rely on as beta/preview at
+    # import time; users of the CLI cannot act on that, so keep it out of their output.
+    import warnings
+
+    from dagster import BetaWarning, PreviewWarning
+
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
     try:
         app()
     except UserInputError as exc:
