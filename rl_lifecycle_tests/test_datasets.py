@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -41,7 +43,7 @@ def test_cold_build_computes_and_writes_back_then_warm_build_reads_the_cache(btc
     assert warm.dataset_hash == cold.dataset_hash and warm.reused
     assert btc.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 1
     # the full rebuild from stored bytes agrees with the recorded hash
-    assert rebuild_hash(btc, spec) == cold.dataset_hash
+    assert rebuild_hash(btc, spec, load_feature_set("ta_v2")) == cold.dataset_hash
 
 
 def test_dataset_rows_are_warm_snapshots_with_labels(btc, tmp_path):
@@ -145,3 +147,42 @@ def test_rewriting_identical_candles_keeps_windows_cached(btc, tmp_path):
     again = build_dataset(btc, spec, tmp_path)
     assert again.computed_windows == [] and again.dataset_hash == first.dataset_hash
     assert build_dataset(btc, spec, tmp_path).cached_windows == ["2024-02-01", "2024-03-01", "2024-04-01"]
+
+
+def test_the_gates_verify_the_build_of_this_run_even_when_reused(btc, tmp_path):
+    april = SCHEME.parse("2024-04-01")
+    first = build_dataset(btc, _spec(), tmp_path)
+    build_dataset(btc, _spec(forward_return_horizon=4), tmp_path)
+    again = build_dataset(btc, _spec(), tmp_path)  # reused: must become the latest build of the span
+    assert again.reused and again.dataset_hash == first.dataset_hash
+    from rl_lifecycle.datasets.service import latest_version
+
+    assert latest_version(btc, BTC, april).dataset_hash == first.dataset_hash
+    assert check_reproducible(btc, BTC, april).passed
+
+
+def test_a_feature_set_given_by_path_builds_and_verifies(btc, tmp_path):
+    import yaml
+
+    from rl_lifecycle.features.spec import SETS_DIR
+
+    data = yaml.safe_load((SETS_DIR / "core_v1.yaml").read_text())
+    data["name"] = "custom_v1"
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(data))
+    features = load_feature_set(path)
+    build = build_dataset(btc, _spec(feature_set="custom_v1"), tmp_path, features)
+    assert build.rows > 0
+    assert check_reproducible(btc, BTC, SCHEME.parse("2024-04-01")).passed  # spec loaded from the registry
+
+
+def test_the_window_cadence_is_part_of_the_feature_identity(btc):
+    monthly = load_feature_set("ta_v2", anchor="monthly")
+    weekly = load_feature_set("ta_v2", anchor="weekly")
+    assert monthly.fingerprint != weekly.fingerprint
+    from rl_lifecycle.features.service import compute_window
+
+    with pytest.raises(ValueError, match="anchored on monthly"):
+        compute_window(btc, BTC, monthly, WindowScheme("weekly"), WindowScheme("weekly").parse("2024-04-01"))
+    with pytest.raises(ValueError, match="wants ta_v2 on monthly"):
+        build_dataset(btc, _spec(), Path("/tmp/unused"), weekly)

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS dataset_versions (
     rows           integer     NOT NULL,
     storage_uri    text        NOT NULL,
     source_windows jsonb       NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    last_built_at  timestamptz NOT NULL DEFAULT now()  -- a reused version is touched: the latest build of its span
 );
-CREATE INDEX IF NOT EXISTS dataset_versions_market ON dataset_versions (pair, interval, span_end);
+CREATE INDEX IF NOT EXISTS dataset_versions_market ON dataset_versions (pair, interval, span_end, last_built_at);

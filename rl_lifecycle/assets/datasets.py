@@ -14,7 +14,7 @@ from pydantic import Field
 
 from rl_lifecycle.datasets.builder import build_dataset
 from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
-from rl_lifecycle.features.spec import active_feature_set
+from rl_lifecycle.features.spec import FeatureSetSpec, active_feature_set
 from rl_lifecycle.partitions import (
     WINDOW_SCHEME,
     market_window_partitions,
@@ -36,10 +36,10 @@ class TrainingDatasetConfig(Config):
     transaction_cost_bps: float = Field(default=10.0, ge=0.0, description="cost per unit of turnover")
 
 
-def _spec(partition_key: str, config: TrainingDatasetConfig):
+def _spec(partition_key: str, config: TrainingDatasetConfig, features: FeatureSetSpec):
     market, window = parse_partition_key(partition_key)
     return spec_ending_at(
-        market, window, WINDOW_SCHEME, active_feature_set().name, config.span_windows,
+        market, window, WINDOW_SCHEME, features.name, config.span_windows,
         forward_return_horizon=config.forward_return_horizon, transaction_cost_bps=config.transaction_cost_bps,
     )
 
@@ -52,9 +52,10 @@ def _spec(partition_key: str, config: TrainingDatasetConfig):
     description="Warm feature rows of the span ending at this window, with close and forward-return label; content-addressed.",
 )
 def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConfig, database: PostgresResource) -> MaterializeResult:
-    spec = _spec(context.partition_key, config)
+    features = active_feature_set()
+    spec = _spec(context.partition_key, config, features)
     with database.connect() as conn:
-        build = build_dataset(conn, spec, load_settings().datasets_dir)
+        build = build_dataset(conn, spec, load_settings().datasets_dir, features)
     context.log.info(
         f"dataset {build.dataset_hash[:12]}: {build.rows} rows; windows from cache {len(build.cached_windows)}, "
         f"computed {len(build.computed_windows)}{'; reused an existing version' if build.reused else ''}"

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import psycopg
+from psycopg import sql
 
 from rl_lifecycle.candles.frame import CandleArrays
 from rl_lifecycle.candles.store import load_candles_with_warmup, window_input_stamps
 from rl_lifecycle.datasets.spec import DatasetSpec
+from rl_lifecycle.db.binary_copy import pg_timestamp
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
@@ -90,6 +92,8 @@ def _label_candles(candles: CandleArrays, ts: np.ndarray, spec: DatasetSpec) -> 
     """Close at t and log(close[t + h bars] / close[t]); NaN when that bar is not stored inside the span."""
     interval_us = spec.parsed_market.interval_us
     at = np.searchsorted(candles.ts, ts)
+    if len(ts) and (at.max() >= len(candles) or not np.array_equal(candles.ts[at], ts)):
+        raise RuntimeError("snapshot rows without a stored candle: the candles changed during the build; build it again")
     close = candles.close[at]
     span_end = spec.windows()[-1].end
     target = ts + spec.forward_return_horizon * interval_us
@@ -205,30 +209,55 @@ def refresh_windows(
     return candles, sources, cached, computed
 
 
-def _existing_version(conn: psycopg.Connection, spec: DatasetSpec, fingerprint: str, sources: dict) -> tuple[str, str] | None:
+def _existing_version(conn: psycopg.Connection, spec: DatasetSpec, fingerprint: str, sources: dict) -> tuple[str, str, int] | None:
     """A stored version built from exactly these window contents: its content, hence its hash, is ours."""
     row = conn.execute(
-        """SELECT dataset_hash, storage_uri FROM dataset_versions
+        """SELECT dataset_hash, storage_uri, rows FROM dataset_versions
            WHERE fingerprint = %s AND spec = %s::jsonb AND source_windows = %s::jsonb
-           ORDER BY created_at DESC LIMIT 1""",
+           ORDER BY last_built_at DESC LIMIT 1""",
         (fingerprint, spec.canonical_json(), json.dumps(sources, sort_keys=True)),
     ).fetchone()
     if row is None or not Path(row[1]).exists():
         return None
-    return row[0], row[1]
+    return row
 
 
-def build_dataset(conn: psycopg.Connection, spec: DatasetSpec, datasets_dir: Path) -> DatasetBuild:
-    features = load_feature_set(spec.feature_set)
+def resolve_features(spec: DatasetSpec, features: FeatureSetSpec | None) -> FeatureSetSpec:
+    """The feature set a dataset is built from: the one given (the active set), else loaded by name."""
+    features = features or load_feature_set(spec.feature_set, anchor=spec.window_cadence)
+    if (features.name, features.anchor) != (spec.feature_set, spec.window_cadence):
+        raise ValueError(
+            f"dataset spec wants {spec.feature_set} on {spec.window_cadence} windows, "
+            f"got {features.name} anchored on {features.anchor}"
+        )
+    return features
+
+
+def _verify_windows(snapshots: FeatureFrame, spec: DatasetSpec, sources: dict[str, dict]) -> None:
+    """The snapshots read are the ones the window records describe (no rewrite in between)."""
+    for window in spec.windows():
+        digest = snapshots.slice_ts(window.start, window.end).digest()
+        if digest != sources[window.key]["content_digest"]:
+            raise RuntimeError(
+                f"snapshots of window {window.key} changed while the dataset was being built; build it again"
+            )
+
+
+def build_dataset(
+    conn: psycopg.Connection, spec: DatasetSpec, datasets_dir: Path, features: FeatureSetSpec | None = None
+) -> DatasetBuild:
+    features = resolve_features(spec, features)
     fingerprint = register_feature_set(conn, features)
     market, windows = spec.parsed_market, spec.windows()
     candles, sources, cached, computed = refresh_windows(conn, spec, features)
     existing = _existing_version(conn, spec, fingerprint, sources)
     if existing is not None:
-        rows = conn.execute("SELECT rows FROM dataset_versions WHERE dataset_hash = %s", (existing[0],)).fetchone()[0]
-        return DatasetBuild(existing[0], spec, fingerprint, rows, existing[1], cached, computed, True, sources)
+        digest, uri, rows = existing
+        _touch_version(conn, digest, uri, sources)
+        return DatasetBuild(digest, spec, fingerprint, rows, uri, cached, computed, True, sources)
 
     snapshots = read_snapshots(conn, market, features, windows[0].start, windows[-1].end)
+    _verify_windows(snapshots, spec, sources)
     content = assemble(snapshots, candles.get(), spec)
     if len(content) == 0:
         raise UserInputError(
@@ -236,26 +265,36 @@ def build_dataset(conn: psycopg.Connection, spec: DatasetSpec, datasets_dir: Pat
             f"ingest candles for the span (and {features.warmup} bars of warmup before it)"
         )
     digest = dataset_hash(fingerprint, spec, content)
-    target = datasets_dir / market.key / f"{digest}.parquet"
     stored = conn.execute("SELECT storage_uri FROM dataset_versions WHERE dataset_hash = %s", (digest,)).fetchone()
-    reused = stored is not None and Path(stored[0]).exists()
-    if not reused:
-        _write_parquet_atomically(_to_frame(content, spec.forward_return_horizon), target)
+    if stored is not None and Path(stored[0]).exists():
+        _touch_version(conn, digest, stored[0], sources)
+        return DatasetBuild(digest, spec, fingerprint, len(content), stored[0], cached, computed, True, sources)
+    target = datasets_dir / market.key / f"{digest}.parquet"
+    _write_parquet_atomically(_to_frame(content, spec.forward_return_horizon), target)
     conn.execute(
-        """INSERT INTO dataset_versions (dataset_hash, pair, interval, fingerprint, feature_set, span_start, span_end,
-                                         spec, rows, storage_uri, source_windows)
-           VALUES (%s, %s, %s, %s, %s, to_timestamp(%s / 1e6), to_timestamp(%s / 1e6), %s::jsonb, %s, %s, %s::jsonb)
-           ON CONFLICT (dataset_hash) DO UPDATE SET storage_uri = EXCLUDED.storage_uri, source_windows = EXCLUDED.source_windows""",
-        (digest, market.pair, market.interval, fingerprint, features.name, windows[0].start, windows[-1].end,
-         spec.canonical_json(), len(content), str(stored[0] if reused else target), json.dumps(sources, sort_keys=True)),
+        sql.SQL(
+            """INSERT INTO dataset_versions (dataset_hash, pair, interval, fingerprint, feature_set, span_start, span_end,
+                                             spec, rows, storage_uri, source_windows)
+               VALUES (%s, %s, %s, %s, %s, {start}, {end}, %s::jsonb, %s, %s, %s::jsonb)
+               ON CONFLICT (dataset_hash) DO UPDATE
+                 SET storage_uri = EXCLUDED.storage_uri, source_windows = EXCLUDED.source_windows, last_built_at = now()"""
+        ).format(start=pg_timestamp(windows[0].start), end=pg_timestamp(windows[-1].end)),
+        (digest, market.pair, market.interval, fingerprint, features.name, spec.canonical_json(), len(content),
+         str(target), json.dumps(sources, sort_keys=True)),
     )
-    return DatasetBuild(digest, spec, fingerprint, len(content), str(stored[0] if reused else target), cached, computed,
-                        reused, sources)
+    return DatasetBuild(digest, spec, fingerprint, len(content), str(target), cached, computed, False, sources)
 
 
-def rebuild_hash(conn: psycopg.Connection, spec: DatasetSpec) -> str:
+def _touch_version(conn: psycopg.Connection, digest: str, uri: str, sources: dict) -> None:
+    """A reused version becomes the latest build of its span (what the dataset checks verify)."""
+    conn.execute(
+        "UPDATE dataset_versions SET last_built_at = now(), storage_uri = %s, source_windows = %s::jsonb WHERE dataset_hash = %s",
+        (uri, json.dumps(sources, sort_keys=True), digest),
+    )
+
+
+def rebuild_hash(conn: psycopg.Connection, spec: DatasetSpec, features: FeatureSetSpec) -> str:
     """The dataset hash recomputed from the stored snapshots and candles, with no shortcut."""
-    features = load_feature_set(spec.feature_set)
     windows = spec.windows()
     candles = load_candles_with_warmup(conn, spec.parsed_market, windows[0].start, windows[-1].end, features.warmup)
     snapshots = read_snapshots(conn, spec.parsed_market, features, windows[0].start, windows[-1].end)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from rl_lifecycle.datasets.builder import dataset_hash, read_dataset, rebuild_hash
 from rl_lifecycle.datasets.spec import DatasetSpec
-from rl_lifecycle.features.spec import load_feature_set
-from rl_lifecycle.features.store import read_snapshots
+from rl_lifecycle.db.binary_copy import pg_timestamp
+from rl_lifecycle.features.store import load_registered_feature_set, read_snapshots
 from rl_lifecycle.markets import Market
 from rl_lifecycle.windows import Window, WindowScheme
 
@@ -41,17 +42,20 @@ class DatasetVersion:
     storage_uri: str
     rows: int
     spec: DatasetSpec
+    fingerprint: str
 
 
 def latest_version(conn: psycopg.Connection, market: Market, window: Window) -> DatasetVersion | None:
-    """The dataset most recently recorded for the span ending at `window`, whatever its settings."""
+    """The dataset built (or reused) most recently for the span ending at `window`: the run's own build."""
     row = conn.execute(
-        """SELECT dataset_hash, storage_uri, rows, spec FROM dataset_versions
-           WHERE pair = %s AND interval = %s AND span_end = to_timestamp(%s / 1e6)
-           ORDER BY created_at DESC LIMIT 1""",
-        (market.pair, market.interval, window.end),
+        sql.SQL(
+            """SELECT dataset_hash, storage_uri, rows, spec, fingerprint FROM dataset_versions
+               WHERE pair = %s AND interval = %s AND span_end = {end}
+               ORDER BY last_built_at DESC LIMIT 1"""
+        ).format(end=pg_timestamp(window.end)),
+        (market.pair, market.interval),
     ).fetchone()
-    return None if row is None else DatasetVersion(row[0], row[1], row[2], DatasetSpec.create(**row[3]))
+    return None if row is None else DatasetVersion(row[0], row[1], row[2], DatasetSpec.create(**row[3]), row[4])
 
 
 def check_reproducible(conn: psycopg.Connection, market: Market, window: Window) -> DatasetCheck:
@@ -60,12 +64,12 @@ def check_reproducible(conn: psycopg.Connection, market: Market, window: Window)
     if version is None:
         return DatasetCheck(False, f"no dataset recorded for {market.key} ending at {window.key}")
     recorded, uri, spec = version.dataset_hash, version.storage_uri, version.spec
-    rebuilt = rebuild_hash(conn, spec)
+    features = load_registered_feature_set(conn, version.fingerprint)
+    rebuilt = rebuild_hash(conn, spec, features)
     if rebuilt != recorded:
         return DatasetCheck(False, f"rebuilt hash {rebuilt[:12]} differs from the recorded {recorded[:12]}")
     if not Path(uri).exists():
         return DatasetCheck(False, f"dataset file {uri} is missing")
-    features = load_feature_set(spec.feature_set)
     from_file = dataset_hash(features.fingerprint, spec, read_dataset(uri, spec, features.feature_names))
     if from_file != recorded:
         return DatasetCheck(False, f"stored file hashes to {from_file[:12]}, not the recorded {recorded[:12]}")
@@ -78,13 +82,13 @@ def check_no_unwarm_rows(conn: psycopg.Connection, market: Market, window: Windo
     if version is None or not Path(version.storage_uri).exists():
         return DatasetCheck(False, f"no stored dataset for {market.key} ending at {window.key}")
     spec = version.spec
-    features = load_feature_set(spec.feature_set)
+    features = load_registered_feature_set(conn, version.fingerprint)
     content = read_dataset(version.storage_uri, spec, features.feature_names)
     windows = spec.windows()
     snapshots = read_snapshots(conn, spec.parsed_market, features, windows[0].start, windows[-1].end)
     warm_ts = snapshots.ts[snapshots.is_warm]
     not_warm = np.setdiff1d(content.ts, warm_ts)
-    nan_rows = int(np.isnan(content.values).any(axis=1).sum())
+    nan_rows = int((~np.isfinite(content.values)).any(axis=1).sum())
     if len(not_warm) or nan_rows:
-        return DatasetCheck(False, f"{len(not_warm)} rows are not warm snapshots; {nan_rows} rows hold NaN features")
+        return DatasetCheck(False, f"{len(not_warm)} rows are not warm snapshots; {nan_rows} rows hold NaN or infinite features")
     return DatasetCheck(True, f"all {len(content)} rows are warm with every feature defined")

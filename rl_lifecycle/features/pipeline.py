@@ -303,6 +303,11 @@ def compute_features(
     history). Per window w: segment = candles[max(0, idx(w.start) - warmup) : idx(w.end)], rows from
     max(idx(w.start), idx(output_from)) are kept.
     """
+    if scheme.cadence != spec.anchor:
+        raise ValueError(
+            f"feature set {spec.name} is anchored on {spec.anchor} windows; computing it on {scheme.cadence} "
+            "windows would give other values under the same fingerprint"
+        )
     ts = np.asarray(candles.ts, dtype=np.int64)
     if len(ts) > 1 and not (ts[1:] > ts[:-1]).all():
         raise UserInputError("candles must be sorted by ts without duplicates for the canonical feature rule")

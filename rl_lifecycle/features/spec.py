@@ -244,12 +244,18 @@ class Indicator(_Frozen):
         return _talib_lookback(self.function, self.params)
 
 
+AnchorCadence = Literal["monthly", "weekly", "daily"]
+
+
 class FeatureSetSpec(_Frozen):
     name: StrictStr = Field(pattern=_NAME)
     version: StrictInt = Field(ge=1)
     description: StrictStr
     warmup: StrictInt = Field(ge=0)
     indicators: tuple[Indicator, ...]
+    # The window cadence of anchor(t). It moves every value, so it is part of the spec and of the
+    # fingerprint; load_feature_set fills it from RL_WINDOW_CADENCE unless the YAML declares it.
+    anchor: AnchorCadence = "monthly"
 
     @model_validator(mode="after")
     def _check_features(self) -> FeatureSetSpec:
@@ -351,8 +357,12 @@ def _is_name(name_or_path: str | Path) -> bool:
     return not isinstance(name_or_path, Path) and not raw.endswith((".yaml", ".yml")) and "/" not in raw
 
 
-def load_feature_set(name_or_path: str | Path) -> FeatureSetSpec:
-    """Load a shipped set by name (`ta_v2`) or any YAML file by path."""
+def load_feature_set(name_or_path: str | Path, anchor: str | None = None) -> FeatureSetSpec:
+    """Load a shipped set by name (`ta_v2`) or any YAML file by path.
+
+    `anchor` (default: RL_WINDOW_CADENCE) is the window cadence the set is computed under, unless
+    the YAML declares its own; a YAML anchor that contradicts an explicit `anchor` is refused.
+    """
     raw = str(name_or_path).strip()
     by_name = _is_name(name_or_path)
     if by_name:
@@ -369,7 +379,12 @@ def load_feature_set(name_or_path: str | Path) -> FeatureSetSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserInputError(f"feature set file {path} is not valid YAML: {exc}") from exc
+    wanted = anchor or load_settings().window_cadence
+    if isinstance(data, dict) and "anchor" not in data:
+        data = {**data, "anchor": wanted}
     spec = parse_feature_set(data, source=str(path))
+    if anchor is not None and spec.anchor != anchor:
+        raise UserInputError(f"feature set {path} declares anchor {spec.anchor!r}; this use needs {anchor!r}")
     if by_name and spec.name != raw:
         raise UserInputError(f"feature set file {path} declares name {spec.name!r}; expected {raw!r}")
     return spec

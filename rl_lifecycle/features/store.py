@@ -17,8 +17,9 @@ from psycopg import sql
 
 from rl_lifecycle.db import binary_copy as bc
 from rl_lifecycle.db.binary_copy import pg_timestamp
+from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.pipeline import FeatureFrame
-from rl_lifecycle.features.spec import PIPELINE_VERSION, FeatureSetSpec
+from rl_lifecycle.features.spec import PIPELINE_VERSION, TALIB_C_VERSION, FeatureSetSpec
 from rl_lifecycle.markets import Market
 from rl_lifecycle.windows import Window
 
@@ -67,16 +68,29 @@ class WindowRecord:
 
 def register_feature_set(conn: psycopg.Connection, spec: FeatureSetSpec) -> str:
     """Record the spec under its fingerprint (idempotent); returns the fingerprint."""
-    import talib
-
     conn.execute(
         """INSERT INTO feature_sets (fingerprint, name, version, feature_names, spec, talib_version, pipeline_version)
            VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (fingerprint) DO NOTHING""",
         (spec.fingerprint, spec.name, spec.version, list(spec.feature_names),
-         json.dumps(spec.model_dump(mode="json"), sort_keys=True), talib.__ta_version__.decode().split()[0],
-         PIPELINE_VERSION),
+         json.dumps(spec.model_dump(mode="json"), sort_keys=True), TALIB_C_VERSION, PIPELINE_VERSION),
     )
     return spec.fingerprint
+
+
+def load_registered_feature_set(conn: psycopg.Connection, fingerprint: str) -> FeatureSetSpec:
+    """The spec registered under `fingerprint`, as it was: later edits of its YAML do not matter."""
+    from rl_lifecycle.features.spec import parse_feature_set
+
+    row = conn.execute("SELECT spec FROM feature_sets WHERE fingerprint = %s", (fingerprint,)).fetchone()
+    if row is None:
+        raise UserInputError(f"no feature set is registered under fingerprint {fingerprint[:12]}")
+    spec = parse_feature_set(row[0], source=f"feature_sets[{fingerprint[:12]}]")
+    if spec.fingerprint != fingerprint:
+        raise UserInputError(
+            f"feature set {spec.name} ({fingerprint[:12]}) was registered under another TA-Lib or pipeline "
+            f"version; it now fingerprints as {spec.fingerprint[:12]}"
+        )
+    return spec
 
 
 def feature_set_id(conn: psycopg.Connection, fingerprint: str) -> int | None:
