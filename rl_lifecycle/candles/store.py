@@ -28,9 +28,11 @@ class CandleWriteStats:
         return self.inserted + self.updated
 
 
-def lock_market(conn: psycopg.Connection, market: Market, purpose: str) -> None:
-    """Serialise writers of one market for the current transaction (e.g. two ingests of one window)."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{purpose}:{market.key}",))
+def lock_market(conn: psycopg.Connection, market: Market, purpose: str, shared: bool = False) -> None:
+    """Serialise writers of one market for the current transaction (e.g. two ingests of one window);
+    `shared` readers wait for writers in flight, not for each other."""
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    conn.execute(f"SELECT {function}(hashtextextended(%s, 0))", (f"{purpose}:{market.key}",))
 
 
 def upsert_candles(conn: psycopg.Connection, market: Market, frame: pl.DataFrame) -> CandleWriteStats:
@@ -100,7 +102,7 @@ class CandleStamp:
 
     input_start_us: int | None
     rows: int
-    written_at: object  # datetime of the latest write to any input candle, or None when empty
+    write_seq: int | None  # highest write sequence number among the input candles (None when empty)
 
 
 def window_input_stamps(
@@ -117,18 +119,18 @@ def window_input_stamps(
         for i, (start, end) in enumerate(windows)
     )
     query = sql.SQL(
-        """SELECT w.i, (extract(epoch FROM s.first_ts) * 1000000)::bigint, s.n, s.written_at
+        """SELECT w.i, (extract(epoch FROM s.first_ts) * 1000000)::bigint, s.n, s.write_seq
            FROM (VALUES {bounds}) AS w(i, s, e)
            CROSS JOIN LATERAL (
-             SELECT min(ts) AS first_ts, count(*) AS n, max(ingested_at) AS written_at FROM (
-               (SELECT ts, ingested_at FROM market_candles
+             SELECT min(ts) AS first_ts, count(*) AS n, max(write_seq) AS write_seq FROM (
+               (SELECT ts, write_seq FROM market_candles
                  WHERE pair = {p} AND interval = {iv} AND ts < w.s ORDER BY ts DESC LIMIT {n})
                UNION ALL
-               (SELECT ts, ingested_at FROM market_candles
+               (SELECT ts, write_seq FROM market_candles
                  WHERE pair = {p} AND interval = {iv} AND ts >= w.s AND ts < w.e)) input) s
            ORDER BY w.i"""
     ).format(bounds=bounds, p=market.pair, iv=market.interval, n=int(warmup_rows))
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (f"candles:{market.key}",))
+        lock_market(conn, market, "candles", shared=True)
         rows = conn.execute(query).fetchall()
-    return [CandleStamp(None if first is None else int(first), int(n), written) for _, first, n, written in rows]
+    return [CandleStamp(None if first is None else int(first), int(n), seq) for _, first, n, seq in rows]

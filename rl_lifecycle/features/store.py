@@ -55,14 +55,14 @@ class WindowRecord:
     warm_rows: int
     content_digest: str
     input_start_us: int | None = None
-    candles_written_at: object = None  # the input's CandleStamp.written_at when it was computed
+    candles_write_seq: int | None = None  # the input's CandleStamp.write_seq when it was computed
 
     def matches(self, stamp) -> bool:
         """The window's input candles are unchanged since this record, judged by their stamp."""
         return (
-            self.candles_written_at is not None
-            and (self.input_start_us, self.input_rows, self.candles_written_at)
-            == (stamp.input_start_us, stamp.rows, stamp.written_at)
+            self.candles_write_seq is not None
+            and (self.input_start_us, self.input_rows, self.candles_write_seq)
+            == (stamp.input_start_us, stamp.rows, stamp.write_seq)
         )
 
 
@@ -205,18 +205,18 @@ def write_window(
         conn.execute(
             sql.SQL(
                 """INSERT INTO rl_feature_windows (pair, interval, fingerprint, window_start, window_end,
-                        candle_checksum, input_rows, rows, warm_rows, content_digest, input_start, candles_written_at)
+                        candle_checksum, input_rows, rows, warm_rows, content_digest, input_start, candles_write_seq)
                    VALUES (%s, %s, %s, {s}, {e}, %s, %s, %s, %s, %s,
                            to_timestamp(0) + %s * interval '1 microsecond', %s)
                    ON CONFLICT (pair, interval, fingerprint, window_start) DO UPDATE
                      SET window_end = EXCLUDED.window_end, candle_checksum = EXCLUDED.candle_checksum,
                          input_rows = EXCLUDED.input_rows, rows = EXCLUDED.rows, warm_rows = EXCLUDED.warm_rows,
                          content_digest = EXCLUDED.content_digest, input_start = EXCLUDED.input_start,
-                         candles_written_at = EXCLUDED.candles_written_at, computed_at = now()"""
+                         candles_write_seq = EXCLUDED.candles_write_seq, computed_at = now()"""
             ).format(s=pg_timestamp(window.start), e=pg_timestamp(window.end)),
             (market.pair, market.interval, fingerprint, candle_checksum, input_rows, len(frame),
              int(frame.is_warm.sum()), frame.digest(),
-             stamp.input_start_us if stamp else None, stamp.written_at if stamp else None),
+             stamp.input_start_us if stamp else None, stamp.write_seq if stamp else None),
         )
     return SnapshotWriteStats(stats.inserted, stats.updated, stats.unchanged, deleted)
 
@@ -253,7 +253,7 @@ def window_records(
         sql.SQL(
             """SELECT (extract(epoch FROM window_start) * 1000000)::bigint, (extract(epoch FROM window_end) * 1000000)::bigint,
                       candle_checksum, input_rows, rows, warm_rows, content_digest,
-                      (extract(epoch FROM input_start) * 1000000)::bigint, candles_written_at
+                      (extract(epoch FROM input_start) * 1000000)::bigint, candles_write_seq
                FROM rl_feature_windows
                WHERE pair = %s AND interval = %s AND fingerprint = %s AND window_start >= {s} AND window_start < {e}"""
         ).format(s=pg_timestamp(start_us), e=pg_timestamp(end_us)),
@@ -268,8 +268,8 @@ def restamp_window(conn: psycopg.Connection, market: Market, fingerprint: str, w
     conn.execute(
         sql.SQL(
             """UPDATE rl_feature_windows
-               SET input_start = to_timestamp(0) + %s * interval '1 microsecond', candles_written_at = %s
+               SET input_start = to_timestamp(0) + %s * interval '1 microsecond', candles_write_seq = %s
                WHERE pair = %s AND interval = %s AND fingerprint = %s AND window_start = {s}"""
         ).format(s=pg_timestamp(window.start)),
-        (stamp.input_start_us, stamp.written_at, market.pair, market.interval, fingerprint),
+        (stamp.input_start_us, stamp.write_seq, market.pair, market.interval, fingerprint),
     )
