@@ -107,14 +107,10 @@ class WindowScheme:
             out.append(self.next(out[-1]))
         return out
 
-    def covering(self, start_us: int, end_us: int) -> list[Window]:
-        """Every window that intersects [start_us, end_us)."""
-        if end_us <= start_us:
-            return []
-        out = [self.containing(start_us)]
-        while out[-1].end < end_us:
-            out.append(self.next(out[-1]))
-        return out
+    def windows_for_bars(self, bars: int, interval_us: int) -> int:
+        """How many windows `bars` bars of `interval_us` can span at most (the shortest window counts)."""
+        shortest = {"monthly": 28, "weekly": 7, "daily": 1}[self.cadence] * _DAY_US
+        return -(-bars * interval_us // shortest)
 
     # -- vectorised ------------------------------------------------------
     def anchors(self, ts_us: np.ndarray) -> np.ndarray:

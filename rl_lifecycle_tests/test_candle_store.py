@@ -97,3 +97,31 @@ def test_load_window_generates_synthetic_markets_and_refuses_empty_import_market
 
     with pytest.raises(UserInputError, match="no candles stored for ETHUSDT-1h"):
         load_window(conn, get_market(conn, eth), MARCH)
+
+
+def test_the_bar_still_open_is_never_stored():
+    from rl_lifecycle.candles.service import window_bounds_until_now
+
+    now = MARCH.start + 10 * H + 123  # 10:00:00.000123 on March 1st: the 10:00 bar is still open
+    assert window_bounds_until_now(BTC, MARCH, now) == (MARCH.start, MARCH.start + 10 * H)
+
+
+def test_a_file_cannot_be_imported_into_a_synthetic_market(conn, tmp_path):
+    import pytest
+
+    from rl_lifecycle.candles.service import ingest_file
+    from rl_lifecycle.errors import UserInputError
+
+    add_market(conn, BTC, source="synthetic", seed=7)
+    path = tmp_path / "x.csv"
+    path.write_text("Time,Open,High,Low,Close,Volume\n2024-03-01 00:00:00,1,1,1,1,1\n")
+    with pytest.raises(UserInputError, match="synthetic"):
+        ingest_file(conn, BTC, path)
+    assert _count(conn) == 0
+
+
+def test_warmup_spans_enough_windows_for_the_longest_interval():
+    day = Market("BTCUSDT", "1d").interval_us
+    assert WindowScheme("monthly").windows_for_bars(200, day) == 8  # 200 days over 28-day Februaries
+    assert WindowScheme("weekly").windows_for_bars(200, H) == 2
+    assert WindowScheme("daily").windows_for_bars(0, day) == 0

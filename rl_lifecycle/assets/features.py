@@ -5,6 +5,7 @@ from dagster import AssetDep, AssetExecutionContext, MaterializeResult, asset
 from rl_lifecycle.assets.presentation import markdown_table
 from rl_lifecycle.features.service import feature_statistics, materialize_window
 from rl_lifecycle.features.spec import active_feature_set
+from rl_lifecycle.markets import INTERVALS
 from rl_lifecycle.partitions import (
     WINDOW_SCHEME,
     market_window_partitions,
@@ -13,13 +14,16 @@ from rl_lifecycle.partitions import (
 )
 from rl_lifecycle.resources import PostgresResource
 
-# A window's features read its own candles plus `warmup` candles from earlier windows.
-WITH_PREVIOUS_WINDOW = same_market_and_previous_windows(1)
+# A window's features read its own candles plus `warmup` candles from earlier windows: as many
+# windows as the active set's warmup can span at the longest interval (1d), so backfills order right.
+WITH_WARMUP_WINDOWS = same_market_and_previous_windows(
+    WINDOW_SCHEME.windows_for_bars(active_feature_set().warmup, INTERVALS["1d"])
+)
 
 
 @asset(
     partitions_def=market_window_partitions,
-    deps=[AssetDep("candles", partition_mapping=WITH_PREVIOUS_WINDOW)],
+    deps=[AssetDep("candles", partition_mapping=WITH_WARMUP_WINDOWS)],
     group_name="features",
     kinds={"postgres", "talib"},
     description="Feature vectors of the active feature set (RL_FEATURE_SET) by the canonical rule, in rl_feature_snapshots.",
@@ -43,6 +47,8 @@ def feature_snapshots(context: AssetExecutionContext, database: PostgresResource
             "rows": len(frame),
             "warm_rows": warm,
             "warmup_input_rows": len(computed.candles) - len(frame),
+            # fewer warmup candles than the set needs: the start of history, or earlier windows missing
+            "history_short": len(computed.candles) - len(frame) < spec.warmup,
             "inserted": stats.inserted,
             "updated": stats.updated,
             "unchanged": stats.unchanged,

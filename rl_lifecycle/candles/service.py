@@ -39,10 +39,10 @@ def now_us() -> int:
 
 
 def window_bounds_until_now(market: Market, window: Window, now: int | None = None) -> tuple[int, int]:
-    """[start, end) of the window, cut at the last bar that has already opened."""
+    """[start, end) of the window's closed bars: a bar still open has no close yet (and no features)."""
     current = now_us() if now is None else now
-    last_open = current - current % market.interval_us
-    return window.start, min(window.end, last_open + market.interval_us)
+    still_open = current - current % market.interval_us
+    return window.start, min(window.end, still_open)
 
 
 def summarize_window(conn: psycopg.Connection, market: Market, window: Window, now: int | None = None) -> WindowSummary:
@@ -107,6 +107,19 @@ class FileIngestResult:
         return self.stats is None
 
 
+def _refuse_synthetic_market(conn: psycopg.Connection, market: Market) -> None:
+    """The `candles` asset regenerates synthetic markets, which would overwrite imported candles."""
+    row = conn.execute(
+        "SELECT synthetic_seed FROM markets WHERE pair = %s AND interval = %s AND source = 'synthetic'",
+        (market.pair, market.interval),
+    ).fetchone()
+    if row is not None:
+        raise UserInputError(
+            f"market {market.key} is synthetic (seed {row[0]}): its candles are generated, and a file import "
+            "would be overwritten by the next `candles` run; import into another market key"
+        )
+
+
 def _file_sha256(path) -> str:
     import hashlib
 
@@ -136,6 +149,7 @@ def ingest_file(
     from rl_lifecycle.candles.importer import read_candle_file
     from rl_lifecycle.candles.validation import validate_candles
 
+    _refuse_synthetic_market(conn, market)
     raw = read_candle_file(path, ts_column=ts_column, ts_format=ts_format)
     report = validate_candles(raw, market.interval)
     rows_read = raw.frame.height

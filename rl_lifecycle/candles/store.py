@@ -47,6 +47,7 @@ def upsert_candles(conn: psycopg.Connection, market: Market, frame: pl.DataFrame
                (ts timestamptz, open float8, high float8, low float8, close float8, volume float8)
                ON COMMIT DELETE ROWS"""
         )
+        conn.execute("TRUNCATE candles_stage")  # empty even when the caller's transaction spans several writes
         columns = {"ts": bc.us_to_pg(arrays.ts), **{c: getattr(arrays, c) for c in VALUE_COLUMNS}}
         bc.copy_in(conn, "candles_stage", _FIELDS, columns)
         rows = conn.execute(

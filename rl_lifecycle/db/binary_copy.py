@@ -46,7 +46,7 @@ def boolean(name: str) -> Field:
 
 def raw_bytes(name: str, dtype: str, count: int) -> Field:
     """A bytea holding `count` items of `dtype` (e.g. little-endian float64 vectors)."""
-    return Field(name, (dtype, (count,)) if count != 1 else (dtype, (1,)))
+    return Field(name, (dtype, (count,)))
 
 
 def row_dtype(fields: Sequence[Field]) -> np.dtype:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-
 from rl_lifecycle.db import embedded
 from rl_lifecycle.settings import Settings, load_settings
 
@@ -40,6 +38,3 @@ def dagster_storage_url(url: str) -> str:
 def yoyo_url(url: str) -> str:
     return "postgresql+psycopg" + plain_postgres_url(url)[len("postgresql") :]
 
-
-def connect(url: str | None = None, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(url or resolve_database_url(), **kwargs)
