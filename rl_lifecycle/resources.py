@@ -11,7 +11,6 @@ from dagster import ConfigurableResource
 from rl_lifecycle.db import resolve_database_url
 from rl_lifecycle.db.migrate import apply_migrations
 
-
 _MIGRATED: set[str] = set()  # URLs migrated by this process: migrate once, not on every connection
 
 

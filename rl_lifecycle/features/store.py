@@ -117,6 +117,7 @@ def _stage(conn: psycopg.Connection, frame: FeatureFrame) -> None:
         """CREATE TEMP TABLE IF NOT EXISTS snapshots_stage
            (ts timestamptz, vector bytea, is_warm boolean, missing_mask bytea) ON COMMIT DELETE ROWS"""
     )
+    conn.execute("TRUNCATE snapshots_stage")  # empty even when the caller's transaction spans several writes
     bc.copy_in(conn, "snapshots_stage", _fields(len(frame.feature_names)), _stage_columns(frame))
 
 
