@@ -8,19 +8,19 @@ from dataclasses import dataclass
 from rl_lifecycle.errors import UserInputError
 
 # Interval name -> length in microseconds (the timestamp unit used throughout the core).
-_MINUTE_US = 60_000_000
+MINUTE_US = 60_000_000
 INTERVALS: dict[str, int] = {
-    "1m": _MINUTE_US,
-    "3m": 3 * _MINUTE_US,
-    "5m": 5 * _MINUTE_US,
-    "15m": 15 * _MINUTE_US,
-    "30m": 30 * _MINUTE_US,
-    "1h": 60 * _MINUTE_US,
-    "2h": 120 * _MINUTE_US,
-    "4h": 240 * _MINUTE_US,
-    "6h": 360 * _MINUTE_US,
-    "12h": 720 * _MINUTE_US,
-    "1d": 1440 * _MINUTE_US,
+    "1m": MINUTE_US,
+    "3m": 3 * MINUTE_US,
+    "5m": 5 * MINUTE_US,
+    "15m": 15 * MINUTE_US,
+    "30m": 30 * MINUTE_US,
+    "1h": 60 * MINUTE_US,
+    "2h": 120 * MINUTE_US,
+    "4h": 240 * MINUTE_US,
+    "6h": 360 * MINUTE_US,
+    "12h": 720 * MINUTE_US,
+    "1d": 1440 * MINUTE_US,
 }
 
 _PAIR_RE = re.compile(r"[A-Z0-9]{2,20}")

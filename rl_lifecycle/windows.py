@@ -14,7 +14,7 @@ import numpy as np
 from rl_lifecycle.errors import UserInputError
 
 CADENCES = ("monthly", "weekly", "daily")
-_DAY_US = 86_400_000_000
+DAY_US = 86_400_000_000
 _EPOCH = date(1970, 1, 1)
 
 
@@ -30,7 +30,7 @@ def to_us(moment: datetime | date | str) -> int:
             moment = moment.replace(tzinfo=UTC)
         delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return (moment - _EPOCH).days * _DAY_US
+    return (moment - _EPOCH).days * DAY_US
 
 
 def from_us(value: int) -> datetime:
@@ -109,14 +109,14 @@ class WindowScheme:
 
     def windows_for_bars(self, bars: int, interval_us: int) -> int:
         """How many windows `bars` bars of `interval_us` can span at most (the shortest window counts)."""
-        shortest = {"monthly": 28, "weekly": 7, "daily": 1}[self.cadence] * _DAY_US
+        shortest = {"monthly": 28, "weekly": 7, "daily": 1}[self.cadence] * DAY_US
         return -(-bars * interval_us // shortest)
 
     # -- vectorised ------------------------------------------------------
     def anchors(self, ts_us: np.ndarray) -> np.ndarray:
         """anchor(t) for every t: the start (epoch us) of the window containing it."""
         ts = np.asarray(ts_us, dtype=np.int64)
-        days = ts // _DAY_US  # floor division: correct before 1970 too
+        days = ts // DAY_US  # floor division: correct before 1970 too
         if self.cadence == "daily":
             start_days = days
         elif self.cadence == "weekly":
@@ -124,4 +124,4 @@ class WindowScheme:
         else:
             months = days.astype("datetime64[D]").astype("datetime64[M]")
             start_days = months.astype("datetime64[D]").astype(np.int64)
-        return start_days * _DAY_US
+        return start_days * DAY_US

@@ -23,6 +23,7 @@ import polars as pl
 
 from rl_lifecycle.candles.frame import VALUE_COLUMNS
 from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.windows import DAY_US as _DAY_US
 
 __all__ = [
     "BINANCE_KLINE_COLUMNS",
@@ -55,7 +56,6 @@ RAW_SCHEMA = {
     **{c: pl.Float64 for c in VALUE_COLUMNS},
 }
 
-_DAY_US = 86_400_000_000
 _CSV_EXTENSIONS = (".csv", ".txt")
 _PARQUET_EXTENSIONS = (".parquet", ".pq")
 

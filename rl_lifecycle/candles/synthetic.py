@@ -31,7 +31,9 @@ import polars as pl
 
 from rl_lifecycle.candles.frame import CandleArrays, empty_candles
 from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets import MINUTE_US as _MINUTE_US
 from rl_lifecycle.markets import Market
+from rl_lifecycle.windows import DAY_US as _DAY_US
 from rl_lifecycle.windows import iso, to_us
 
 ORIGIN_US = to_us("2015-01-01T00:00:00+00:00")
@@ -39,8 +41,6 @@ HORIZON_US = to_us("2100-01-01T00:00:00+00:00")
 REGIMES = ("calm", "trending_up", "trending_down", "volatile")
 TICK_DECIMALS = 2
 
-_MINUTE_US = 60_000_000
-_DAY_US = 86_400_000_000
 _WEEK_US = 7 * _DAY_US
 _CHUNK_US = 28 * _DAY_US  # a multiple of a week, so every chunk starts on the same weekday
 _YEAR_US = 365.25 * _DAY_US
