@@ -47,18 +47,39 @@ def test_two_processes_migrating_at_once(empty_database_url):
     assert EXPECTED_TABLES <= _tables(empty_database_url)
 
 
+TIME_SERIES_KEYS = {
+    "market_candles": ["pair", "interval", "ts"],
+    "rl_feature_snapshots": ["pair", "interval", "feature_set_id", "ts"],
+}
+
+
+def _primary_key(conn: psycopg.Connection, table: str) -> list[str] | None:
+    return conn.execute(
+        """SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i
+           CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           WHERE i.indrelid = %s::regclass AND i.indisprimary""",
+        (table,),
+    ).fetchone()[0]
+
+
 def test_primary_keys_and_plain_tables_without_timescale(migrated_url):
     with psycopg.connect(migrated_url) as conn:
         timescale = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
-        pk = conn.execute(
-            """SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i
-               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-               WHERE i.indrelid = 'rl_feature_snapshots'::regclass AND i.indisprimary"""
-        ).fetchone()[0]
-    assert pk == ["pair", "interval", "feature_set_id", "ts"]
-    if timescale is None:
-        assert _tables(migrated_url) >= {"rl_feature_snapshots", "market_candles"}
+        assert {t: _primary_key(conn, t) for t in TIME_SERIES_KEYS} == TIME_SERIES_KEYS
+        kinds = dict(conn.execute(
+            """SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'public' AND c.relname = ANY(%s)""",
+            (list(TIME_SERIES_KEYS),),
+        ).fetchall())
+        if timescale is None:
+            # ordinary heap tables: not views, not declaratively partitioned
+            assert kinds == dict.fromkeys(TIME_SERIES_KEYS, "r")
+        else:
+            hypertables = {r[0] for r in conn.execute(
+                "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'"
+            )}
+            assert set(TIME_SERIES_KEYS) <= hypertables
 
 
 @pytest.mark.parametrize(

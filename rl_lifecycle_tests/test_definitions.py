@@ -56,9 +56,34 @@ def test_partitioned_materialization_on_a_postgres_backed_instance(conn, rl_env,
     assert metadata["rows"].value == 31 * 24
     assert metadata["gaps"].value == 0
     assert conn.execute("SELECT count(*) FROM market_candles").fetchone()[0] == 31 * 24
-    # Unknown assets and markets are refused before any run is launched.
+    # Unknown assets are refused before any run is launched (unknown markets: see the next test).
     with pytest.raises(UserInputError, match="unknown asset"):
         materialize(dagster_instance, ["nope"], ["BTCUSDT-1h|2024-03-01"])
+
+
+def test_unregistered_markets_are_refused_before_any_run(conn, rl_env, capsys, monkeypatch):
+    from rl_lifecycle.instance import STORAGE_URL_ENV, get_instance
+    from rl_lifecycle.operations import run_partitions
+    from rl_lifecycle.settings import load_settings
+    from rl_lifecycle_tests.cli_helpers import run_cli
+
+    for name in ("DAGSTER_HOME", STORAGE_URL_ENV):  # set by get_instance: restored after the test
+        monkeypatch.delenv(name, raising=False)
+    add_market(conn, Market("BTCUSDT", "1h"), source="synthetic", seed=7)
+    settings, url = load_settings(), rl_env["RL_DATABASE_URL"]
+    keys = ["BTCUSDT-1h|2024-03-01", "ETHUSDT-4h|2024-03-01"]
+    with get_instance(settings, url) as instance:
+        runs_before = instance.get_runs_count()
+        with pytest.raises(UserInputError, match="not registered: ETHUSDT-4h;"):
+            run_partitions(settings, url, ["candles"], keys)
+        code, out, err = run_cli(capsys, monkeypatch, "materialize", "candles", *(f"--partition={k}" for k in keys))
+        assert code == 2
+        assert err.startswith("error: market(s) not registered: ETHUSDT-4h;") and "BTCUSDT-1h" not in err
+        assert "partitions succeeded" not in out
+        # nothing launched, not even the registered market's partition
+        assert instance.get_runs_count() == runs_before
+    assert conn.execute("SELECT count(*) FROM market_candles").fetchone()[0] == 0
+    assert [r[0] for r in conn.execute("SELECT pair FROM markets")] == ["BTCUSDT"]
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from rl_lifecycle.candles.service import ingest_synthetic
+from rl_lifecycle.features import pipeline
+from rl_lifecycle.features.checks import lookahead_violations, sample_timestamps
 from rl_lifecycle.features.service import (
     check_deterministic,
     check_no_lookahead,
@@ -108,18 +110,58 @@ def test_editing_a_candle_in_the_window_fails_determinism_until_rewritten(btc, t
 def test_lookahead_and_warmup_gates_pass_on_stored_snapshots(btc, ta_v2):
     materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
     stored = stored_window(btc, BTC, ta_v2, MARCH)
-    assert check_no_lookahead(ta_v2, SCHEME, window_input(btc, BTC, ta_v2, MARCH), stored).passed
+    assert check_no_lookahead(ta_v2, SCHEME, window_input(btc, BTC, ta_v2, MARCH), MARCH.start).passed
     assert check_warmup_flagged(stored).passed
 
 
-def test_lookahead_gate_catches_snapshots_that_saw_the_future(btc, ta_v2):
+def _logret_reading_the_next_close(close: np.ndarray, period: int) -> np.ndarray:
+    """A defective LOGRET: the return from t to t + period, written at t (it reads the future)."""
+    out = np.full(len(close), np.nan)
+    if len(close) > period:
+        out[:-period] = np.log(close[period:] / close[:-period])
+    return out
+
+
+def test_lookahead_gate_catches_a_feature_that_reads_the_future(btc, ta_v2, monkeypatch):
+    materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)  # honest snapshots: the gate must not rely on them
+    candles = window_input(btc, BTC, ta_v2, MARCH)
+    monkeypatch.setattr(pipeline, "_logret", _logret_reading_the_next_close)
+    report = check_no_lookahead(ta_v2, SCHEME, candles, MARCH.start)
+    assert not report.passed
+    assert "logret_1" in report.summary
+    assert {d["kind"] for d in report.details} == {"lookahead"}
+    assert {d["variant"] for d in report.details} == {"truncated", "perturbed"}
+    assert all(d["features"] == ["logret_1"] for d in report.details)
+    # cut off at t, the defective feature has no next close: NaN, so the row is no longer warm
+    truncated = [d for d in report.details if d["variant"] == "truncated"]
+    assert all(d["is_warm"] == {"reference": True, "recomputed": False} for d in truncated)
+    # 8 samples; the last row of the window has no next candle either way, so it is not flagged
+    assert len(truncated) == 7
+    assert int(candles.ts[-1]) not in {d["ts_us"] for d in report.details}
+    monkeypatch.undo()
+    assert check_no_lookahead(ta_v2, SCHEME, candles, MARCH.start).passed
+
+
+def test_a_candle_edited_after_materialization_is_staleness_not_lookahead(btc, ta_v2):
     materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)
     stored = stored_window(btc, BTC, ta_v2, MARCH)
-    # Snapshots written from candles shifted one bar ahead: each row holds the next bar's vector.
-    leaked = type(stored)(stored.ts[:-1].copy(), stored.values[1:].copy(), stored.is_warm[1:].copy(),
-                          stored.missing[1:].copy(), stored.feature_names)
-    report = check_no_lookahead(ta_v2, SCHEME, window_input(btc, BTC, ta_v2, MARCH), leaked)
-    assert not report.passed and report.details
+    edited = sample_timestamps(stored.ts, 8, 0)[3]  # a row the lookahead gate samples (default seed 0)
+    btc.execute("UPDATE market_candles SET close = close * 1.01, high = high * 1.01 WHERE ts = %s", (_dt(edited),))
+    candles = window_input(btc, BTC, ta_v2, MARCH)
+    # features_deterministic's comparison: the stored bytes no longer match the candles
+    determinism = check_deterministic(stored, compute_window(btc, BTC, ta_v2, SCHEME, MARCH).frame)
+    assert not determinism.passed and determinism.details[0]["ts_us"] == edited
+    # comparing against the stored rows would call the stale row lookahead ...
+    assert lookahead_violations(ta_v2, candles, SCHEME, stored, [edited], seed=0)
+    # ... the gate recomputes its reference from the same candles, so the pipeline is still causal
+    report = check_no_lookahead(ta_v2, SCHEME, candles, MARCH.start)
+    assert report.passed, report.summary
+
+
+def test_lookahead_gate_needs_candles(btc, ta_v2):
+    candles = window_input(btc, BTC, ta_v2, MARCH)
+    report = check_no_lookahead(ta_v2, SCHEME, candles, APRIL.end)
+    assert not report.passed and "no candles from 2024-05-01" in report.summary
 
 
 def test_first_window_of_history_is_flagged_not_filled(conn, ta_v2):

@@ -118,7 +118,28 @@ def test_ohlcv_invariants_on_100k_bars() -> None:
 def test_prices_in_a_plausible_range(pair: str, low: float, high: float) -> None:
     bars = synthetic_arrays(Market.of(pair, "1d"), to_us("2015-01-01"), to_us("2026-01-01"), seed=0)
     assert low < np.median(bars.close) < high
-    assert pair_profile(pair) == pair_profile(pair)
+
+
+@pytest.mark.parametrize(
+    ("pair", "start_price", "daily_notional"),
+    [("BTCUSDT", 40_000.0, 1.5e9), ("BTCEUR", 40_000.0, 1.5e9), ("ETHUSDT", 2_500.0, 8e8), ("ETHBTC", 2_500.0, 8e8),
+     # other pairs: derived from a stable hash of the name (never Python's salted `hash`)
+     ("XYZUSDT", 92.49, 42776215.784252994), ("EURUSD", 65.11, 21194626.97275769)],
+)
+def test_pair_profiles_are_the_documented_levels(pair: str, start_price: float, daily_notional: float) -> None:
+    profile = pair_profile(pair)
+    assert (profile.start_price, profile.daily_notional) == (start_price, daily_notional)
+    assert pair_profile("".join(list(pair))) == profile  # another str object, same profile
+
+
+def test_other_pairs_start_between_50_and_200_and_differ() -> None:
+    pairs = ["XYZUSDT", "SOLUSDT", "EURUSD", "ADAUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "GBPJPY"]
+    profiles = [pair_profile(p) for p in pairs]
+    for profile in profiles:
+        assert 50.0 <= profile.start_price < 200.0
+        assert round(profile.start_price, 2) == profile.start_price
+        assert 5e7 / 4 <= profile.daily_notional < 5e7 * 4
+    assert len({p.start_price for p in profiles}) == len(pairs)
 
 
 @pytest.mark.parametrize("interval", ["1m", "5m", "1h", "4h", "1d"])

@@ -25,7 +25,7 @@ from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
 from rl_lifecycle.features.spec import FeatureSetSpec
 from rl_lifecycle.features.store import SnapshotWriteStats, read_snapshots, write_window
 from rl_lifecycle.markets import Market
-from rl_lifecycle.windows import Window, WindowScheme
+from rl_lifecycle.windows import Window, WindowScheme, iso
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,19 @@ def check_deterministic(stored: FeatureFrame, recomputed: FeatureFrame) -> Check
 
 
 def check_no_lookahead(
-    spec: FeatureSetSpec, scheme: WindowScheme, candles: CandleArrays, stored: FeatureFrame, samples: int = 8, seed: int = 0
+    spec: FeatureSetSpec, scheme: WindowScheme, candles: CandleArrays, window_start_us: int, samples: int = 8, seed: int = 0
 ) -> CheckReport:
-    if len(stored) == 0:
-        return CheckReport(False, "no stored rows to check", [])
-    sampled = sample_timestamps(stored.ts, samples, seed)
-    violations = lookahead_violations(spec, candles, scheme, stored, sampled, seed)
+    """Causality of the pipeline on these candles: no sampled row may change when the candles after
+    it are cut off or perturbed.
+
+    The reference is a fresh batch computation from `candles`, never the stored frame: stored rows
+    that no longer match the candles are stale, which `check_deterministic` reports, not lookahead.
+    """
+    reference = compute_features(spec, candles, scheme, window_start_us)
+    if len(reference) == 0:
+        return CheckReport(False, f"no candles from {iso(window_start_us)} on to check", [])
+    sampled = sample_timestamps(reference.ts, samples, seed)
+    violations = lookahead_violations(spec, candles, scheme, reference, sampled, seed)
     if violations:
         return CheckReport(False, f"{len(violations)} sampled rows change when later candles change: {_where(violations)}", violations)
     return CheckReport(True, f"{len(sampled)} sampled timestamps unchanged by truncation and by perturbing later candles", [])
