@@ -31,9 +31,11 @@ SPAN_MAPPING = same_market_and_previous_windows(DEFAULT_SPAN_WINDOWS - 1)
 
 
 class TrainingDatasetConfig(Config):
+    # Validated again by DatasetSpec (with a message naming the field); the declared upstream mapping
+    # covers the default span, so a longer span still builds but the UI shows fewer upstream windows.
     span_windows: int = Field(default=DEFAULT_SPAN_WINDOWS, ge=1, le=120, description="windows in the dataset, ending at the partition's")
-    forward_return_horizon: int = Field(default=1, ge=1, description="label horizon in bars (the minimum purge)")
-    transaction_cost_bps: float = Field(default=10.0, ge=0.0, description="cost per unit of turnover")
+    forward_return_horizon: int = Field(default=1, ge=1, le=10_000, description="label horizon in bars (the minimum purge)")
+    transaction_cost_bps: float = Field(default=10.0, ge=0.0, le=1_000.0, description="cost per unit of turnover")
 
 
 def _spec(partition_key: str, config: TrainingDatasetConfig, features: FeatureSetSpec):
