@@ -39,7 +39,7 @@ def print_summary(runs: list[PartitionRun]) -> None:
         candles = run.metadata.get("candles", {})
         features = run.metadata.get("feature_snapshots", {})
         dataset = run.metadata.get("training_dataset", {})
-        checks = [c for c in run.checks]
+        checks = run.checks
         passed = sum(c.passed for c in checks)
         typer.echo(
             f"  {run.partition_key:<24} {candles.get('rows', '-'):>7} {candles.get('gaps', '-'):>4} "
