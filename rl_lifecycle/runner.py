@@ -60,7 +60,7 @@ def materialize(
         checks = [
             CheckOutcome(
                 e.asset_key.to_user_string(), e.check_name, e.passed,
-                e.blocking if e.blocking is not None else False, e.description,
+                bool(e.blocking), e.description,
             )
             for e in result.get_asset_check_evaluations()
         ]
