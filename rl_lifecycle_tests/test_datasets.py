@@ -186,3 +186,15 @@ def test_the_window_cadence_is_part_of_the_feature_identity(btc):
         compute_window(btc, BTC, monthly, WindowScheme("weekly"), WindowScheme("weekly").parse("2024-04-01"))
     with pytest.raises(ValueError, match="wants ta_v2 on monthly"):
         build_dataset(btc, _spec(), Path("/tmp/unused"), weekly)
+
+
+def test_the_builder_and_the_asset_feed_the_pipeline_the_same_candles(btc):
+    """The builder slices window inputs out of one span read; the asset reads each window: same bytes."""
+    from rl_lifecycle.datasets.builder import _SpanCandles
+    from rl_lifecycle.features.service import window_input
+
+    features = load_feature_set("ta_v2")
+    spec = _spec()
+    span = _SpanCandles(btc, spec, features.warmup)
+    for window in spec.windows():
+        assert span.window_input(window).checksum() == window_input(btc, BTC, features, window).checksum()

@@ -187,9 +187,6 @@ def refresh_windows(
     cached, computed = [], []
     for window, stamp in zip(windows, stamps, strict=True):
         record = records.get(window.start)
-        # window_end guards against records written under another window cadence (another anchor).
-        if record is not None and record.window_end != window.end:
-            record = None
         if record is not None and record.matches(stamp):
             cached.append(window.key)
             sources[window.key] = {"candle_checksum": record.candle_checksum, "content_digest": record.content_digest}
