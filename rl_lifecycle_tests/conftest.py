@@ -13,10 +13,8 @@ import pytest
 
 from rl_lifecycle.db.connection import plain_postgres_url
 
-TABLES = [
-    "dataset_versions", "rl_feature_windows", "rl_feature_snapshots", "feature_sets",
-    "candles_quarantine", "market_candles", "markets",
-]
+# Tables kept across tests: the migration tool's own bookkeeping.
+_KEEP = ("_yoyo_log", "_yoyo_migration", "_yoyo_version", "yoyo_lock")
 
 
 def _with_database(url: str, name: str) -> str:
@@ -67,7 +65,14 @@ def migrated_url(server_url) -> Iterator[str]:
 def database_url(migrated_url) -> str:
     """The migrated test database, emptied before each test."""
     with psycopg.connect(migrated_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
+        tables = [r[0] for r in conn.execute(
+            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' AND NOT tablename = ANY(%s)",
+            (list(_KEEP),),
+        ).fetchall()]
+        if tables:
+            # replica role: append-only tables refuse TRUNCATE through triggers, which tests must bypass
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("TRUNCATE " + ", ".join(tables) + " CASCADE")
     return migrated_url
 
 
