@@ -8,7 +8,7 @@ basis points of the traded notional (fee + slippage) charged when the position c
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -36,3 +36,31 @@ def step_rewards(
         raise ValueError(f"need one more close than positions, got {len(close)} closes for {len(held)} positions")
     previous = np.concatenate(([float(initial_position)], held[:-1]))
     return held * np.log(close[1:] / close[:-1]) - cost_fraction(cost_bps) * np.abs(held - previous)
+
+
+class ActsOnVectors(Protocol):
+    """What the env's evaluation, the backtest strategy and live decisions need from a policy."""
+
+    fingerprint: str  # feature fingerprint the policy was trained on; vectors must match it
+    positions: tuple[int, ...]  # the target positions its actions map to, e.g. (0, 1)
+
+    def act(self, vectors: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Target positions (int8) for rows of canonical float64 vectors held at the given current positions."""
+        ...
+
+
+def rollout(policy: ActsOnVectors, vectors: np.ndarray, initial_position: int = 0) -> np.ndarray:
+    """The positions a policy takes bar after bar, each decision seeing the position the last one left.
+
+    Exact and batched: the observation depends on the past only through the current position, which
+    takes a handful of values, so the policy is asked once per possible position over all rows (a
+    few batched forward passes), and the sequential walk only picks from those answers.
+    """
+    n = len(vectors)
+    answers = {p: policy.act(vectors, np.full(n, p, dtype=np.int8)) for p in policy.positions}
+    taken = np.empty(n, dtype=np.int8)
+    current = int(initial_position)
+    for i in range(n):
+        current = int(answers[current][i])
+        taken[i] = current
+    return taken
