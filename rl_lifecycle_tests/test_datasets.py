@@ -190,11 +190,12 @@ def test_the_window_cadence_is_part_of_the_feature_identity(btc):
 
 def test_the_builder_and_the_asset_feed_the_pipeline_the_same_candles(btc):
     """The builder slices window inputs out of one span read; the asset reads each window: same bytes."""
-    from rl_lifecycle.datasets.builder import _SpanCandles
     from rl_lifecycle.features.service import window_input
+    from rl_lifecycle.features.vectors import SpanCandles
 
     features = load_feature_set("ta_v2")
     spec = _spec()
-    span = _SpanCandles(btc, spec, features.warmup)
+    windows = spec.windows()
+    span = SpanCandles(btc, BTC, windows[0].start, windows[-1].end, features.warmup)
     for window in spec.windows():
         assert span.window_input(window).checksum() == window_input(btc, BTC, features, window).checksum()

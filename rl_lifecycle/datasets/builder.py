@@ -1,9 +1,8 @@
-"""Snapshot-first dataset builds.
+"""Training datasets: labels, assembly, hashing and Parquet over the feature read path.
 
-For each window of the span the stored snapshots are used when their window record carries the
-checksum of the candles stored now; a window that is missing, or whose candles changed, is
-computed by the canonical pipeline and written back first. A build reads one feature set
-fingerprint only, and keeps warm rows only.
+Vectors come from `features.vectors.load_vectors` (stored snapshots where current, the canonical
+pipeline plus write-back where missing or stale). A build reads one feature set fingerprint only,
+keeps warm rows only, and refuses a span with a window that holds no candles.
 
 `dataset_hash` = sha256(fingerprint, canonical spec JSON, content), content being the timestamps,
 vector bytes, flags, close prices and labels. A hash that exists already is reused, not rewritten.
@@ -24,20 +23,12 @@ import psycopg
 from psycopg import sql
 
 from rl_lifecycle.candles.frame import CandleArrays
-from rl_lifecycle.candles.store import load_candles_with_warmup, window_input_stamps
 from rl_lifecycle.datasets.spec import DatasetSpec
 from rl_lifecycle.db.binary_copy import pg_timestamp
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
+from rl_lifecycle.features.pipeline import FeatureFrame
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
-from rl_lifecycle.features.store import (
-    read_snapshots,
-    register_feature_set,
-    restamp_window,
-    window_records,
-    write_window,
-)
-from rl_lifecycle.windows import Window
+from rl_lifecycle.features.vectors import load_vectors
 
 
 @dataclass(frozen=True)
@@ -79,13 +70,6 @@ def dataset_hash(fingerprint: str, spec: DatasetSpec, content: DatasetContent) -
     ):
         digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
     return digest.hexdigest()
-
-
-def _window_input(candles: CandleArrays, window: Window, warmup: int) -> CandleArrays:
-    """The canonical input of `window` out of a span's candles: `warmup` rows before it, then its rows."""
-    lo = int(np.searchsorted(candles.ts, window.start))
-    hi = int(np.searchsorted(candles.ts, window.end))
-    return candles.slice(max(0, lo - warmup), hi)
 
 
 def _label_candles(candles: CandleArrays, ts: np.ndarray, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -150,62 +134,6 @@ def _write_parquet_atomically(frame: pl.DataFrame, target: Path) -> None:
         raise
 
 
-class _SpanCandles:
-    """The span's candles (with warmup), read from the database only if some window needs them."""
-
-    def __init__(self, conn: psycopg.Connection, spec: DatasetSpec, warmup: int):
-        self._conn, self._spec, self._warmup = conn, spec, warmup
-        self._candles: CandleArrays | None = None
-
-    def get(self) -> CandleArrays:
-        if self._candles is None:
-            windows = self._spec.windows()
-            self._candles = load_candles_with_warmup(
-                self._conn, self._spec.parsed_market, windows[0].start, windows[-1].end, self._warmup
-            )
-        return self._candles
-
-    def window_input(self, window: Window) -> CandleArrays:
-        return _window_input(self.get(), window, self._warmup)
-
-
-def refresh_windows(
-    conn: psycopg.Connection, spec: DatasetSpec, features: FeatureSetSpec
-) -> tuple[_SpanCandles, dict[str, dict], list[str], list[str]]:
-    """Make every window of the span current in the snapshot store.
-
-    A window is current when its record's input stamp equals the stamp of the candles stored now
-    (no candle read at all), or else when the checksum of its input candles equals the record's.
-    Other windows are computed by the canonical pipeline and written back. Returns the span's
-    candles (lazy), the per-window sources, and the windows that came from the cache / were computed.
-    """
-    market, scheme, windows = spec.parsed_market, spec.scheme, spec.windows()
-    stamps = window_input_stamps(conn, market, [(w.start, w.end) for w in windows], features.warmup)
-    records = window_records(conn, market, features.fingerprint, windows[0].start, windows[-1].end)
-    candles = _SpanCandles(conn, spec, features.warmup)
-    sources: dict[str, dict] = {}
-    cached, computed = [], []
-    for window, stamp in zip(windows, stamps, strict=True):
-        record = records.get(window.start)
-        if record is not None and record.matches(stamp):
-            cached.append(window.key)
-            sources[window.key] = {"candle_checksum": record.candle_checksum, "content_digest": record.content_digest}
-            continue
-        window_candles = candles.window_input(window)
-        checksum = window_candles.checksum()
-        if record is not None and record.candle_checksum == checksum:
-            restamp_window(conn, market, features.fingerprint, window, stamp)
-            cached.append(window.key)
-            digest = record.content_digest
-        else:
-            frame = compute_features(features, window_candles, scheme, window.start)
-            write_window(conn, market, features, window, frame, checksum, len(window_candles), stamp)
-            computed.append(window.key)
-            digest = frame.digest()
-        sources[window.key] = {"candle_checksum": checksum, "content_digest": digest}
-    return candles, sources, cached, computed
-
-
 def _existing_version(conn: psycopg.Connection, spec: DatasetSpec, fingerprint: str, sources: dict) -> tuple[str, str, int] | None:
     """A stored version built from exactly these window contents: its content, hence its hash, is ours."""
     row = conn.execute(
@@ -230,32 +158,26 @@ def resolve_features(spec: DatasetSpec, features: FeatureSetSpec | None) -> Feat
     return features
 
 
-def _verify_windows(snapshots: FeatureFrame, spec: DatasetSpec, sources: dict[str, dict]) -> None:
-    """The snapshots read are the ones the window records describe (no rewrite in between)."""
-    for window in spec.windows():
-        digest = snapshots.slice_ts(window.start, window.end).digest()
-        if digest != sources[window.key]["content_digest"]:
-            raise RuntimeError(
-                f"snapshots of window {window.key} changed while the dataset was being built; build it again"
-            )
-
-
 def build_dataset(
     conn: psycopg.Connection, spec: DatasetSpec, datasets_dir: Path, features: FeatureSetSpec | None = None
 ) -> DatasetBuild:
     features = resolve_features(spec, features)
-    fingerprint = register_feature_set(conn, features)
+    fingerprint = features.fingerprint
     market, windows = spec.parsed_market, spec.windows()
-    candles, sources, cached, computed = refresh_windows(conn, spec, features)
+    read = load_vectors(conn, market, features, windows[0].start, windows[-1].end, scheme=spec.scheme)
+    if read.empty_windows:
+        raise UserInputError(
+            f"dataset {market.key} {spec.first_window}..{spec.last_window} would be built from nothing in window(s) "
+            f"{', '.join(read.empty_windows)}: they hold no candles; ingest or materialize `candles` for them first"
+        )
+    sources, cached, computed = read.sources(), read.cached_windows, read.computed_windows
     existing = _existing_version(conn, spec, fingerprint, sources)
     if existing is not None:
         digest, uri, rows = existing
         _touch_version(conn, digest, uri, sources)
         return DatasetBuild(digest, spec, fingerprint, rows, uri, cached, computed, True, sources)
 
-    snapshots = read_snapshots(conn, market, features, windows[0].start, windows[-1].end)
-    _verify_windows(snapshots, spec, sources)
-    content = assemble(snapshots, candles.get(), spec)
+    content = assemble(read.frame, read.candles(), spec)
     if len(content) == 0:
         raise UserInputError(
             f"dataset {market.key} {spec.first_window}..{spec.last_window} has no warm rows: "
@@ -291,8 +213,7 @@ def _touch_version(conn: psycopg.Connection, digest: str, uri: str, sources: dic
 
 
 def rebuild_hash(conn: psycopg.Connection, spec: DatasetSpec, features: FeatureSetSpec) -> str:
-    """The dataset hash recomputed from the stored snapshots and candles, with no shortcut."""
+    """The dataset hash recomputed from the vector read path and the candles, with no reuse of a version."""
     windows = spec.windows()
-    candles = load_candles_with_warmup(conn, spec.parsed_market, windows[0].start, windows[-1].end, features.warmup)
-    snapshots = read_snapshots(conn, spec.parsed_market, features, windows[0].start, windows[-1].end)
-    return dataset_hash(features.fingerprint, spec, assemble(snapshots, candles, spec))
+    read = load_vectors(conn, spec.parsed_market, features, windows[0].start, windows[-1].end, scheme=spec.scheme)
+    return dataset_hash(features.fingerprint, spec, assemble(read.frame, read.candles(), spec))

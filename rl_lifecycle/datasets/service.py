@@ -12,7 +12,8 @@ from psycopg import sql
 from rl_lifecycle.datasets.builder import dataset_hash, read_dataset, rebuild_hash
 from rl_lifecycle.datasets.spec import DatasetSpec
 from rl_lifecycle.db.binary_copy import pg_timestamp
-from rl_lifecycle.features.store import load_registered_feature_set, read_snapshots
+from rl_lifecycle.features.store import load_registered_feature_set
+from rl_lifecycle.features.vectors import load_vectors
 from rl_lifecycle.markets import Market
 from rl_lifecycle.windows import Window, WindowScheme
 
@@ -85,7 +86,7 @@ def check_no_unwarm_rows(conn: psycopg.Connection, market: Market, window: Windo
     features = load_registered_feature_set(conn, version.fingerprint)
     content = read_dataset(version.storage_uri, spec, features.feature_names)
     windows = spec.windows()
-    snapshots = read_snapshots(conn, spec.parsed_market, features, windows[0].start, windows[-1].end)
+    snapshots = load_vectors(conn, spec.parsed_market, features, windows[0].start, windows[-1].end, scheme=spec.scheme).frame
     warm_ts = snapshots.ts[snapshots.is_warm]
     not_warm = np.setdiff1d(content.ts, warm_ts)
     nan_rows = int((~np.isfinite(content.values)).any(axis=1).sum())
