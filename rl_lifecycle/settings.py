@@ -33,6 +33,8 @@ class Settings:
     feature_set: str
     window_cadence: str
     window_start: str
+    mlflow_artifacts: str | None = None  # RL_MLFLOW_ARTIFACTS: an object-store URI; unset -> $RL_HOME/mlflow
+    mlflow_ui_url: str = "http://127.0.0.1:5000"  # where `rl-lifecycle mlflow ui` serves; for links in metadata
 
     @property
     def pgdata(self) -> Path:
@@ -45,6 +47,10 @@ class Settings:
     @property
     def datasets_dir(self) -> Path:
         return self.home / "datasets"
+
+    @property
+    def mlflow_artifacts_uri(self) -> str:
+        return self.mlflow_artifacts or (self.home / "mlflow").as_uri()
 
     @property
     def bench_dir(self) -> Path:
@@ -60,5 +66,7 @@ def load_settings() -> Settings:
         online_learning_enabled=_flag("RL_ONLINE_LEARNING_ENABLED", False),
         feature_set=os.environ.get("RL_FEATURE_SET") or "ta_v2",
         window_cadence=os.environ.get("RL_WINDOW_CADENCE") or "monthly",
+        mlflow_artifacts=os.environ.get("RL_MLFLOW_ARTIFACTS") or None,
+        mlflow_ui_url=os.environ.get("RL_MLFLOW_UI_URL") or "http://127.0.0.1:5000",
         window_start=os.environ.get("RL_WINDOW_START") or "2020-01-01",
     )
