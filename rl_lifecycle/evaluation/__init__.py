@@ -1,0 +1,1 @@
+"""Walk-forward evaluation: folds, fold backtests in NautilusTrader, metrics, reports (no Dagster)."""
