@@ -1,0 +1,124 @@
+"""Fold metrics, baselines and aggregates against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from rl_lifecycle.evaluation.metrics import (
+    aggregate_folds,
+    bars_per_year,
+    buy_and_hold_baseline,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    flat_baseline,
+    fold_metrics,
+    max_drawdown,
+    probabilistic_sharpe_ratio,
+)
+
+
+def test_bars_per_year_follow_the_interval():
+    assert bars_per_year("1d") == pytest.approx(365.25)
+    assert bars_per_year("1h") == pytest.approx(365.25 * 24)
+    assert bars_per_year("15m") == pytest.approx(365.25 * 96)
+
+
+def test_fold_metrics_by_hand():
+    # returns +10%, -10%, +10%; 4 bars a year so annualising multiplies per-bar ratios by 2
+    equity = np.array([100.0, 110.0, 99.0, 108.9])
+    positions = np.array([1, 1, 0, 0], dtype=np.int8)
+    notional = np.array([100.0, 0.0, 99.0, 0.0])
+    m = fold_metrics(equity, positions, notional, fees=0.3, trade_pnls=[-1.0, 2.0, 0.5], periods_per_year=4)
+    mean, std = 0.1 / 3, math.sqrt((2 * (0.2 / 3) ** 2 + (0.4 / 3) ** 2) / 2)
+    assert m["total_return"] == pytest.approx(0.089)
+    assert m["log_return"] == pytest.approx(math.log(1.089))
+    assert m["sharpe"] == pytest.approx(2 * mean / std)
+    assert m["sortino"] == pytest.approx(2 * mean / math.sqrt(0.01 / 3))
+    assert m["max_drawdown"] == pytest.approx(0.1)  # 110 -> 99
+    assert m["annual_return"] == pytest.approx(1.089 ** (4 / 3) - 1)
+    assert m["calmar"] == pytest.approx((1.089 ** (4 / 3) - 1) / 0.1)
+    assert m["turnover"] == pytest.approx(100 / 100 + 99 / 99)
+    assert m["trades"] == 3 and m["win_rate"] == pytest.approx(2 / 3)
+    assert m["exposure"] == pytest.approx(2 / 3)  # held over bars 1 and 2, flat over bar 3
+    assert m["fees_paid"] == 0.3 and m["fees_fraction"] == pytest.approx(0.003)
+
+
+def test_flat_returns_never_crash():
+    flat = flat_baseline(np.array([10.0, 11.0, 12.0, 9.0]), 1000.0, 365.25)
+    assert flat["total_return"] == 0.0 and flat["sharpe"] == 0.0 and flat["sortino"] == 0.0
+    assert flat["max_drawdown"] == 0.0 and math.isnan(flat["calmar"]) and math.isnan(flat["win_rate"])
+    assert flat["trades"] == 0 and flat["turnover"] == 0.0
+    # a riskless positive drift has no finite Sharpe: NaN, not an exception
+    drift = fold_metrics(np.array([1.0, 1.01, 1.0201]), np.ones(3), np.zeros(3), 0.0, [], 365.25)
+    assert math.isnan(drift["sharpe"]) and math.isnan(drift["sortino"])
+    single = fold_metrics(np.array([1.0]), np.zeros(1), np.zeros(1), 0.0, [], 365.25)
+    assert math.isnan(single["sharpe"]) and single["total_return"] == 0.0
+
+
+def test_buy_and_hold_pays_the_same_fee():
+    close = np.array([100.0, 105.0, 95.0, 110.0])
+    m = buy_and_hold_baseline(close, cost_bps=10.0, starting_balance=1000.0, periods_per_year=365.25)
+    # 10 units bought at 100 with a 1.0 fee; marked at 110: 1100 - 1
+    assert m["total_return"] == pytest.approx(1099 / 1000 - 1)
+    assert m["fees_paid"] == pytest.approx(1.0) and m["trades"] == 1 and m["win_rate"] == 1.0
+    assert m["max_drawdown"] == pytest.approx(1 - 949 / 1049)
+    assert m["exposure"] == 1.0 and m["turnover"] == pytest.approx(1.0)
+
+
+def test_max_drawdown_ignores_rises():
+    assert max_drawdown(np.array([1.0, 2.0, 3.0])) == 0.0
+    assert max_drawdown(np.array([2.0, 1.0, 4.0, 3.0])) == pytest.approx(0.5)
+
+
+def _returns(seed: int, n: int = 500, drift: float = 0.002) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return drift + 0.01 * rng.standard_t(5, size=n)
+
+
+def test_probabilistic_sharpe_ratio_matches_the_formula_with_independent_moments():
+    returns = _returns(1)
+    sr = returns.mean() / returns.std(ddof=1)
+    skew, kurt = stats.skew(returns), stats.kurtosis(returns, fisher=False)
+    expected = stats.norm.cdf(sr * math.sqrt(len(returns) - 1) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert probabilistic_sharpe_ratio(returns) == pytest.approx(expected, rel=1e-12)
+    # against a benchmark Sharpe
+    expected_vs = stats.norm.cdf((sr - 0.05) * math.sqrt(len(returns) - 1)
+                                 / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert probabilistic_sharpe_ratio(returns, 0.05) == pytest.approx(expected_vs, rel=1e-12)
+
+
+def test_deflated_sharpe_ratio_deflates_with_more_trials():
+    returns = _returns(2)
+    assert deflated_sharpe_ratio(returns, 1) == pytest.approx(probabilistic_sharpe_ratio(returns))
+    values = [deflated_sharpe_ratio(returns, n) for n in (1, 2, 10, 100)]
+    assert values == sorted(values, reverse=True) and values[-1] < values[0]
+    # expected maximum Sharpe of N trials, Bailey & Lopez de Prado (2014), by hand for N=10, V=0.01
+    gamma = 0.5772156649015329
+    by_hand = 0.1 * ((1 - gamma) * stats.norm.ppf(1 - 1 / 10) + gamma * stats.norm.ppf(1 - 1 / (10 * math.e)))
+    assert expected_max_sharpe(10, 0.01) == pytest.approx(by_hand, rel=1e-12)
+    assert deflated_sharpe_ratio(returns, 10, trial_variance=0.01) == pytest.approx(
+        probabilistic_sharpe_ratio(returns, by_hand), rel=1e-12)
+    assert math.isnan(probabilistic_sharpe_ratio(np.zeros(10)))
+
+
+def test_aggregates_over_completed_folds():
+    close = np.array([100.0, 101.0, 102.0])
+    good = fold_metrics(np.array([100.0, 110.0, 121.0]), np.ones(3), np.zeros(3), 0.0, [21.0], 4)
+    bad = fold_metrics(np.array([100.0, 90.0, 81.0]), np.ones(3), np.zeros(3), 0.0, [-19.0], 4)
+    flat = flat_baseline(close, 100.0, 4)
+    agg = aggregate_folds({0: good, 2: bad, 3: flat},
+                          {0: np.array([0.1, 0.1]), 2: np.array([-0.1, -0.1]), 3: np.zeros(2)}, n_trials=3)
+    assert agg["folds"] == 3 and agg["n_trials"] == 3
+    assert agg["total_return"]["mean"] == pytest.approx((0.21 - 0.19 + 0) / 3)
+    assert agg["total_return"]["median"] == pytest.approx(0.0)
+    assert agg["total_return"]["std"] == pytest.approx(np.std([0.21, -0.19, 0.0], ddof=1))
+    assert agg["total_return"]["worst"] == pytest.approx(-0.19) and agg["worst_fold"] == 2
+    assert agg["max_drawdown"]["worst"] == pytest.approx(0.19)
+    assert agg["positive_share"] == pytest.approx(1 / 3)
+    assert agg["win_rate"]["mean"] == pytest.approx(0.5)  # the flat fold's NaN is left out
+    assert 0.0 <= agg["psr"] <= 1.0 and agg["dsr"] <= agg["psr"]
+    assert aggregate_folds({}, {}, 1) == {"folds": 0, "n_trials": 1}
