@@ -278,7 +278,9 @@ def _strategy_classes():
 
         def on_order_filled(self, event):
             sign = 1 if event.order_side == OrderSide.BUY else -1
-            quantity, price, fee = event.last_qty.as_double(), event.last_px.as_double(), event.commission.as_double()
+            quantity = round(event.last_qty.as_double(), self.instrument.size_precision)  # undo fixed-point noise
+            price = round(event.last_px.as_double(), self.instrument.price_precision)
+            fee = round(event.commission.as_double(), event.commission.currency.precision)
             self.fills.append((event.ts_event, sign, quantity, price, fee))
             self.held += sign * quantity
             self.cash -= sign * quantity * price + fee
@@ -489,14 +491,17 @@ def run_fold_backtest(job: FoldJob) -> FoldResult:
         return FoldResult.failed(job.fold_index, traceback.format_exc())
     sender.close()
     result: FoldResult | None = None
+    timed_out = False
     try:
-        if receiver.poll(job.timeout_s):
+        if receiver.poll(job.timeout_s):  # also wakes up when the child dies (end of file)
             result = receiver.recv()
+        else:
+            timed_out = True
     except (EOFError, OSError):
         result = None  # the child died before sending
     finally:
         receiver.close()
-    if result is None and process.is_alive():
+    if timed_out:
         process.kill()
         process.join()
         return FoldResult.failed(job.fold_index, f"fold {job.fold_index} timed out after {job.timeout_s} s",
