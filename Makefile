@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast dev bench lock lint clean
+.PHONY: install run test test-fast dev mlflow bench lock lint clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-fast: install
 ## Dagster UI + daemon on the same PostgreSQL (http://127.0.0.1:3000)
 dev: install
 	$(BIN)/rl-lifecycle dev
+
+## MLflow UI on the project's tracking database (http://127.0.0.1:5000)
+mlflow: install
+	$(BIN)/rl-lifecycle mlflow ui
 
 ## benchmarks; results in docs/benchmarks.md and $$RL_HOME/bench/latest.json
 bench: install

@@ -26,6 +26,10 @@ def run_demo(settings: Settings) -> bool:
     keys = [f"{m.key}|{w.key}" for m in DEMO_MARKETS for w in windows]
     runs = run_partitions(settings, url, DEMO_ASSETS, keys)
     print_summary(runs)
+    last_windows = [f"{m.key}|{windows[-1].key}" for m in DEMO_MARKETS]
+    trained = run_partitions(settings, url, ["challenger_model"], last_windows)
+    print_challengers(trained)
+    runs += trained
     failed = [r for r in runs if not r.ok]
     typer.echo(f"\n{len(runs) - len(failed)}/{len(runs)} partition runs succeeded; browse them with `make dev`.")
     return not failed
@@ -48,6 +52,24 @@ def print_summary(runs: list[PartitionRun]) -> None:
             f"{dataset.get('rows', '-'):>6} {str(dataset.get('windows_from_cache', '-')) + '/' + str(dataset.get('windows_computed', '-')):>15}"
         )
         for check in checks:
+            if not check.passed:
+                typer.echo(f"    FAILED {check.check}: {check.description}")
+        for error in run.errors:
+            typer.echo(f"    error: {error}")
+
+
+def print_challengers(runs: list[PartitionRun]) -> None:
+    typer.echo("\nchallengers trained on each market's last window (MLflow: `make mlflow`)")
+    typer.echo(f"  {'partition':<24} {'version':>7} {'weights hash':<16} {'dataset':<12} {'timesteps':>9} {'fps':>6}  checks")
+    for run in runs:
+        model = run.metadata.get("challenger_model", {})
+        passed = sum(c.passed for c in run.checks)
+        typer.echo(
+            f"  {run.partition_key:<24} {model.get('model_version', '-'):>7} {str(model.get('weights_hash', '-'))[:16]:<16} "
+            f"{str(model.get('dataset_hash', '-'))[:12]:<12} {model.get('timesteps', '-'):>9} {model.get('fps', '-'):>6}  "
+            f"{passed}/{len(run.checks)} passed"
+        )
+        for check in run.checks:
             if not check.passed:
                 typer.echo(f"    FAILED {check.check}: {check.description}")
         for error in run.errors:

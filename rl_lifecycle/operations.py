@@ -36,7 +36,9 @@ def register_market(url: str, settings: Settings, market: Market, source: str = 
     return added
 
 
-def run_partitions(settings: Settings, url: str, assets: list[str], keys: list[str]) -> list[PartitionRun]:
+def run_partitions(
+    settings: Settings, url: str, assets: list[str], keys: list[str], run_config: dict | None = None
+) -> list[PartitionRun]:
     """Materialize each partition, printing one line per run and a progress bar on stderr."""
     from tqdm import tqdm
 
@@ -66,6 +68,6 @@ def run_partitions(settings: Settings, url: str, assets: list[str], keys: list[s
                 bar.write(f"  {c.check}: {c.description}")
 
     try:
-        return run_materialize(instance, assets, keys, on_done=report)
+        return run_materialize(instance, assets, keys, on_done=report, run_config=run_config)
     finally:
         bar.close()

@@ -30,3 +30,16 @@ class PostgresResource(ConfigurableResource):
             _MIGRATED.add(url)
         with psycopg.connect(url, autocommit=True) as conn:
             yield conn
+
+
+class MlflowResource(ConfigurableResource):
+    """MLflow tracking + registry in its own database on the feature store's server; artifacts under RL_HOME."""
+
+    database: PostgresResource
+    tracking_uri: str | None = None  # default: `<database>_mlflow` on the same server
+    artifacts_uri: str | None = None  # default: RL_MLFLOW_ARTIFACTS, else $RL_HOME/mlflow
+
+    def registry(self):
+        from rl_lifecycle.models.tracking import open_registry
+
+        return open_registry(self.database.database_url(), tracking_uri=self.tracking_uri, artifacts_uri=self.artifacts_uri)

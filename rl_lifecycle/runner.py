@@ -40,6 +40,7 @@ def materialize(
     partition_keys: Sequence[str],
     on_done: Callable[[PartitionRun], None] | None = None,
     log_level: str = "WARNING",
+    run_config: dict | None = None,
 ) -> list[PartitionRun]:
     """Run `lifecycle_job` once per partition for the selected assets (and their checks)."""
     from rl_lifecycle.definitions import ALL_ASSETS, defs
@@ -54,7 +55,7 @@ def materialize(
     for key in partition_keys:
         result = job.execute_in_process(
             instance=instance, partition_key=key, asset_selection=selection, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}},
             tags={"rl_lifecycle/launched_by": "cli"},
         )
         checks = [

@@ -74,9 +74,12 @@ def test_windows_without_candles_say_so_and_a_dataset_refuses_to_be_built_from_n
     read = load_vectors(conn, BTC, ta_v2, to_us("2024-01-01"), to_us("2024-04-01"))
     assert read.empty_windows == ["2024-01-01", "2024-02-01"] and read.computed_windows == ["2024-03-01"]
     spec = DatasetSpec.create(market=BTC.key, first_window="2024-01-01", last_window="2024-03-01", feature_set="ta_v2")
-    with pytest.raises(UserInputError, match=r"2024-01-01, 2024-02-01: they hold no candles"):
-        build_dataset(conn, spec, tmp_path, ta_v2)
-    assert conn.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 0
+    build = build_dataset(conn, spec, tmp_path, ta_v2)  # March has rows; the empty windows are named, not "computed"
+    assert build.empty_windows == ["2024-01-01", "2024-02-01"] and build.computed_windows == []
+    nothing = DatasetSpec.create(market=BTC.key, first_window="2023-11-01", last_window="2024-02-01", feature_set="ta_v2")
+    with pytest.raises(UserInputError, match=r"built from nothing: no window of the span holds a candle"):
+        build_dataset(conn, nothing, tmp_path, ta_v2)
+    assert conn.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 1
 
 
 def test_nothing_outside_the_feature_package_reads_snapshots_or_computes_indicators():

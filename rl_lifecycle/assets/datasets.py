@@ -72,6 +72,7 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
             "windows_from_cache": len(build.cached_windows),
             "windows_computed": len(build.computed_windows),
             "computed_windows": ", ".join(build.computed_windows) or "-",
+            "windows_without_candles": ", ".join(build.empty_windows) or "-",
             "reused_version": build.reused,
             "storage_uri": build.storage_uri,
             "min_purge_bars": spec.min_purge_bars,

@@ -58,6 +58,7 @@ class DatasetBuild:
     computed_windows: list[str]
     reused: bool  # an identical dataset version existed already
     source_windows: dict[str, dict] = field(repr=False)
+    empty_windows: list[str] = field(default_factory=list)  # windows of the span without a single candle
 
 
 def dataset_hash(fingerprint: str, spec: DatasetSpec, content: DatasetContent) -> str:
@@ -165,17 +166,17 @@ def build_dataset(
     fingerprint = features.fingerprint
     market, windows = spec.parsed_market, spec.windows()
     read = load_vectors(conn, market, features, windows[0].start, windows[-1].end, scheme=spec.scheme)
-    if read.empty_windows:
+    if len(read.empty_windows) == len(windows):
         raise UserInputError(
-            f"dataset {market.key} {spec.first_window}..{spec.last_window} would be built from nothing in window(s) "
-            f"{', '.join(read.empty_windows)}: they hold no candles; ingest or materialize `candles` for them first"
+            f"dataset {market.key} {spec.first_window}..{spec.last_window} would be built from nothing: no window "
+            "of the span holds a candle; ingest or materialize `candles` for it first"
         )
-    sources, cached, computed = read.sources(), read.cached_windows, read.computed_windows
+    sources, cached, computed, empty = read.sources(), read.cached_windows, read.computed_windows, read.empty_windows
     existing = _existing_version(conn, spec, fingerprint, sources)
     if existing is not None:
         digest, uri, rows = existing
         _touch_version(conn, digest, uri, sources)
-        return DatasetBuild(digest, spec, fingerprint, rows, uri, cached, computed, True, sources)
+        return DatasetBuild(digest, spec, fingerprint, rows, uri, cached, computed, True, sources, empty)
 
     content = assemble(read.frame, read.candles(), spec)
     if len(content) == 0:
@@ -187,7 +188,7 @@ def build_dataset(
     stored = conn.execute("SELECT storage_uri FROM dataset_versions WHERE dataset_hash = %s", (digest,)).fetchone()
     if stored is not None and Path(stored[0]).exists():
         _touch_version(conn, digest, stored[0], sources)
-        return DatasetBuild(digest, spec, fingerprint, len(content), stored[0], cached, computed, True, sources)
+        return DatasetBuild(digest, spec, fingerprint, len(content), stored[0], cached, computed, True, sources, empty)
     target = datasets_dir / market.key / f"{digest}.parquet"
     _write_parquet_atomically(_to_frame(content, spec.forward_return_horizon), target)
     conn.execute(
@@ -201,7 +202,7 @@ def build_dataset(
         (digest, market.pair, market.interval, fingerprint, features.name, spec.canonical_json(), len(content),
          str(target), json.dumps(sources, sort_keys=True)),
     )
-    return DatasetBuild(digest, spec, fingerprint, len(content), str(target), cached, computed, False, sources)
+    return DatasetBuild(digest, spec, fingerprint, len(content), str(target), cached, computed, False, sources, empty)
 
 
 def _touch_version(conn: psycopg.Connection, digest: str, uri: str, sources: dict) -> None:

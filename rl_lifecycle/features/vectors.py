@@ -183,3 +183,18 @@ def _refresh_window(
     frame = compute_features(spec, window_candles, scheme, window.start)
     write_window(conn, market, spec, window, frame, checksum, len(window_candles), stamp)
     return WindowSource(window, "computed" if len(frame) else "empty", checksum, frame.digest(), len(frame))
+
+
+def vectors_from_candles(
+    conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, start_us: int, end_us: int,
+    *, scheme: WindowScheme | None = None,
+) -> FeatureFrame:
+    """The canonical vectors for start <= ts < end computed from the candles alone: no snapshot read or written.
+
+    The live path for the newest bars: one candle read (the anchor's warmup, then the candles up to
+    `end`) and the pipeline over it; the same rule gives the same bytes as the stored snapshots.
+    """
+    scheme = scheme or WindowScheme(spec.anchor)
+    anchor = scheme.containing(start_us).start
+    candles = load_candles_with_warmup(conn, market, anchor, end_us, spec.warmup)
+    return compute_features(spec, candles, scheme, start_us, end_us)

@@ -1,0 +1,113 @@
+"""`MarketEnv`: a gymnasium env over a training dataset's canonical vectors.
+
+Observation at row t: the canonical vector as float32, then the position currently held. The
+action picks a target position (`trading.ACTION_POSITIONS`); it is filled at close[t] and held
+over bar t+1, and the reward is `trading.step_rewards` for that step, the same accounting the
+backtest charges. Only rows with a contiguous next bar can be acted on: a gap ends an episode,
+so no reward spans missing bars. Steps only index preallocated arrays.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from rl_lifecycle.trading import ACTION_POSITIONS, cost_fraction
+
+
+def contiguous(ts: np.ndarray, interval_us: int) -> np.ndarray:
+    """bool[n-1]: row i+1 is the bar right after row i (a 24/7 market; calendars refine this)."""
+    return np.diff(np.asarray(ts, dtype=np.int64)) == interval_us
+
+
+def observations(vectors: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The env's observations for rows of vectors held at `positions`, in one batch: float32 [n, k+1]."""
+    vectors = np.asarray(vectors)
+    out = np.empty((len(vectors), vectors.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = vectors
+    out[:, -1] = positions
+    return out
+
+
+def segments(continues: np.ndarray, n_rows: int) -> np.ndarray:
+    """[start, last) row ranges of contiguous runs with at least one actionable step (last = final row)."""
+    breaks = np.flatnonzero(~np.asarray(continues, dtype=bool)) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [n_rows])) - 1  # the final row of each run has no next bar to reward
+    keep = ends > starts
+    return np.stack([starts[keep], ends[keep]], axis=1).astype(np.int64)
+
+
+class MarketEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        close: np.ndarray,
+        continues: np.ndarray,
+        *,
+        action_set: str = "long_flat",
+        cost_bps: float = 10.0,
+        episode_length: int | None = None,
+        seed: int | None = None,
+    ):
+        vectors = np.asarray(vectors, dtype=np.float64)
+        n = len(vectors)
+        if n < 2 or len(close) != n or len(continues) != n - 1:
+            raise ValueError(f"need >= 2 rows with matching close/continues, got {n}, {len(close)}, {len(continues)}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors hold NaN or infinite values: build the env from warm rows only")
+        self._obs = observations(vectors, np.zeros(n, dtype=np.int8))  # position column rewritten per step
+        self._log_return = np.zeros(n)
+        self._log_return[:-1] = np.log(np.asarray(close[1:], dtype=np.float64) / np.asarray(close[:-1], dtype=np.float64))
+        self._segments = segments(continues, n)
+        if len(self._segments) == 0:
+            raise ValueError("no two consecutive bars: nothing to act on")
+        self._positions = np.asarray(ACTION_POSITIONS[action_set], dtype=np.float64)
+        self._cost = cost_fraction(cost_bps)
+        self._episode_length = episode_length
+        self.action_space = gym.spaces.Discrete(len(self._positions))
+        k = vectors.shape[1]
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(k + 1,), dtype=np.float32)
+        self._next_segment = 0
+        self._row = self._last = self._segment_last = 0
+        self._position = 0.0
+        if seed is not None:
+            self.reset(seed=seed)
+
+    @classmethod
+    def from_dataset(cls, content, continues: np.ndarray, *, action_set: str, cost_bps: float,
+                     episode_length: int | None = None, seed: int | None = None) -> MarketEnv:
+        return cls(content.values, content.close, continues, action_set=action_set, cost_bps=cost_bps,
+                   episode_length=episode_length, seed=seed)
+
+    def _observation(self) -> np.ndarray:
+        obs = self._obs[self._row]
+        obs[-1] = self._position
+        return obs.copy()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if self._episode_length is None:  # whole segments, in order, cycling
+            start, last = self._segments[self._next_segment % len(self._segments)]
+            seg_last = last
+            self._next_segment += 1
+        else:  # a seeded random sub-window of one segment
+            lengths = self._segments[:, 1] - self._segments[:, 0]
+            index = int(self.np_random.choice(len(lengths), p=lengths / lengths.sum()))
+            seg_start, seg_last = self._segments[index]
+            span = min(self._episode_length, seg_last - seg_start)
+            start = seg_start + int(self.np_random.integers(0, seg_last - seg_start - span + 1))
+            last = start + span
+        self._row, self._last, self._segment_last, self._position = int(start), int(last), int(seg_last), 0.0
+        return self._observation(), {}
+
+    def step(self, action):
+        target = self._positions[int(action)]
+        reward = target * self._log_return[self._row] - self._cost * abs(target - self._position)
+        self._position = target
+        self._row += 1
+        terminated = self._row >= self._segment_last  # a gap or the end of the data: nothing follows
+        truncated = not terminated and self._row >= self._last  # the sub-window's length is reached
+        return self._observation(), float(reward), terminated, truncated, {}

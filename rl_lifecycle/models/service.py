@@ -1,0 +1,235 @@
+"""Training use cases: train a challenger on a partition's dataset, register it, and verify it.
+
+The dataset is the one `training_dataset` built for the partition (its Parquet file, whose hash
+the dataset gates verified); the model is registered in MLflow with its lineage and the training
+feature statistics; the two model gates re-derive that lineage and replay the recorded actions.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from rl_lifecycle.datasets.builder import DatasetContent, dataset_hash, read_dataset
+from rl_lifecycle.datasets.service import DatasetVersion, latest_version
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
+from rl_lifecycle.features.store import load_registered_feature_set
+from rl_lifecycle.markets import Market
+from rl_lifecycle.models.env import contiguous
+from rl_lifecycle.models.policy import Policy, actions_digest, load_registered_policy
+from rl_lifecycle.models.spec import ModelSpec
+from rl_lifecycle.models.statistics import FeatureStatistics
+from rl_lifecycle.models.tracking import ModelRegistry, ModelVersionInfo
+from rl_lifecycle.models.trainer import train_policy, weights_hash
+from rl_lifecycle.plots import line_png, moving_average
+from rl_lifecycle.windows import Window, iso
+
+POLICY_ARTIFACTS = "policy"
+STATS_ARTIFACTS = "training_stats"
+PARTITION_TAG = "partition_key"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    market: Market
+    window: Window
+    dataset: DatasetVersion
+    features: FeatureSetSpec
+    content: DatasetContent
+    continues: np.ndarray  # bool [n-1]: row i+1 is the bar after row i
+
+
+def training_data(conn: psycopg.Connection, market: Market, window: Window) -> TrainingData:
+    """The partition's latest training dataset, as the arrays it was hashed over."""
+    version = latest_version(conn, market, window)
+    if version is None or not Path(version.storage_uri).exists():
+        raise UserInputError(
+            f"no training dataset for {market.key}|{window.key}: materialize `training_dataset` for it first"
+        )
+    features = load_registered_feature_set(conn, version.fingerprint)
+    content = read_dataset(version.storage_uri, version.spec, features.feature_names)
+    return TrainingData(market, window, version, features, content, contiguous(content.ts, market.interval_us))
+
+
+def check_spec_matches_dataset(spec: ModelSpec, data: TrainingData) -> None:
+    """A spec trains only on the feature set it names, computed the way it is computed now."""
+    if spec.feature_set != data.features.name:
+        raise UserInputError(
+            f"model spec {spec.name!r} wants feature set {spec.feature_set!r}, but the dataset "
+            f"{data.dataset.dataset_hash[:12]} holds {data.features.name!r} vectors"
+        )
+    current = load_feature_set(spec.feature_set, anchor=data.features.anchor).fingerprint
+    if current != data.dataset.fingerprint:
+        raise UserInputError(
+            f"model spec {spec.name!r}: feature set {spec.feature_set} now fingerprints as {current[:12]}, the dataset "
+            f"was built with {data.dataset.fingerprint[:12]}; rebuild the dataset first"
+        )
+
+
+@dataclass(frozen=True)
+class TrainedChallenger:
+    version: ModelVersionInfo
+    run_id: str
+    weights_hash: str
+    actions_sha256: str
+    timesteps: int
+    fps: float
+    wall_seconds: float
+    curve_png: bytes
+    episode_rewards: list[float]
+    statistics: FeatureStatistics
+
+
+def train_challenger(
+    conn: psycopg.Connection,
+    registry: ModelRegistry,
+    market: Market,
+    window: Window,
+    spec: ModelSpec,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> TrainedChallenger:
+    """Train `spec` on the partition's dataset and register it as the market's new challenger."""
+    data = training_data(conn, market, window)
+    check_spec_matches_dataset(spec, data)
+    content = data.content
+    lineage = {
+        "market": market.key,
+        PARTITION_TAG: f"{market.key}|{window.key}",
+        "dataset_hash": data.dataset.dataset_hash,
+        "fingerprint": data.dataset.fingerprint,
+        "feature_set": data.features.name,
+        "model_spec_hash": spec.spec_hash,
+        "model_spec_name": spec.name,
+        "algorithm": spec.algorithm,
+        "train_start": iso(int(content.ts[0])),
+        "train_end": iso(int(content.ts[-1])),
+        "train_rows": str(len(content)),
+    }
+    run_id = registry.start_run(market, f"{market.key}|{window.key} {spec.name}", {**lineage, **(run_tags or {})})
+    try:
+        registry.log_params(run_id, {**json.loads(spec.canonical_json()), "dataset_hash": data.dataset.dataset_hash})
+        metrics = registry.metric_logger(run_id)
+        trained = train_policy(content, data.continues, spec, progress=progress, log_metrics=metrics)
+        metrics.flush()
+        policy = Policy(trained.model, spec, data.dataset.fingerprint, data.features.feature_names)
+        actions = policy.rollout(content.values, fingerprint=data.dataset.fingerprint)
+        statistics = FeatureStatistics.of(content.values, data.features.feature_names)
+        rewards = [float(r) for r in trained.curve["episode_reward"]] if "episode_reward" in trained.curve else []
+        curve = _curve_png(trained.curve, f"{market.key} {spec.name}: episode reward")
+        with tempfile.TemporaryDirectory(prefix="rl-train-") as tmp:
+            root = Path(tmp)
+            policy.save(root / POLICY_ARTIFACTS)
+            statistics.save(root / STATS_ARTIFACTS)
+            (root / "plots").mkdir()
+            (root / "plots" / "training_curve.png").write_bytes(curve)
+            for sub in (POLICY_ARTIFACTS, STATS_ARTIFACTS, "plots"):
+                registry.log_artifacts(run_id, root / sub, sub)
+        tags = {**lineage, "weights_hash": trained.weights_hash, "actions_sha256": actions_digest(actions)}
+        info = registry.register(market, run_id, POLICY_ARTIFACTS, tags)
+        registry.end_run(run_id)
+    except BaseException:
+        registry.end_run(run_id, "FAILED")
+        raise
+    return TrainedChallenger(info, run_id, trained.weights_hash, tags["actions_sha256"], trained.timesteps, trained.fps,
+                             trained.wall_seconds, curve, rewards, statistics)
+
+
+def _curve_png(curve: dict[str, list[float]], title: str) -> bytes:
+    rewards = np.asarray(curve.get("episode_reward", []), dtype=np.float64)
+    steps = np.asarray(curve.get("timesteps", np.arange(len(rewards))), dtype=np.float64)
+    if len(rewards) == 0:
+        rewards, steps = np.zeros(1), np.zeros(1)
+    series = {"episode reward": rewards}
+    width = max(1, len(rewards) // 20)
+    if width > 1:
+        series = {"episode reward": rewards[width - 1 :], f"moving average ({width})": moving_average(rewards, width)}
+        steps = steps[width - 1 :]
+    return line_png(steps, series, title)
+
+
+# -- gates -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelCheck:
+    passed: bool
+    summary: str
+    details: list[dict]
+
+
+def partition_version(registry: ModelRegistry, market: Market, window: Window) -> ModelVersionInfo | None:
+    """The newest version trained for this partition."""
+    key = f"{market.key}|{window.key}"
+    return next((v for v in registry.versions(market) if v.tags.get(PARTITION_TAG) == key), None)
+
+
+def check_lineage(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window) -> ModelCheck:
+    """The version's tags name the dataset and fingerprint it was trained from, and its artifacts agree."""
+    info = partition_version(registry, market, window)
+    if info is None:
+        return ModelCheck(False, f"no model version trained for {market.key}|{window.key}", [])
+    data = training_data(conn, market, window)
+    with tempfile.TemporaryDirectory(prefix="rl-lineage-") as tmp:
+        policy = Policy.load(registry.download(info, Path(tmp)), info.version)
+    expected = {
+        "dataset_hash": dataset_hash(data.dataset.fingerprint, data.dataset.spec, data.content),
+        "fingerprint": data.dataset.fingerprint,
+        "feature_set": data.features.name,
+        "train_rows": str(len(data.content)),
+        "train_start": iso(int(data.content.ts[0])),
+        "train_end": iso(int(data.content.ts[-1])),
+        "model_spec_hash": policy.spec.spec_hash,
+        "weights_hash": weights_hash(policy.model),
+    }
+    details = [{"tag": k, "recorded": info.tags.get(k), "derived": v} for k, v in expected.items() if info.tags.get(k) != v]
+    if policy.fingerprint != info.tags.get("fingerprint"):
+        details.append({"tag": "artifact fingerprint", "recorded": info.tags.get("fingerprint"), "derived": policy.fingerprint})
+    if details:
+        names = ", ".join(d["tag"] for d in details)
+        return ModelCheck(False, f"version {info.version} lineage differs from what it was trained on: {names}", details)
+    return ModelCheck(
+        True,
+        f"version {info.version}: dataset {expected['dataset_hash'][:12]} (re-hashed from its file), fingerprint "
+        f"{expected['fingerprint'][:12]}, spec {expected['model_spec_hash'][:12]} and weights {expected['weights_hash'][:12]} "
+        "all match the artifacts",
+        [],
+    )
+
+
+def _replay_actions(tracking_uri: str, artifacts_uri: str, market_key: str, version: int, dataset_uri: str,
+                    dataset_spec_json: str, feature_names: tuple[str, ...], fingerprint: str) -> str:
+    from rl_lifecycle.datasets.spec import DatasetSpec
+
+    registry = ModelRegistry(tracking_uri, artifacts_uri)
+    policy = load_registered_policy(registry, Market.parse(market_key), version)
+    content = read_dataset(dataset_uri, DatasetSpec.create(**json.loads(dataset_spec_json)), feature_names)
+    return actions_digest(policy.rollout(content.values, fingerprint=fingerprint))
+
+
+def check_reproducible(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window) -> ModelCheck:
+    """The registered artifact, loaded in a fresh interpreter, takes byte-identical actions over the dataset."""
+    info = partition_version(registry, market, window)
+    if info is None:
+        return ModelCheck(False, f"no model version trained for {market.key}|{window.key}", [])
+    data = training_data(conn, market, window)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        replayed = pool.submit(
+            _replay_actions, registry.tracking_uri, registry.artifacts_uri, market.key, info.version,
+            data.dataset.storage_uri, data.dataset.spec.canonical_json(), data.features.feature_names,
+            data.dataset.fingerprint,
+        ).result()
+    recorded = info.tags.get("actions_sha256")
+    if replayed != recorded:
+        return ModelCheck(False, f"version {info.version} replayed in a fresh process gives actions {replayed[:12]}, "
+                                 f"recorded at training {str(recorded)[:12]}", [])
+    return ModelCheck(True, f"version {info.version} loaded from the registry in a fresh process: the same actions over "
+                            f"{len(data.content)} rows (sha256 {replayed[:12]})", [])

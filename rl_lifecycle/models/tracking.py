@@ -1,0 +1,233 @@
+"""MLflow on the project's PostgreSQL server: runs, metrics, artifacts and one registered model per market.
+
+Tracking and registry share a database of their own on the same server as the feature store
+(`<database>_mlflow`, created on demand): MLflow keeps an `alembic_version` table like Dagster,
+so it never shares a database. Artifacts live under `$RL_HOME/mlflow` unless RL_MLFLOW_ARTIFACTS
+names an object store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from rl_lifecycle.db.connection import dagster_storage_url, plain_postgres_url
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets import Market
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+# Model-version tags every challenger carries (the lineage the `model_lineage` check verifies).
+LINEAGE_TAGS = (
+    "market", "dataset_hash", "fingerprint", "feature_set", "model_spec_hash", "model_spec_name", "algorithm",
+    "train_start", "train_end", "weights_hash", "actions_sha256", "train_rows",
+)
+
+
+def mlflow_database_url(database_url: str) -> str:
+    """`postgresql+psycopg2://…/<db>_mlflow` on the server of `database_url`, the database created if missing."""
+    parts = urlsplit(plain_postgres_url(database_url))
+    name = f"{parts.path.lstrip('/') or 'postgres'}_mlflow"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # created by a concurrent process
+    return dagster_storage_url(urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment)))
+
+
+def registered_model_name(market: Market) -> str:
+    return f"rl-{market.key}"
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    market: str
+    version: int
+    aliases: tuple[str, ...]
+    run_id: str
+    source: str
+    tags: dict[str, str]
+    created_ms: int
+
+    @property
+    def created(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_ms / 1000))
+
+    def summary(self) -> dict:
+        """The fields `models list` prints."""
+        return {
+            "version": self.version,
+            "aliases": list(self.aliases),
+            "weights_hash": self.tags.get("weights_hash"),
+            "dataset_hash": self.tags.get("dataset_hash"),
+            "feature_set": self.tags.get("feature_set"),
+            "fingerprint": self.tags.get("fingerprint"),
+            "created": self.created,
+        }
+
+
+class ModelRegistry:
+    """A thin, typed layer over `MlflowClient` for what the lifecycle needs."""
+
+    def __init__(self, tracking_uri: str, artifacts_uri: str, ui_url: str | None = None):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download on stderr
+        from mlflow import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # after import: mlflow sets up its logger then
+
+        self.tracking_uri, self.artifacts_uri, self.ui_url = tracking_uri, artifacts_uri.rstrip("/"), ui_url
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # -- runs ---------------------------------------------------------------------------------------
+    def experiment_id(self, market: Market) -> str:
+        name = registered_model_name(market)
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=f"{self.artifacts_uri}/{market.key}")
+        except Exception:  # created concurrently
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def start_run(self, market: Market, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(market), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def metric_logger(self, run_id: str) -> MetricBuffer:
+        return MetricBuffer(self.client, run_id)
+
+    def log_params(self, run_id: str, params: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if isinstance(v, dict | list) else str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def run_url(self, run_id: str) -> str | None:
+        if not self.ui_url:
+            return None
+        run = self.client.get_run(run_id)
+        return f"{self.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+    # -- registry -----------------------------------------------------------------------------------
+    def register(self, market: Market, run_id: str, artifact_path: str, tags: dict[str, str]) -> ModelVersionInfo:
+        """A new version of the market's model from a run's artifact directory; it becomes the challenger."""
+        from mlflow.exceptions import MlflowException
+
+        name = registered_model_name(market)
+        try:
+            self.client.create_registered_model(name, description=f"RL trading policies for {market.key}")
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        created = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        self.client.set_registered_model_alias(name, CHALLENGER, created.version)
+        return self.version(market, int(created.version))
+
+    def version(self, market: Market, version: int | str) -> ModelVersionInfo:
+        """A version by number, or by alias (`challenger`, `champion`)."""
+        from mlflow.exceptions import MlflowException
+
+        name = registered_model_name(market)
+        try:
+            if isinstance(version, str) and not version.isdigit():
+                found = self.client.get_model_version_by_alias(name, version)
+            else:
+                found = self.client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            raise UserInputError(f"{market.key} has no model version {version!r}") from exc
+        return _info(market, found)
+
+    def versions(self, market: Market) -> list[ModelVersionInfo]:
+        """Every version of the market's model, newest first."""
+        from mlflow.exceptions import MlflowException
+
+        name = registered_model_name(market)
+        try:
+            aliases = self.client.get_registered_model(name).aliases or {}
+        except MlflowException:
+            return []  # no version was ever registered for this market
+        by_version: dict[int, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(int(version), []).append(alias)
+        found = self.client.search_model_versions(f"name = '{name}'")
+        infos = [_info(market, v, by_version.get(int(v.version), [])) for v in found]
+        return sorted(infos, key=lambda v: v.version, reverse=True)
+
+    def download(self, info: ModelVersionInfo, target: Path) -> Path:
+        """The version's artifact directory, copied to `target`."""
+        from mlflow.artifacts import download_artifacts
+
+        target.mkdir(parents=True, exist_ok=True)
+        return Path(download_artifacts(artifact_uri=info.source, dst_path=str(target), tracking_uri=self.tracking_uri))
+
+    def model_version_url(self, info: ModelVersionInfo) -> str | None:
+        if not self.ui_url:
+            return None
+        return f"{self.ui_url}/#/models/{registered_model_name(Market.parse(info.market))}/versions/{info.version}"
+
+
+def _info(market: Market, version, aliases: list[str] | None = None) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        market=market.key,
+        version=int(version.version),
+        aliases=tuple(sorted(set(aliases or []) | set(getattr(version, "aliases", None) or []))),
+        run_id=version.run_id,
+        source=version.source,
+        tags=dict(version.tags or {}),
+        created_ms=int(version.creation_timestamp),
+    )
+
+
+class MetricBuffer:
+    """Per-step metrics sent to MLflow in batches: one round trip per few hundred points, not per point."""
+
+    def __init__(self, client, run_id: str, batch: int = 500):
+        self._client, self._run_id, self._batch = client, run_id, batch
+        self._pending: list = []
+
+    def __call__(self, step: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, int(step)) for k, v in values.items() if v == v]  # NaN dropped
+        if len(self._pending) >= self._batch:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self._pending), 1000):
+            self._client.log_batch(self._run_id, metrics=self._pending[i : i + 1000])
+        self._pending = []
+
+
+def open_registry(database_url: str, *, tracking_uri: str | None = None, artifacts_uri: str | None = None) -> ModelRegistry:
+    """The registry for the database in use, with the settings' artifact root and UI link."""
+    from rl_lifecycle.settings import load_settings
+
+    settings = load_settings()
+    return ModelRegistry(
+        tracking_uri or mlflow_database_url(database_url),
+        artifacts_uri or settings.mlflow_artifacts_uri,
+        settings.mlflow_ui_url,
+    )
