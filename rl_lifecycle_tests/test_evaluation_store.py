@@ -14,7 +14,13 @@ from rl_lifecycle.evaluation.backtest import FoldJob, run_folds
 from rl_lifecycle.evaluation.folds import FoldConfig, make_folds, verify_folds
 from rl_lifecycle.evaluation.policies import FeatureSignPolicy
 from rl_lifecycle.evaluation.report import summarise
-from rl_lifecycle.evaluation.store import EvaluationReport, latest_report, read_report, specs_evaluated, write_report
+from rl_lifecycle.evaluation.store import (
+    EvaluationReport,
+    latest_report,
+    read_report,
+    specs_evaluated,
+    write_report,
+)
 from rl_lifecycle.markets import Market
 from rl_lifecycle.windows import to_us
 from rl_lifecycle_tests.test_backtest import RaisingPolicy

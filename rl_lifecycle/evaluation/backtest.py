@@ -420,7 +420,6 @@ def build_engine(market: Market, candles: CandleArrays, cost_bps: float, startin
 
 def run_fold_in_this_process(job: FoldJob) -> FoldResult:
     """Build an engine, run the fold, dispose the engine. Call once per process (see module doc)."""
-    from nautilus_trader.model.identifiers import Venue
 
     started = time.perf_counter()
     market = Market.parse(job.market)
