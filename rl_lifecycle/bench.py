@@ -204,6 +204,21 @@ def bench_pipeline() -> dict:
     return {"features.pipeline_vs_talib": bench_pipeline_vs_talib()}
 
 
+def bench_training() -> dict:
+    from rl_lifecycle.models.bench import bench_inference, bench_sb3_fps
+
+    print("rl.sb3_fps_vs_trivial_env, rl.infer_rows_per_s ...", flush=True)
+    return {"rl.sb3_fps_vs_trivial_env": bench_sb3_fps(), "rl.infer_rows_per_s": bench_inference()}
+
+
+def bench_evaluation(scratch_url: str) -> dict:
+    from rl_lifecycle.evaluation.bench import bench_rl_vs_trivial, bench_walkforward_speedup
+
+    print("backtest.rl_vs_trivial_strategy, walkforward.speedup_2_workers ...", flush=True)
+    return {"backtest.rl_vs_trivial_strategy": bench_rl_vs_trivial(scratch_url),
+            "walkforward.speedup_2_workers": bench_walkforward_speedup(scratch_url)}
+
+
 def _machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -244,11 +259,13 @@ def main() -> int:
     results: dict = {}
     print("features.pipeline_vs_talib ...", flush=True)
     results.update(bench_pipeline())
+    results.update(bench_training())
     with scratch_database(server_url) as scratch:
         print("snapshots ...", flush=True)
         results.update(bench_snapshots(scratch))
         print("datasets.warm_vs_cold ...", flush=True)
         results.update(bench_datasets(scratch))
+        results.update(bench_evaluation(scratch))
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     settings.bench_dir.mkdir(parents=True, exist_ok=True)
     (settings.bench_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))

@@ -59,12 +59,13 @@ class MarketEnv(gym.Env):
         if not np.isfinite(vectors).all():
             raise ValueError("vectors hold NaN or infinite values: build the env from warm rows only")
         self._obs = observations(vectors, np.zeros(n, dtype=np.int8))  # position column rewritten per step
-        self._log_return = np.zeros(n)
-        self._log_return[:-1] = np.log(np.asarray(close[1:], dtype=np.float64) / np.asarray(close[:-1], dtype=np.float64))
+        log_return = np.zeros(n)
+        log_return[:-1] = np.log(np.asarray(close[1:], dtype=np.float64) / np.asarray(close[:-1], dtype=np.float64))
+        self._log_return = log_return.tolist()  # Python floats: scalar steps avoid numpy scalar overhead
         self._segments = segments(continues, n)
         if len(self._segments) == 0:
             raise ValueError("no two consecutive bars: nothing to act on")
-        self._positions = np.asarray(ACTION_POSITIONS[action_set], dtype=np.float64)
+        self._positions = [float(p) for p in ACTION_POSITIONS[action_set]]
         self._cost = cost_fraction(cost_bps)
         self._episode_length = episode_length
         self.action_space = gym.spaces.Discrete(len(self._positions))
@@ -83,9 +84,9 @@ class MarketEnv(gym.Env):
                    episode_length=episode_length, seed=seed)
 
     def _observation(self) -> np.ndarray:
-        obs = self._obs[self._row]
+        obs = self._obs[self._row].copy()
         obs[-1] = self._position
-        return obs.copy()
+        return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -110,4 +111,4 @@ class MarketEnv(gym.Env):
         self._row += 1
         terminated = self._row >= self._segment_last  # a gap or the end of the data: nothing follows
         truncated = not terminated and self._row >= self._last  # the sub-window's length is reached
-        return self._observation(), float(reward), terminated, truncated, {}
+        return self._observation(), reward, terminated, truncated, {}
