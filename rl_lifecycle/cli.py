@@ -295,6 +295,84 @@ def mlflow_ui(
                            "--default-artifact-root", registry.artifacts_uri, "--host", host, "--port", str(port)])
 
 
+# -- evaluation ---------------------------------------------------------------------------------
+report_app = typer.Typer(no_args_is_help=True, help="Walk-forward evaluation reports.")
+app.add_typer(report_app, name="report")
+
+
+@app.command()
+def evaluate(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    window: Annotated[str, typer.Option(help="window key: evaluates that partition's challenger on its dataset")],
+    folds: Annotated[int, typer.Option(help="walk-forward folds")] = 3,
+    purge: Annotated[int | None, typer.Option(help="bars purged before each test range (default: the label horizon)")] = None,
+    embargo: Annotated[int, typer.Option(help="bars embargoed after each test range")] = 0,
+    test_size: Annotated[int | None, typer.Option(help="rows per test range (default: the largest that fits)")] = None,
+    workers: Annotated[int, typer.Option(help="fold backtests at once, one process each")] = 2,
+) -> None:
+    """Walk-forward NautilusTrader evaluation (materializes `fold_report` with its checks)."""
+    from rl_lifecycle.evaluation.folds import FoldConfig
+    from rl_lifecycle.partitions import WINDOW_SCHEME
+
+    parsed_market, parsed_window = Market.parse(market), WINDOW_SCHEME.parse(window)
+    # refuse bad numbers before launching anything (the label horizon is checked against purge in the run)
+    FoldConfig.create(n_folds=folds, purge_bars=purge or 0, embargo_bars=embargo, test_size=test_size)
+    if workers < 1:
+        raise UserInputError(f"--workers {workers} is invalid: at least 1")
+    settings = load_settings()
+    config = {"folds": folds, "purge": purge, "embargo": embargo, "test_size": test_size, "workers": workers}
+    (result,) = run_partitions(settings, open_database(settings), ["fold_report"],
+                               [f"{parsed_market.key}|{parsed_window.key}"],
+                               run_config={"ops": {"fold_report": {"config": config}}})
+    if result.metadata.get("fold_report"):
+        _print_report(_report(parsed_market, result.metadata["fold_report"]["report_id"]))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _report(market: Market, report_id: int | None):
+    from rl_lifecycle.evaluation.store import latest_report, read_report
+
+    with connect(open_database(load_settings())) as conn:
+        report = read_report(conn, report_id) if report_id is not None else latest_report(conn, market)
+    if report is None or report.market != market.key:
+        raise UserInputError(f"no evaluation report {'#' + str(report_id) + ' ' if report_id else ''}for {market.key}")
+    return report
+
+
+def _print_report(report) -> None:
+    from rl_lifecycle.evaluation.service import FOLD_TABLE_HEADERS, fold_table
+
+    agg = report.aggregates
+    typer.echo(f"report {report.id} {report.market} spec {report.spec.get('name')} ({report.model_spec_hash[:12]}) "
+               f"dataset {report.dataset_hash[:12]}: {report.status}; purge {report.fold_config.purge_bars}, "
+               f"embargo {report.fold_config.embargo_bars}, label horizon {report.label_horizon}")
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in fold_table(report))) for i, h in enumerate(FOLD_TABLE_HEADERS)]
+    typer.echo("  " + "  ".join(str(h).ljust(w) for h, w in zip(FOLD_TABLE_HEADERS, widths, strict=True)))
+    for row in fold_table(report):
+        typer.echo("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    shown = {k: agg.get(k) for k in ("psr", "dsr", "positive_share", "worst_fold") if k in agg}
+    typer.echo("  aggregates: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+
+
+@report_app.command("show")
+def report_show(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    report_id: Annotated[int | None, typer.Option("--id", help="report id (default: the market's latest)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+) -> None:
+    """An evaluation report: the fold table, or the whole report as JSON."""
+    import json
+
+    from rl_lifecycle.evaluation.service import report_json
+
+    report = _report(Market.parse(market), report_id)
+    if as_json:
+        typer.echo(json.dumps(report_json(report), indent=2))
+    else:
+        _print_report(report)
+
+
 # -- main job, UI, benchmarks ---------------------------------------------------------------------
 @app.command()
 def run() -> None:

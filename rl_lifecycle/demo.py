@@ -29,7 +29,10 @@ def run_demo(settings: Settings) -> bool:
     last_windows = [f"{m.key}|{windows[-1].key}" for m in DEMO_MARKETS]
     trained = run_partitions(settings, url, ["challenger_model"], last_windows)
     print_challengers(trained)
-    runs += trained
+    evaluated = run_partitions(settings, url, ["fold_report"], last_windows,
+                               run_config={"ops": {"fold_report": {"config": {"folds": 3}}}})
+    print_evaluations(url, evaluated)
+    runs += trained + evaluated
     failed = [r for r in runs if not r.ok]
     typer.echo(f"\n{len(runs) - len(failed)}/{len(runs)} partition runs succeeded; browse them with `make dev`.")
     return not failed
@@ -74,3 +77,33 @@ def print_challengers(runs: list[PartitionRun]) -> None:
                 typer.echo(f"    FAILED {check.check}: {check.description}")
         for error in run.errors:
             typer.echo(f"    error: {error}")
+
+
+def print_evaluations(url: str, runs: list[PartitionRun]) -> None:
+    from rl_lifecycle.evaluation.service import FOLD_TABLE_HEADERS, fold_table
+    from rl_lifecycle.evaluation.store import read_report
+    from rl_lifecycle.operations import connect
+
+    typer.echo("\nwalk-forward evaluation of each challenger (NautilusTrader, purged folds; `rl-lifecycle report show`)")
+    with connect(url) as conn:
+        for run in runs:
+            report_id = run.metadata.get("fold_report", {}).get("report_id")
+            report = read_report(conn, report_id) if report_id is not None else None
+            if report is None:
+                typer.echo(f"  {run.partition_key}: no report")
+            else:
+                agg = report.aggregates
+                typer.echo(f"  {run.partition_key}: report {report.id}, {report.status}; "
+                           f"psr {_number(agg.get('psr'))}, dsr {_number(agg.get('dsr'))}")
+                typer.echo("    " + " | ".join(FOLD_TABLE_HEADERS))
+                for row in fold_table(report):
+                    typer.echo("    " + " | ".join(str(c) for c in row))
+            for check in run.checks:
+                if not check.passed:
+                    typer.echo(f"    FAILED {check.check}: {check.description}")
+            for error in run.errors:
+                typer.echo(f"    error: {error}")
+
+
+def _number(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"

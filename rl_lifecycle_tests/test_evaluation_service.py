@@ -56,3 +56,16 @@ def test_each_fold_trains_its_own_model_and_is_backtested_then_the_report_is_sto
     again = evaluate_spec(dataset, BTC, WINDOW, spec, config, workdir=tmp_path / "evals", workers=1, log=lambda _: None)
     assert again.id == report.id  # the same evaluation is rewritten, not duplicated
     assert dataset.execute("SELECT count(*) FROM evaluation_reports").fetchone()[0] == 1
+
+
+def test_strict_mode_fails_an_evaluation_with_a_broken_fold_and_keeps_its_report(dataset, tmp_path):
+    config = FoldConfig.create(n_folds=2, test_size=240, purge_bars=1)
+    report = evaluate_spec(dataset, BTC, WINDOW, _tiny_spec(tmp_path), config, workdir=tmp_path / "evals",
+                           fold_timeout_s=0.01, log=lambda _: None)  # no backtest finishes in 10 ms
+    assert report.status == "failed"
+    stored = read_report(dataset, report.id)
+    assert stored.status == "failed" and all(f.status == "failed" and "timed out" in f.error for f in stored.folds)
+    lenient = evaluate_spec(dataset, BTC, WINDOW, _tiny_spec(tmp_path), config, workdir=tmp_path / "evals",
+                            strict=False, fold_timeout_s=0.01, log=lambda _: None)
+    assert lenient.status == "failed"  # non-strict still fails when no fold completed at all
+    assert lenient.aggregates["missing_folds"] == [0, 1]

@@ -22,7 +22,13 @@ from rl_lifecycle.candles.store import load_candles
 from rl_lifecycle.evaluation.backtest import FoldJob, align_candles, run_folds
 from rl_lifecycle.evaluation.folds import Fold, FoldConfig, make_folds, verify_folds
 from rl_lifecycle.evaluation.report import summarise
-from rl_lifecycle.evaluation.store import EvaluationReport, evaluation_key, specs_evaluated, write_report
+from rl_lifecycle.evaluation.store import (
+    EvaluationReport,
+    evaluation_key,
+    read_report,
+    specs_evaluated,
+    write_report,
+)
 from rl_lifecycle.markets import Market
 from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy
@@ -30,7 +36,7 @@ from rl_lifecycle.models.service import TrainingData, check_spec_matches_dataset
 from rl_lifecycle.models.spec import ModelSpec
 from rl_lifecycle.models.trainer import train_policy
 from rl_lifecycle.trading import ACTION_POSITIONS
-from rl_lifecycle.windows import Window
+from rl_lifecycle.windows import Window, iso
 
 
 @cache
@@ -84,6 +90,7 @@ def evaluate_spec(
     workers: int = 1,
     strict: bool = True,
     starting_balance: float = 100_000.0,
+    fold_timeout_s: float | None = None,
     log=print,
 ) -> EvaluationReport:
     """Evaluate `spec` on walk-forward folds of the partition's dataset; the report is stored and returned."""
@@ -104,7 +111,7 @@ def evaluate_spec(
         policy = train_fold(data, spec, fold, root / f"policy-{fold.index}")
         start, end = fold.test_range
         jobs.append(FoldJob(market.key, fold.index, candles.slice(start, end), content.values[start:end], policy,
-                            spec.cost_bps, starting_balance))
+                            spec.cost_bps, starting_balance, timeout_s=fold_timeout_s))
     trained_at = time.perf_counter()
     log(f"{spec.name}: backtesting {len(jobs)} folds on {workers} worker(s)")
     results = run_folds(jobs, workers)
@@ -132,3 +139,100 @@ def check_leak_free(report: EvaluationReport, n_rows: int) -> list[str]:
     """Re-derive the report's folds from its stored ranges and verify purge, embargo and disjointness."""
     folds = [Fold(r.index, tuple(tuple(x) for x in r.train_ranges), tuple(r.test_range)) for r in report.folds]
     return verify_folds(folds, n_rows, report.label_horizon, report.fold_config)
+
+
+def partition_report(conn: psycopg.Connection, market: Market, model_spec_hash: str, dataset_hash: str) -> EvaluationReport | None:
+    """The latest evaluation of a spec on a dataset (what a partition's `fold_report` wrote)."""
+    row = conn.execute(
+        """SELECT id FROM evaluation_reports WHERE pair = %s AND interval = %s AND model_spec_hash = %s
+           AND dataset_hash = %s ORDER BY updated_at DESC, id DESC LIMIT 1""",
+        (market.pair, market.interval, model_spec_hash, dataset_hash),
+    ).fetchone()
+    return None if row is None else read_report(conn, row[0])
+
+
+FOLD_TABLE_HEADERS = ("fold", "status", "test from", "test until", "return", "sharpe", "max dd", "trades",
+                      "flat", "buy&hold")
+
+
+def fold_table(report: EvaluationReport) -> list[tuple]:
+    """One row per fold for people: the test span, the main metrics and both baselines' returns."""
+
+    def pct(value) -> str:
+        return "-" if value is None or value != value else f"{value:+.2%}"
+
+    rows = []
+    for fold in report.folds:
+        m, b = fold.metrics or {}, fold.baselines or {}
+        rows.append((
+            fold.index, fold.status, iso(fold.test_span[0]), iso(fold.test_span[1]), pct(m.get("total_return")),
+            "-" if m.get("sharpe") is None else f"{m['sharpe']:.2f}",
+            "-" if m.get("max_drawdown") is None else f"{m['max_drawdown']:.2%}", m.get("trades", "-"),
+            pct((b.get("flat") or {}).get("total_return")), pct((b.get("buy_and_hold") or {}).get("total_return")),
+        ))
+    return rows
+
+
+def equity_curves_png(report: EvaluationReport) -> bytes | None:
+    """Each fold's equity beside buy-and-hold and flat, one small panel per fold."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    curves = [(f.index, f.equity_curve_uri) for f in report.folds if f.equity_curve_uri]
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.2), dpi=80, squeeze=False)
+    for ax, (index, uri) in zip(axes[0], curves, strict=True):
+        frame = pl.read_parquet(uri.removeprefix("file://"))
+        ts = frame["ts"].to_numpy()
+        for column, style in (("equity", "-"), ("buy_and_hold", "--"), ("flat", ":")):
+            ax.plot(ts, frame[column].to_numpy(), style, linewidth=0.8, label=column)
+        ax.set_title(f"fold {index}", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[0][0].legend(fontsize=6)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def report_json(report: EvaluationReport) -> dict:
+    """The report as one JSON object; time ranges as [start, end) ISO-8601 UTC pairs, NaN as null."""
+    from rl_lifecycle.evaluation.report import json_safe
+
+    return json_safe({
+        "id": report.id,
+        "market": report.market,
+        "status": report.status,
+        "strict": report.strict,
+        "spec": report.spec,
+        "model_spec_hash": report.model_spec_hash,
+        "dataset_hash": report.dataset_hash,
+        "label_horizon": report.label_horizon,
+        "purge_bars": report.fold_config.purge_bars,
+        "embargo_bars": report.fold_config.embargo_bars,
+        "fold_config": report.fold_config.model_dump(mode="json"),
+        "aggregate": report.aggregates,
+        "timings": report.timings,
+        "folds": [
+            {
+                "index": f.index,
+                "status": f.status,
+                "train_ranges": [[iso(s), iso(e)] for s, e in f.train_spans],
+                "test_range": [iso(f.test_span[0]), iso(f.test_span[1])],
+                "train_rows": [list(r) for r in f.train_ranges],
+                "test_rows": list(f.test_range),
+                "metrics": f.metrics,
+                "baselines": f.baselines,
+                "error": f.error,
+                "equity_curve": f.equity_curve_uri,
+            }
+            for f in report.folds
+        ],
+    })

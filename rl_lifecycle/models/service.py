@@ -233,3 +233,9 @@ def check_reproducible(conn: psycopg.Connection, registry: ModelRegistry, market
                                  f"recorded at training {str(recorded)[:12]}", [])
     return ModelCheck(True, f"version {info.version} loaded from the registry in a fresh process: the same actions over "
                             f"{len(data.content)} rows (sha256 {replayed[:12]})", [])
+
+
+def registered_spec(registry: ModelRegistry, info: ModelVersionInfo) -> ModelSpec:
+    """The model spec a registered version was trained with (from its artifacts)."""
+    with tempfile.TemporaryDirectory(prefix="rl-spec-") as tmp:
+        return Policy.load(registry.download(info, Path(tmp)), info.version).spec
