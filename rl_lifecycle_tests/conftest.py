@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,12 @@ import pytest
 
 from rl_lifecycle.db.connection import plain_postgres_url
 
-# Tables kept across tests: the migration tool's own bookkeeping.
-_KEEP = ("_yoyo_log", "_yoyo_migration", "_yoyo_version", "yoyo_lock")
+REPO = Path(__file__).resolve().parents[1]
+# The domain tables: every table the migrations create (Dagster's own tables may share the database).
+DOMAIN_TABLES = sorted({
+    m.group(1) for path in (REPO / "sql").glob("*.sql")
+    for m in re.finditer(r"CREATE TABLE(?: IF NOT EXISTS)?\s+([a-z_][a-z0-9_]*)", path.read_text(), re.IGNORECASE)
+})
 
 
 def _with_database(url: str, name: str) -> str:
@@ -66,8 +71,8 @@ def database_url(migrated_url) -> str:
     """The migrated test database, emptied before each test."""
     with psycopg.connect(migrated_url, autocommit=True) as conn:
         tables = [r[0] for r in conn.execute(
-            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' AND NOT tablename = ANY(%s)",
-            (list(_KEEP),),
+            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY(%s)",
+            (DOMAIN_TABLES,),
         ).fetchall()]
         if tables:
             # replica role: append-only tables refuse TRUNCATE through triggers, which tests must bypass
