@@ -65,12 +65,16 @@ def build_model(spec: ModelSpec, env):
     import torch
 
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[spec.policy.activation]
+    from stable_baselines3.common.logger import Logger
+
     algorithm = getattr(stable_baselines3, spec.algorithm)
-    return algorithm(
+    model = algorithm(
         "MlpPolicy", env, seed=spec.seed, device="cpu", verbose=0,
         policy_kwargs={"net_arch": list(spec.policy.net_arch), "activation_fn": activation},
         **spec.hyperparameters,
     )
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger makes a /tmp folder per run
+    return model
 
 
 def train_policy(
@@ -132,7 +136,7 @@ class _Reporter(_reporter_base()):
 
 
 def _metrics_logger(sink: MetricSink):
-    """An SB3 logger whose only output is the sink: losses, entropy, fps per logging step."""
+    """An SB3 logger whose only output is the sink: losses, entropy, fps per logging step (no folder)."""
     from stable_baselines3.common.logger import KVWriter, Logger
 
     class SinkWriter(KVWriter):
