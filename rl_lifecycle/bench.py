@@ -215,8 +215,7 @@ def bench_evaluation(scratch_url: str) -> dict:
     from rl_lifecycle.evaluation.bench import bench_rl_vs_trivial, bench_walkforward_speedup
 
     print("backtest.rl_vs_trivial_strategy, walkforward.speedup_2_workers ...", flush=True)
-    return {"backtest.rl_vs_trivial_strategy": bench_rl_vs_trivial(scratch_url),
-            "walkforward.speedup_2_workers": bench_walkforward_speedup(scratch_url)}
+    return {**bench_rl_vs_trivial(scratch_url), **bench_walkforward_speedup(scratch_url)}
 
 
 def _machine() -> str:
