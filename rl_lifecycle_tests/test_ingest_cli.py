@@ -80,3 +80,22 @@ def test_synthetic_ingest_is_idempotent(capsys, monkeypatch, rl_env, conn):
     assert code == 0 and "inserted 168" in out
     code, out, _ = run_cli(capsys, monkeypatch, *args)
     assert code == 0 and "inserted 0, updated 0, unchanged 168" in out
+
+
+def test_non_finite_values_are_quarantined_with_their_reason(capsys, monkeypatch, rl_env, conn, tmp_path):
+    hostile = [
+        "2024-03-01 03:00:00,nan,101,99,100,5",
+        "2024-03-01 04:00:00,100,inf,99,100,5",
+        "2024-03-01 06:00:00,100,101,99,1e400,5",
+        "2024-03-01 07:00:00,100,101,99,100,-inf",
+    ]
+    path = _write(tmp_path, GOOD_ROWS + hostile)
+    code, out, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path))
+    assert code == 2 and _candles(conn) == 0  # refused whole without --quarantine
+    code, out, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path), "--quarantine")
+    assert code == 0, out + err
+    assert "inserted 4" in out and "quarantined 4" in out
+    rows = conn.execute("SELECT row_number, raw, reasons FROM candles_quarantine ORDER BY row_number").fetchall()
+    assert [r[0] for r in rows] == [6, 7, 8, 9]
+    assert rows[0][1]["open"] == "nan" and rows[1][1]["high"] == "inf" and rows[2][1]["close"] == "inf"
+    assert all(r[2] for r in rows)  # every row carries its reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -144,8 +146,6 @@ def ingest_file(
     With any bad row the file is refused unless `quarantine`: then the bad rows go to
     `candles_quarantine` with their reasons and the good rows are written, atomically.
     """
-    import json
-
     from rl_lifecycle.candles.importer import read_candle_file
     from rl_lifecycle.candles.validation import validate_candles
 
@@ -163,7 +163,7 @@ def ingest_file(
             sha = _file_sha256(path)
             records = [
                 (market.pair, market.interval, str(path), sha, int(row["row"]), row.get("ts_raw"),
-                 json.dumps({k: v for k, v in row.items() if k not in ("row", "reasons")}, default=str),
+                 _raw_json({k: v for k, v in row.items() if k not in ("row", "reasons")}),
                  list(row["reasons"]))
                 for row in report.bad.iter_rows(named=True)
             ]
@@ -177,3 +177,15 @@ def ingest_file(
                 )
             quarantined = len(records)
     return FileIngestResult(str(path), rows_read, stats, quarantined, report)
+
+
+def _raw_json(values: dict) -> str:
+    """A bad row as JSON, every value kept: non-finite numbers (nan, inf, an overflowing 1e400) as text,
+    since JSON has no NaN or infinity and they are often the very reason the row is bad."""
+
+    def keep(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return repr(value)
+        return value
+
+    return json.dumps({k: keep(v) for k, v in values.items()}, default=str, allow_nan=False)
