@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rl_lifecycle.models.env import MarketEnv
+from rl_lifecycle.models.policy import one_torch_thread
 from rl_lifecycle.models.spec import ModelSpec
 
 Progress = Callable[[int, int], None]
@@ -50,13 +51,12 @@ def deterministic_torch() -> Iterator[None]:
     """One thread and deterministic kernels while training; the caller's settings come back after."""
     import torch
 
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        yield
+        with one_torch_thread():
+            yield
     finally:
-        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
