@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from rl_lifecycle.datasets.builder import DatasetContent
 from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.spec import parse_model_spec
-from rl_lifecycle.models.trainer import train_policy
+from rl_lifecycle.models.trainer import train_policy, weights_hash
 
 HOUR = 3_600_000_000
 
 
-@dataclass(frozen=True)
-class Rows:
-    """The fields of a dataset the trainer reads."""
-
-    ts: np.ndarray
-    values: np.ndarray
-    close: np.ndarray
-
-
-def _rows() -> Rows:
+def _rows() -> DatasetContent:
+    """400 hourly rows with one missing stretch (a gap the env must not reward across)."""
     rng = np.random.default_rng(11)
     n = 400
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
     values = np.column_stack([np.r_[0.0, np.diff(np.log(close))], rng.normal(size=n)])
-    return Rows(np.arange(n, dtype=np.int64) * HOUR, values, close)
+    ts = np.arange(n, dtype=np.int64) * HOUR
+    ts[250:] += 3 * HOUR
+    return DatasetContent(ts=ts, values=values, is_warm=np.ones(n, bool), missing=np.zeros((n, 2), bool),
+                          close=close, forward_return=np.r_[np.diff(np.log(close)), np.nan],
+                          feature_names=("logret_1", "noise"))
 
 
 def _spec(algorithm: str = "PPO", seed: int = 3):
@@ -72,3 +68,17 @@ def test_progress_and_metrics_reach_the_callbacks_and_torch_settings_come_back()
     assert "episode_reward" in names and any(name.startswith("train/") for name in names)
     assert trained.curve["episode_reward"] and trained.fps > 0
     assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_the_weights_hash_covers_every_tensor_and_survives_save_and_load(tmp_path):
+    from stable_baselines3 import PPO
+
+    rows = _rows()
+    trained = train_policy(rows, contiguous(rows.ts, HOUR), _spec())
+    trained.model.save(tmp_path / "model.zip")
+    assert weights_hash(PPO.load(tmp_path / "model.zip", device="cpu")) == trained.weights_hash
+    state = trained.model.policy.state_dict()
+    last = sorted(state)[-1]
+    with torch.no_grad():
+        state[last].view(-1)[0] += 1e-7
+    assert weights_hash(trained.model) != trained.weights_hash

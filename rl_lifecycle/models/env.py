@@ -9,10 +9,15 @@ so no reward spans missing bars. Steps only index preallocated arrays.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gymnasium as gym
 import numpy as np
 
 from rl_lifecycle.trading import ACTION_POSITIONS, cost_fraction
+
+if TYPE_CHECKING:
+    from rl_lifecycle.models.spec import ModelSpec
 
 
 def contiguous(ts: np.ndarray, interval_us: int) -> np.ndarray:
@@ -52,15 +57,24 @@ class MarketEnv(gym.Env):
         episode_length: int | None = None,
         seed: int | None = None,
     ):
+        if action_set not in ACTION_POSITIONS:
+            raise ValueError(f"action_set {action_set!r} is not one of {', '.join(ACTION_POSITIONS)}")
+        if not cost_bps >= 0:
+            raise ValueError(f"cost_bps must be >= 0, got {cost_bps!r}")
+        if episode_length is not None and episode_length < 1:
+            raise ValueError(f"episode_length must be >= 1 bar or None, got {episode_length!r}")
         vectors = np.asarray(vectors, dtype=np.float64)
         n = len(vectors)
         if n < 2 or len(close) != n or len(continues) != n - 1:
             raise ValueError(f"need >= 2 rows with matching close/continues, got {n}, {len(close)}, {len(continues)}")
         if not np.isfinite(vectors).all():
             raise ValueError("vectors hold NaN or infinite values: build the env from warm rows only")
+        close = np.asarray(close, dtype=np.float64)
+        if not (np.isfinite(close) & (close > 0)).all():
+            raise ValueError("close prices must be finite and positive (rewards are log returns)")
         self._obs = observations(vectors, np.zeros(n, dtype=np.int8))  # position column rewritten per step
         log_return = np.zeros(n)
-        log_return[:-1] = np.log(np.asarray(close[1:], dtype=np.float64) / np.asarray(close[:-1], dtype=np.float64))
+        log_return[:-1] = np.log(close[1:] / close[:-1])
         self._log_return = log_return.tolist()  # Python floats: scalar steps avoid numpy scalar overhead
         self._segments = segments(continues, n)
         if len(self._segments) == 0:
@@ -78,8 +92,19 @@ class MarketEnv(gym.Env):
             self.reset(seed=seed)
 
     @classmethod
-    def from_dataset(cls, content, continues: np.ndarray, *, action_set: str, cost_bps: float,
+    def from_dataset(cls, content, continues: np.ndarray, spec: ModelSpec | None = None, *,
+                     action_set: str | None = None, cost_bps: float | None = None,
                      episode_length: int | None = None, seed: int | None = None) -> MarketEnv:
+        """An env over a dataset's rows (`DatasetContent`), configured by a model spec or by the keywords."""
+        if spec is not None:
+            given = [name for name, value in (("action_set", action_set), ("cost_bps", cost_bps),
+                                              ("episode_length", episode_length), ("seed", seed)) if value is not None]
+            if given:
+                raise ValueError(f"give a model spec or {', '.join(given)}, not both")
+            action_set, cost_bps, episode_length, seed = (spec.action_set, spec.cost_bps, spec.episode_length,
+                                                          spec.seed)
+        if action_set is None or cost_bps is None:
+            raise ValueError("need a model spec, or action_set and cost_bps")
         return cls(content.values, content.close, continues, action_set=action_set, cost_bps=cost_bps,
                    episode_length=episode_length, seed=seed)
 
@@ -90,6 +115,8 @@ class MarketEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if seed is not None:  # a seeded reset starts over: the same seed gives the same episodes
+            self._next_segment = 0
         if self._episode_length is None:  # whole segments, in order, cycling
             start, last = self._segments[self._next_segment % len(self._segments)]
             seg_last = last

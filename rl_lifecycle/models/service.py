@@ -26,7 +26,7 @@ from rl_lifecycle.features.store import load_registered_feature_set
 from rl_lifecycle.markets import Market
 from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy, actions_digest, load_registered_policy
-from rl_lifecycle.models.spec import ModelSpec
+from rl_lifecycle.models.spec import ModelSpec, check_dataset_compatible
 from rl_lifecycle.models.statistics import FeatureStatistics
 from rl_lifecycle.models.tracking import ModelRegistry, ModelVersionInfo
 from rl_lifecycle.models.trainer import train_policy, weights_hash
@@ -62,17 +62,11 @@ def training_data(conn: psycopg.Connection, market: Market, window: Window) -> T
 
 def check_spec_matches_dataset(spec: ModelSpec, data: TrainingData) -> None:
     """A spec trains only on the feature set it names, computed the way it is computed now."""
-    if spec.feature_set != data.features.name:
-        raise UserInputError(
-            f"model spec {spec.name!r} wants feature set {spec.feature_set!r}, but the dataset "
-            f"{data.dataset.dataset_hash[:12]} holds {data.features.name!r} vectors"
-        )
-    current = load_feature_set(spec.feature_set, anchor=data.features.anchor).fingerprint
-    if current != data.dataset.fingerprint:
-        raise UserInputError(
-            f"model spec {spec.name!r}: feature set {spec.feature_set} now fingerprints as {current[:12]}, the dataset "
-            f"was built with {data.dataset.fingerprint[:12]}; rebuild the dataset first"
-        )
+    check_dataset_compatible(
+        spec, data.features.name, data.dataset.fingerprint,
+        lambda name: load_feature_set(name, anchor=data.features.anchor).fingerprint,
+        dataset=f"the dataset {data.dataset.dataset_hash[:12]}",
+    )
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
 import inspect
 import json
+import math
+import types
+import typing
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -23,12 +28,56 @@ _CONTROLLED = frozenset({"policy", "env", "seed", "device", "verbose", "policy_k
 
 
 @cache
-def algorithm_parameters(algorithm: str) -> dict[str, Any]:
-    """The hyperparameters an SB3 algorithm's constructor takes, with their defaults."""
+def algorithm_parameters(algorithm: str) -> dict[str, inspect.Parameter]:
+    """The hyperparameters an SB3 algorithm's constructor takes (annotation and default)."""
     import stable_baselines3
 
-    signature = inspect.signature(getattr(stable_baselines3, algorithm).__init__)
-    return {name: p.default for name, p in signature.parameters.items() if name != "self" and name not in _CONTROLLED}
+    signature = inspect.signature(getattr(stable_baselines3, algorithm).__init__, eval_str=True)
+    return {name: p for name, p in signature.parameters.items() if name != "self" and name not in _CONTROLLED}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _accepted(annotation: Any) -> list[tuple[str, Callable[[Any], bool]]]:
+    """What a YAML value may be for a constructor annotation: (description, test) per accepted form.
+
+    Callables (schedules) and classes cannot come from YAML and are left out; an annotation this
+    does not know is accepted as is and left to SB3.
+    """
+    if annotation is bool:
+        return [("true or false", lambda v: isinstance(v, bool))]
+    if annotation is int:
+        return [("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))]
+    if annotation is float:
+        return [("a number", _is_number)]
+    if annotation is str:
+        return [("a string", lambda v: isinstance(v, str))]
+    if annotation is type(None):
+        return [("null", lambda v: v is None)]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return [form for arg in args for form in _accepted(arg)]
+    if origin is tuple and args and Ellipsis not in args:
+        members = [_accepted(arg) for arg in args]
+        described = ", ".join(" or ".join(d for d, _ in forms) or "?" for forms in members)
+        return [(f"a list [{described}]", lambda v: isinstance(v, list | tuple) and len(v) == len(members)
+                 and all(any(test(item) for _, test in forms) for item, forms in zip(v, members, strict=True)))]
+    if origin in (collections.abc.Callable, type) or annotation is type:
+        return []
+    return [("anything", lambda v: True)]
+
+
+def _check_hyperparameter(algorithm: str, key: str, value: Any) -> None:
+    allowed = algorithm_parameters(algorithm)
+    if key in _CONTROLLED:
+        raise ValueError(f"hyperparameters.{key} is set by the trainer and cannot be given in a spec")
+    if key not in allowed:
+        raise ValueError(f"hyperparameters.{key} is not a {algorithm} parameter; allowed: {', '.join(sorted(allowed))}")
+    forms = _accepted(allowed[key].annotation)
+    if forms and not any(test(value) for _, test in forms):
+        raise ValueError(f"hyperparameters.{key}={value!r} must be {' or '.join(d for d, _ in forms)}")
 
 
 class _Frozen(BaseModel):
@@ -61,21 +110,8 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _known_hyperparameters(self) -> ModelSpec:
-        allowed = algorithm_parameters(self.algorithm)
         for key, value in self.hyperparameters.items():
-            if key in _CONTROLLED:
-                raise ValueError(f"hyperparameters.{key} is set by the trainer and cannot be given in a spec")
-            if key not in allowed:
-                raise ValueError(
-                    f"hyperparameters.{key} is not a {self.algorithm} parameter; allowed: {', '.join(sorted(allowed))}"
-                )
-            default = allowed[key]
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ValueError(f"hyperparameters.{key}={value!r} must be true or false")
-            if isinstance(default, int | float) and not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise ValueError(f"hyperparameters.{key}={value!r} must be a number")
+            _check_hyperparameter(self.algorithm, key, value)
         return self
 
     def canonical_json(self) -> str:
@@ -94,13 +130,16 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "spec"
+            where = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 problems.append(f"unknown key {where!r}")
+            elif not where:  # a whole-spec check: its message names the field and value itself
+                problems.append(message)
             else:
                 value = error.get("input")
                 shown = "" if isinstance(value, dict) else f" (got {value!r})"
-                problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}{shown}")
+                problems.append(f"{where}: {message}{shown}")
         raise UserInputError(f"invalid model spec {source}: " + "; ".join(problems)) from None
 
 
@@ -117,3 +156,26 @@ def load_model_spec(name_or_path: str) -> ModelSpec:
     except yaml.YAMLError as exc:
         raise UserInputError(f"model spec {path} is not valid YAML: {exc}") from None
     return parse_model_spec(data, str(path))
+
+
+def check_dataset_compatible(
+    spec: ModelSpec, dataset_feature_set: str, dataset_fingerprint: str,
+    current_fingerprint: Callable[[str], str], *, dataset: str = "the dataset",
+) -> None:
+    """Refuse, before training, a spec whose feature set is not the one the dataset's vectors come from.
+
+    `current_fingerprint(name)` is the fingerprint the named feature set computes with today; it is
+    asked only once the names agree, and must equal the dataset's: a set whose definition (or TA-Lib)
+    changed since the dataset was built would train on vectors inference no longer produces.
+    """
+    if spec.feature_set != dataset_feature_set:
+        raise UserInputError(
+            f"model spec {spec.name!r} wants feature set {spec.feature_set!r}, but {dataset} "
+            f"holds {dataset_feature_set!r} vectors"
+        )
+    current = current_fingerprint(spec.feature_set)
+    if current != dataset_fingerprint:
+        raise UserInputError(
+            f"model spec {spec.name!r}: feature set {spec.feature_set} now fingerprints as {current[:12]}, "
+            f"{dataset} was built with {dataset_fingerprint[:12]}; rebuild the dataset first"
+        )

@@ -71,7 +71,8 @@ def build_model(spec: ModelSpec, env):
     model = algorithm(
         "MlpPolicy", env, seed=spec.seed, device="cpu", verbose=0,
         policy_kwargs={"net_arch": list(spec.policy.net_arch), "activation_fn": activation},
-        **spec.hyperparameters,
+        # YAML gives lists where SB3 wants tuples (DQN's train_freq: [1, episode])
+        **{key: tuple(value) if isinstance(value, list) else value for key, value in spec.hyperparameters.items()},
     )
     model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger makes a /tmp folder per run
     return model
@@ -86,8 +87,7 @@ def train_policy(
 
     with deterministic_torch():
         set_random_seed(spec.seed)
-        env = MarketEnv.from_dataset(content, continues, action_set=spec.action_set, cost_bps=spec.cost_bps,
-                                     episode_length=spec.episode_length, seed=spec.seed)
+        env = MarketEnv.from_dataset(content, continues, spec)
         model = build_model(spec, env)
         reporter = _Reporter(spec.total_timesteps, progress, log_metrics)
         if log_metrics is not None:
