@@ -79,7 +79,6 @@ class TrainedChallenger:
     fps: float
     wall_seconds: float
     curve_png: bytes
-    episode_rewards: list[float]
     statistics: FeatureStatistics
 
 
@@ -119,7 +118,6 @@ def train_challenger(
         policy = Policy(trained.model, spec, data.dataset.fingerprint, data.features.feature_names)
         actions = policy.rollout(content.values, fingerprint=data.dataset.fingerprint)
         statistics = FeatureStatistics.of(content.values, data.features.feature_names)
-        rewards = [float(r) for r in trained.curve["episode_reward"]] if "episode_reward" in trained.curve else []
         curve = _curve_png(trained.curve, f"{market.key} {spec.name}: episode reward")
         with tempfile.TemporaryDirectory(prefix="rl-train-") as tmp:
             root = Path(tmp)
@@ -136,7 +134,7 @@ def train_challenger(
         registry.end_run(run_id, "FAILED")
         raise
     return TrainedChallenger(info, run_id, trained.weights_hash, tags["actions_sha256"], trained.timesteps, trained.fps,
-                             trained.wall_seconds, curve, rewards, statistics)
+                             trained.wall_seconds, curve, statistics)
 
 
 def _curve_png(curve: dict[str, list[float]], title: str) -> bytes:
