@@ -90,18 +90,41 @@ def db_migrate() -> None:
 
 
 # -- markets ------------------------------------------------------------------------------------
+_CALENDAR_HELP = "trading calendar: crypto (24/7), fx (24/5, New York 17:00) or an exchange code such as XNYS"
+
+
 @market_app.command("add")
 def market_add(
     pair: Annotated[str, typer.Argument(help="e.g. BTC/USDT, btc-usdt, BTCUSDT")],
     interval: Annotated[str, typer.Argument(help="1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d")],
     synthetic_seed: Annotated[int | None, typer.Option(help="generate this market's candles with this seed")] = None,
+    calendar: Annotated[str | None, typer.Option(help=_CALENDAR_HELP + " [default: crypto]")] = None,
 ) -> None:
     """Register a market and its `market` partition."""
+    from rl_lifecycle.calendars import normalize_calendar_name
+
     market = Market.of(pair, interval)  # validate before touching anything
+    if calendar is not None:
+        calendar = normalize_calendar_name(calendar)
     settings = load_settings()
     source = "synthetic" if synthetic_seed is not None else "import"
-    added = register_market(open_database(settings), settings, market, source, synthetic_seed)
+    added = register_market(open_database(settings), settings, market, source, synthetic_seed, calendar=calendar)
     typer.echo(f"{'added' if added else 'already registered'}: {market.key}")
+
+
+@market_app.command("set-calendar")
+def market_set_calendar(
+    market: Annotated[str, typer.Argument(help="market key, e.g. GOOGL-1d")],
+    calendar: Annotated[str, typer.Argument(help=_CALENDAR_HELP)],
+) -> None:
+    """Change a market's trading calendar (stored candles are kept; gaps are counted against the new one)."""
+    from rl_lifecycle.registry import get_market, set_market_calendar
+
+    parsed = Market.parse(market)
+    with connect(open_database(load_settings())) as conn:
+        previous = set_market_calendar(conn, parsed, calendar)
+        current = get_market(conn, parsed).calendar
+    typer.echo(f"{parsed.key}: calendar {previous} -> {current}")
 
 
 @market_app.command("list")
@@ -120,12 +143,12 @@ def market_list() -> None:
     if not records:
         typer.echo("no markets; add one with: rl-lifecycle market add BTC/USDT 1h")
         return
-    typer.echo(f"{'market':<18} {'source':<10} {'candles':>9}  first .. last")
+    typer.echo(f"{'market':<18} {'source':<10} {'calendar':<8} {'candles':>9}  first .. last")
     for r in records:
         n, first, last = coverage.get((r.market.pair, r.market.interval), (0, None, None))
         span = f"{first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}" if n else "-"
         source = r.source + (f"({r.synthetic_seed})" if r.synthetic_seed is not None else "")
-        typer.echo(f"{r.market.key:<18} {source:<10} {n:>9}  {span}")
+        typer.echo(f"{r.market.key:<18} {source:<10} {r.calendar:<8} {n:>9}  {span}")
 
 
 # -- ingest -------------------------------------------------------------------------------------
@@ -141,6 +164,7 @@ def ingest(
     ts_column: Annotated[str | None, typer.Option(help="name of the time column, when detection is ambiguous")] = None,
     ts_format: Annotated[str | None, typer.Option(help="strptime format, or epoch_s/epoch_ms/epoch_us/epoch_ns")] = None,
     quarantine: Annotated[bool, typer.Option("--quarantine", help="store good rows; bad rows go to candles_quarantine")] = False,
+    calendar: Annotated[str | None, typer.Option(help="for a market not registered yet: " + _CALENDAR_HELP + " [default: crypto]")] = None,
 ) -> None:
     """Load candles into `market_candles` (idempotent; a file with bad rows is refused whole)."""
     parsed = Market.parse(market)
@@ -159,8 +183,8 @@ def ingest(
             raise UserInputError(f"--end {end} must be after --start {start}")
         url = open_database(settings)
         with connect(url) as conn:
-            stats = ingest_synthetic(conn, parsed, start_us, end_us, seed)
-        register_market(url, settings, parsed)
+            stats = ingest_synthetic(conn, parsed, start_us, end_us, seed, calendar=calendar)
+        register_market(url, settings, parsed, calendar=calendar)
         typer.echo(f"{parsed.key}: inserted {stats.inserted}, updated {stats.updated}, unchanged {stats.unchanged}")
         return
     from rl_lifecycle.candles.service import ingest_file
@@ -170,7 +194,9 @@ def ingest(
         raise UserInputError(f"file {path} does not exist")
     url = open_database(settings)
     with connect(url) as conn:
-        result = ingest_file(conn, parsed, path, ts_column=ts_column, ts_format=ts_format, quarantine=quarantine)
+        result = ingest_file(
+            conn, parsed, path, ts_column=ts_column, ts_format=ts_format, quarantine=quarantine, calendar=calendar
+        )
     report = result.report
     if result.refused:
         typer.echo(f"refused {path}: nothing was written.\n{report.describe()}", err=True)

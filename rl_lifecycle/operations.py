@@ -26,12 +26,16 @@ def connect(url: str) -> psycopg.Connection:
     return psycopg.connect(url, autocommit=True)
 
 
-def register_market(url: str, settings: Settings, market: Market, source: str = "import", seed: int | None = None) -> bool:
+def register_market(
+    url: str, settings: Settings, market: Market, source: str = "import", seed: int | None = None,
+    *, calendar: str | None = None,
+) -> bool:
+    """Register a market (calendar default crypto; another than a registered market's is refused) and its partition."""
     from rl_lifecycle.instance import get_instance, sync_market_partitions
     from rl_lifecycle.registry import add_market
 
     with connect(url) as conn:
-        added = add_market(conn, market, source=source, seed=seed)
+        added = add_market(conn, market, source=source, seed=seed, calendar=calendar)
     sync_market_partitions(get_instance(settings, url), [market.key])
     return added
 

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 
-from rl_lifecycle.candles.gaps import Gap, find_gaps
+from rl_lifecycle.calendars import TradingCalendar, get_calendar, normalize_calendar_name
+from rl_lifecycle.candles.gaps import Gap
 from rl_lifecycle.candles.store import CandleWriteStats, load_candles, upsert_candles
 from rl_lifecycle.candles.validation import ValidationReport
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import MarketRecord, add_market
+from rl_lifecycle.registry import MarketRecord, add_market, registered_calendar
 from rl_lifecycle.windows import Window
 
 
@@ -47,10 +48,18 @@ def window_bounds_until_now(market: Market, window: Window, now: int | None = No
     return window.start, min(window.end, still_open)
 
 
-def summarize_window(conn: psycopg.Connection, market: Market, window: Window, now: int | None = None) -> WindowSummary:
+def summarize_window(
+    conn: psycopg.Connection,
+    market: Market,
+    window: Window,
+    now: int | None = None,
+    calendar: TradingCalendar | None = None,
+) -> WindowSummary:
+    """Rows, expected rows and gaps of a window's closed bars, against the market's trading calendar."""
+    calendar = calendar or get_calendar(registered_calendar(conn, market))
     candles = load_candles(conn, market, window.start, window.end)
     start, end = window_bounds_until_now(market, window, now)
-    expected = max(0, (end - start) // market.interval_us)
+    expected = len(calendar.expected_bar_opens(start, end, market.interval_us))
     return WindowSummary(
         market=market,
         window=window,
@@ -58,18 +67,21 @@ def summarize_window(conn: psycopg.Connection, market: Market, window: Window, n
         expected_rows=int(expected),
         first_ts=int(candles.ts[0]) if len(candles) else None,
         last_ts=int(candles.ts[-1]) if len(candles) else None,
-        gaps=find_gaps(candles.ts, market.interval_us, start, end) if len(candles) else [],
+        gaps=calendar.gaps(candles.ts, market.interval_us, start, end) if len(candles) else [],
         ts=candles.ts,
         close=candles.close,
     )
 
 
-def ingest_synthetic(conn: psycopg.Connection, market: Market, start_us: int, end_us: int, seed: int) -> CandleWriteStats:
+def ingest_synthetic(
+    conn: psycopg.Connection, market: Market, start_us: int, end_us: int, seed: int, *, calendar: str | None = None
+) -> CandleWriteStats:
     from rl_lifecycle.candles.synthetic import synthetic_candles
 
     frame = synthetic_candles(market, start_us, end_us, seed)
     with conn.transaction():
-        add_market(conn, market)  # no-op when registered; an unknown market is registered as imported
+        # No-op when registered (another calendar is refused); an unknown market is registered as imported.
+        add_market(conn, market, calendar=calendar)
         return upsert_candles(conn, market, frame)
 
 
@@ -87,7 +99,7 @@ def load_window(
         start, end = window_bounds_until_now(market, window, now)
         if end > start:
             stats = ingest_synthetic(conn, market, start, end, int(record.synthetic_seed))
-    summary = summarize_window(conn, market, window, now)
+    summary = summarize_window(conn, market, window, now, get_calendar(record.calendar))
     if summary.rows == 0:
         raise UserInputError(
             f"no candles stored for {market.key} in window {window.key}; "
@@ -122,6 +134,18 @@ def _refuse_synthetic_market(conn: psycopg.Connection, market: Market) -> None:
         )
 
 
+def _ingest_calendar(conn: psycopg.Connection, market: Market, requested: str | None) -> str:
+    """The calendar an import is checked against: the registered one, else `requested` (default crypto)."""
+    registered = registered_calendar(conn, market)
+    wanted = normalize_calendar_name(requested) if requested is not None else None
+    if registered is not None and wanted is not None and wanted != registered:
+        raise UserInputError(
+            f"--calendar {requested!r}: market {market.key} is registered with calendar {registered!r}; "
+            f"change it first with `rl-lifecycle market set-calendar {market.key} {wanted}`"
+        )
+    return registered or wanted or get_calendar().name
+
+
 def _file_sha256(path) -> str:
     import hashlib
 
@@ -140,24 +164,28 @@ def ingest_file(
     ts_column: str | None = None,
     ts_format: str | None = None,
     quarantine: bool = False,
+    calendar: str | None = None,
 ) -> FileIngestResult:
     """Validate a candle file whole; write it in one transaction, or nothing.
 
     With any bad row the file is refused unless `quarantine`: then the bad rows go to
     `candles_quarantine` with their reasons and the good rows are written, atomically.
+    Gaps are counted against the market's calendar; an unregistered market is registered with
+    `calendar` (default crypto), and a registered one must not be given another.
     """
     from rl_lifecycle.candles.importer import read_candle_file
     from rl_lifecycle.candles.validation import validate_candles
 
     _refuse_synthetic_market(conn, market)
+    calendar_name = _ingest_calendar(conn, market, calendar)
     raw = read_candle_file(path, ts_column=ts_column, ts_format=ts_format)
-    report = validate_candles(raw, market.interval)
+    report = validate_candles(raw, market.interval, get_calendar(calendar_name))
     rows_read = raw.frame.height
     if not report.ok and not quarantine:
         return FileIngestResult(str(path), rows_read, None, 0, report)
     quarantined = 0
     with conn.transaction():
-        add_market(conn, market)
+        add_market(conn, market, calendar=calendar_name)
         stats = upsert_candles(conn, market, report.good)
         if not report.ok:
             sha = _file_sha256(path)

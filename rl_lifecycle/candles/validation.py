@@ -4,7 +4,8 @@ Rules (a row can break several): unparseable or missing timestamp; missing, unpa
 non-finite number; high < max(open, close); low > min(open, close); non-positive price; negative
 volume; open time not on the interval grid (epoch us % interval != 0, so 1d means 00:00 UTC);
 duplicate timestamps with conflicting values (every row of the group is rejected, since none can be
-trusted). Exact duplicates are harmless and kept once. Missing bars are reported as gaps, never filled.
+trusted). Exact duplicates are harmless and kept once. Missing bars are reported as gaps, never filled;
+a bar is missing only when the market's trading calendar expects it (`rl_lifecycle.calendars`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
+from rl_lifecycle.calendars import TradingCalendar, get_calendar
 from rl_lifecycle.candles.frame import CANDLE_SCHEMA, PRICE_COLUMNS, VALUE_COLUMNS
-from rl_lifecycle.candles.gaps import Gap, find_gaps
+from rl_lifecycle.candles.gaps import Gap
 from rl_lifecycle.candles.importer import RAW_SCHEMA, RawCandles, parse_timestamps
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import INTERVALS, normalize_interval
@@ -42,6 +44,7 @@ class ValidationReport:
     interval: str
     rows_read: int
     source: str
+    calendar: str = "crypto"  # the trading calendar the gaps were counted against
 
     @property
     def ok(self) -> bool:
@@ -55,7 +58,8 @@ class ValidationReport:
     def describe(self, max_rows: int = 50) -> str:
         """Human-readable summary: counts, every bad row with its reasons, every gap (truncated)."""
         lines = [
-            f"{self.source}: {self.rows_read} rows checked against the {self.interval} grid: "
+            f"{self.source}: {self.rows_read} rows checked against the {self.interval} grid "
+            f"and the {self.calendar} calendar: "
             f"{self.good.height} good candles, {self.bad.height} bad rows, "
             f"{self.duplicates_dropped} exact duplicate rows dropped, "
             f"{len(self.gaps)} gaps ({self.missing_bars} missing bars)"
@@ -81,13 +85,18 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate_candles(raw: RawCandles | pl.DataFrame, interval: str) -> ValidationReport:
+def validate_candles(
+    raw: RawCandles | pl.DataFrame, interval: str, calendar: TradingCalendar | None = None
+) -> ValidationReport:
     """Check every row against every rule; return the good candles, the bad rows and the gaps.
+
+    Gaps are runs of bars `calendar` (default crypto, 24/7) expects between the first and last good bar.
 
     A plain DataFrame needs `ts` and open..volume; `row` defaults to the 1-based position.
     """
     interval = normalize_interval(interval)
     step = INTERVALS[interval]
+    calendar = calendar or get_calendar()
     frame, unparsed, source = _coerce(raw)
 
     df = frame.with_columns(pl.col("ts").dt.epoch("us").alias("_us"))
@@ -147,11 +156,12 @@ def validate_candles(raw: RawCandles | pl.DataFrame, interval: str) -> Validatio
     return ValidationReport(
         good=good,
         bad=bad,
-        gaps=_gaps(deduped.get_column("_us"), step),
+        gaps=calendar.gaps(deduped.get_column("_us").to_numpy(), step),
         duplicates_dropped=good_rows.height - deduped.height,
         interval=interval,
         rows_read=frame.height,
         source=source,
+        calendar=calendar.name,
     )
 
 
@@ -209,11 +219,6 @@ def _attach_conflicts(df: pl.DataFrame) -> pl.DataFrame:
         .with_columns(others.alias("_others"))
         .drop("_rows")
     )
-
-
-def _gaps(sorted_us: pl.Series, step: int) -> list[Gap]:
-    """Runs of missing grid bars between consecutive good (aligned, sorted, unique) timestamps."""
-    return find_gaps(sorted_us.to_numpy(), step)
 
 
 def _grid_hint(interval: str) -> str:
