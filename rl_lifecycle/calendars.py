@@ -295,8 +295,13 @@ def _bars_overlapping(opens: np.ndarray, closes: np.ndarray, start_us: int, end_
     counts = (stop - first) // interval_us
     offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     bars = np.repeat(first, counts) + offsets * interval_us
-    bars = np.unique(bars)  # ranges sharing a bar (a lunch break inside one hour) count it once
-    return bars[(bars >= start_us) & (bars < end_us)]
+    # Sorted, non-overlapping ranges give sorted bars; ranges sharing a bar (a lunch break inside one
+    # hour) repeat it, and one linear pass drops the repeat (np.unique would sort again).
+    if len(bars) > 1 and not (bars[1:] >= bars[:-1]).all():
+        bars = np.sort(bars)
+    keep = np.ones(len(bars), dtype=bool)
+    keep[1:] = bars[1:] != bars[:-1]
+    return bars[keep & (bars >= start_us) & (bars < end_us)]
 
 
 def _present(grid: np.ndarray, ts: np.ndarray) -> np.ndarray:
