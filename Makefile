@@ -27,9 +27,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 
-## Dagster UI + daemon on the same PostgreSQL (http://127.0.0.1:3000)
+## Dagster UI + daemon on the same PostgreSQL (http://127.0.0.1:$(DEV_PORT)); Ctrl-C stops both
+DEV_PORT ?= 3000
 dev: install
-	$(BIN)/rl-lifecycle dev
+	$(BIN)/rl-lifecycle dev --port $(DEV_PORT)
 
 ## MLflow UI on the project's tracking database (http://127.0.0.1:5000)
 mlflow: install

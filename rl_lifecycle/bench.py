@@ -218,6 +218,91 @@ def bench_evaluation(scratch_url: str) -> dict:
     return {**bench_rl_vs_trivial(scratch_url), **bench_walkforward_speedup(scratch_url)}
 
 
+def _core_work_seconds(url: str, market: Market, windows: list) -> float:
+    """What the market data assets and their checks compute for these windows, called directly in
+    this process (the determinism recompute too): the work a backfill cannot avoid."""
+    from rl_lifecycle.assets.datasets import TrainingDatasetConfig
+    from rl_lifecycle.candles.service import load_window
+    from rl_lifecycle.datasets.builder import build_dataset
+    from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
+    from rl_lifecycle.features import service as features
+    from rl_lifecycle.features.spec import active_feature_set
+    from rl_lifecycle.registry import add_market, get_market
+
+    spec, config = active_feature_set(), TrainingDatasetConfig()
+    out_dir = load_settings().bench_dir / "backfill-datasets"
+    with psycopg.connect(url, autocommit=True) as conn:
+        add_market(conn, market, source="synthetic", seed=7)
+        record = get_market(conn, market)
+        start = time.perf_counter()
+        for window in windows:
+            load_window(conn, record, window)
+        for window in windows:
+            features.materialize_window(conn, market, spec, MONTHLY, window)
+            stored = features.stored_window(conn, market, spec, window)
+            features.check_deterministic(stored, features.compute_window(conn, market, spec, MONTHLY, window).frame)
+            features.check_no_lookahead(spec, MONTHLY, features.window_input(conn, market, spec, window), window.start)
+            features.check_warmup_flagged(stored)
+        for window in windows:
+            dataset = spec_ending_at(market, window, MONTHLY, spec.name, config.span_windows,
+                                     forward_return_horizon=config.forward_return_horizon,
+                                     transaction_cost_bps=config.transaction_cost_bps)
+            build_dataset(conn, dataset, out_dir, spec)
+            check_reproducible(conn, market, window)
+            check_no_unwarm_rows(conn, market, window)
+        return time.perf_counter() - start
+
+
+def bench_backfill(server_url: str, first: str = "2014-01-01", last: str = "2023-12-01") -> dict:
+    """`backfill.overhead_ratio`: wall time of a backfill of the market data assets with every check,
+    launched through the code location as `rl-lifecycle materialize` does, over the sum of the core's
+    own work for the same partitions (each on a fresh database, same run)."""
+    import tempfile
+
+    from rl_lifecycle.db import dagster_storage_url
+    from rl_lifecycle.instance import sync_market_partitions
+    from rl_lifecycle.registry import add_market
+    from rl_lifecycle.runner import materialize
+
+    market = Market("BTCUSDT", "1h")
+    windows = MONTHLY.range(first, last)
+    print(f"backfill.overhead_ratio ({len(windows)} windows) ...", flush=True)
+    with scratch_database(server_url) as url:
+        core_s = _core_work_seconds(url, market, windows)
+    with scratch_database(server_url) as url, tempfile.TemporaryDirectory() as home:
+        from dagster import DagsterInstance
+
+        Path(home, "dagster.yaml").write_text(
+            f"storage:\n  postgres:\n    postgres_url: {dagster_storage_url(url)}\n"
+            "telemetry:\n  enabled: false\ncode_servers:\n  wait_for_local_processes_on_shutdown: true\n"
+        )
+        previous = os.environ.get("RL_DATABASE_URL")
+        os.environ["RL_DATABASE_URL"] = url  # the code server and its runs inherit it
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                add_market(conn, market, source="synthetic", seed=7)
+            with DagsterInstance.from_config(home) as instance:
+                sync_market_partitions(instance, [market.key])
+                start = time.perf_counter()
+                runs = materialize(instance, ["candles", "feature_snapshots", "training_dataset"],
+                                   [f"{market.key}|{w.key}" for w in windows])
+                backfill_s = time.perf_counter() - start
+        finally:
+            if previous is None:
+                os.environ.pop("RL_DATABASE_URL", None)
+            else:
+                os.environ["RL_DATABASE_URL"] = previous
+    ok = all(r.ok for r in runs) and len(runs) == len(windows)
+    ratio = backfill_s / core_s
+    return {
+        "backfill.overhead_ratio": {
+            "value": round(backfill_s, 1), "unit": "s (backfill)", "baseline": round(core_s, 1),
+            "ratio": round(ratio, 2), "target": "<= 3 (backfill / core work)", "met": ok and ratio <= 3,
+            "windows": len(windows), "runs": len({r.run_id for r in runs}), "all_ok": ok,
+        }
+    }
+
+
 def _machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -259,6 +344,7 @@ def main() -> int:
     print("features.pipeline_vs_talib ...", flush=True)
     results.update(bench_pipeline())
     results.update(bench_training())
+    results.update(bench_backfill(server_url))
     with scratch_database(server_url) as scratch:
         print("snapshots ...", flush=True)
         results.update(bench_snapshots(scratch))

@@ -30,7 +30,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -251,7 +251,7 @@ def normalize_calendar_name(raw: str | None) -> str:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _calendar(name: str) -> TradingCalendar:
     if name == CRYPTO:
         return AlwaysOpenCalendar()

@@ -181,11 +181,16 @@ def ingest(
         start_us, end_us = to_us(start), to_us(end)
         if end_us <= start_us:
             raise UserInputError(f"--end {end} must be after --start {start}")
+        from rl_lifecycle.candles.service import stored_before
+
+        first_window = _first_window()
         url = open_database(settings)
         with connect(url) as conn:
             stats = ingest_synthetic(conn, parsed, start_us, end_us, seed, calendar=calendar)
+            candles_before, first_ts = stored_before(conn, parsed, first_window) if start_us < first_window.start else (0, None)
         register_market(url, settings, parsed, calendar=calendar)
         typer.echo(f"{parsed.key}: inserted {stats.inserted}, updated {stats.updated}, unchanged {stats.unchanged}")
+        _echo_early_history(parsed, first_ts, candles_before, settings)
         return
     from rl_lifecycle.candles.service import ingest_file
 
@@ -195,7 +200,8 @@ def ingest(
     url = open_database(settings)
     with connect(url) as conn:
         result = ingest_file(
-            conn, parsed, path, ts_column=ts_column, ts_format=ts_format, quarantine=quarantine, calendar=calendar
+            conn, parsed, path, ts_column=ts_column, ts_format=ts_format, quarantine=quarantine, calendar=calendar,
+            first_window=_first_window(),
         )
     report = result.report
     if result.refused:
@@ -210,6 +216,49 @@ def ingest(
     )
     if not report.ok or report.gaps:
         typer.echo(report.describe())
+    if result.before_first_window:
+        _echo_early_history(parsed, result.first_ts, result.before_first_window, settings)
+
+
+def _first_window():
+    """The first `window` partition (from RL_WINDOW_START), as a Window."""
+    from rl_lifecycle.partitions import WINDOW_SCHEME, window_partitions
+
+    return WINDOW_SCHEME.parse(window_partitions.get_first_partition_key())
+
+
+def _echo_early_history(market: Market, first_ts: int | None, candles_before: int, settings) -> None:
+    from rl_lifecycle.candles.service import history_before_first_window
+    from rl_lifecycle.partitions import WINDOW_SCHEME
+
+    if candles_before and first_ts is not None:
+        typer.echo(history_before_first_window(
+            market, first_ts, candles_before, _first_window(), WINDOW_SCHEME, settings.window_start), err=True)
+
+
+def _check_windows_exist(keys: list[str]) -> None:
+    """Refuse windows outside the `window` partitions (before RL_WINDOW_START, or after the current
+    window) before anything runs: Dagster would only fail the run with DagsterUnknownPartitionError."""
+    from rl_lifecycle.partitions import WINDOW_SCHEME, window_partitions
+
+    windows = sorted({key.rpartition("|")[2] for key in keys})
+    first, last = window_partitions.get_first_partition_key(), window_partitions.get_last_partition_key()
+    early = [w for w in windows if first is None or w < first]
+    late = [w for w in windows if last is None or w > last]
+    if early:
+        shown = early[0] if len(early) == 1 else f"{early[0]}..{early[-1]} ({len(early)} windows)"
+        raise UserInputError(
+            f"window {shown} is before the first window partition {first} "
+            f"(RL_WINDOW_START={load_settings().window_start}); nothing was run. To use this history, set "
+            f"RL_WINDOW_START={WINDOW_SCHEME.parse(early[0]).key} (the first window of your data) wherever "
+            "rl-lifecycle and `make dev` run, and restart `make dev`."
+        )
+    if late:
+        shown = late[0] if len(late) == 1 else f"{late[0]}..{late[-1]} ({len(late)} windows)"
+        raise UserInputError(
+            f"window {shown} is after the current window {last}: windows exist from {first} "
+            f"(RL_WINDOW_START) up to the current one; nothing was run."
+        )
 
 
 # -- materialize -------------------------------------------------------------------------------
@@ -230,6 +279,7 @@ def _partition_keys(partition: list[str] | None, market: str | None, windows: st
         keys += [f"{m.key}|{w.key}" for w in WINDOW_SCHEME.range(first, last)]
     if not keys:
         raise UserInputError("give --partition 'MARKET|WINDOW' or --market M --windows A..B")
+    _check_windows_exist(keys)
     return keys
 
 
@@ -268,6 +318,7 @@ def train(
     from rl_lifecycle.partitions import WINDOW_SCHEME
 
     parsed_market, parsed_window = Market.parse(market), WINDOW_SCHEME.parse(window)
+    _check_windows_exist([parsed_window.key])
     model_spec = load_model_spec(spec)  # a bad spec is refused before anything runs
     settings = load_settings()
     run_config = {"ops": {"challenger_model": {"config": {"spec": str(Path(spec).resolve()) if Path(spec).is_file() else spec}}}}
@@ -341,6 +392,7 @@ def evaluate(
     from rl_lifecycle.partitions import WINDOW_SCHEME
 
     parsed_market, parsed_window = Market.parse(market), WINDOW_SCHEME.parse(window)
+    _check_windows_exist([parsed_window.key])
     # refuse bad numbers before launching anything (the label horizon is checked against purge in the run)
     FoldConfig.create(n_folds=folds, purge_bars=purge or 0, embargo_bars=embargo, test_size=test_size)
     if workers < 1:
@@ -411,16 +463,19 @@ def run() -> None:
 
 
 @app.command()
-def dev(port: Annotated[int, typer.Option(help="webserver port")] = 3000) -> None:
-    """Start the Dagster UI and daemon (`dagster dev`) against the same PostgreSQL."""
-    from rl_lifecycle.instance import REPO_ROOT, prepare_dagster_env
+def dev(
+    port: Annotated[int, typer.Option(help="webserver port")] = 3000,
+    host: Annotated[str, typer.Option(help="interface the webserver listens on")] = "127.0.0.1",
+) -> None:
+    """Start the Dagster UI and daemon against the same PostgreSQL; Ctrl-C or SIGTERM stops both."""
+    from rl_lifecycle.instance import serve_dev
 
     settings = load_settings()
     url = open_database(settings)
-    prepare_dagster_env(settings, url)
-    typer.echo(f"Dagster UI on http://127.0.0.1:{port} (instance storage: PostgreSQL, DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-    dagster = Path(sys.executable).with_name("dagster")
-    os.execv(str(dagster), [str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)])
+    typer.echo(f"Dagster UI on http://{host}:{port} (instance storage: PostgreSQL, "
+               f"DAGSTER_HOME={settings.dagster_home}); Ctrl-C stops it")
+    code = serve_dev(settings, url, port, host, echo=lambda message: typer.echo(message, err=True))
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dagster import (
+    BackfillPolicy,
     DailyPartitionsDefinition,
     DimensionPartitionMapping,
     DynamicPartitionsDefinition,
@@ -44,6 +47,13 @@ market_window_partitions = MultiPartitionsDefinition(
 )
 
 
+# Backfills: the data assets take a range of one market's windows per run, so run start-up is paid
+# once per range instead of once per window; models and reports train per window, one per run.
+WINDOWS_PER_RUN = 120
+WINDOW_RANGE_PER_RUN = BackfillPolicy.multi_run(max_partitions_per_run=WINDOWS_PER_RUN)
+ONE_WINDOW_PER_RUN = BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+
 def same_market_and_previous_windows(previous: int) -> MultiPartitionMapping:
     """Depend on the same market's window and the `previous` windows before it."""
     return MultiPartitionMapping(
@@ -68,3 +78,10 @@ def parse_partition_key(key: str | MultiPartitionKey) -> tuple[Market, Window]:
     if not sep:
         raise UserInputError(f"partition {key!r} is invalid; expected MARKET|WINDOW such as BTCUSDT-1h|2024-03-01")
     return Market.parse(market_key), WINDOW_SCHEME.parse(window_key)
+
+
+def run_partitions(keys: Sequence[str | MultiPartitionKey]) -> list[tuple[str, Market, Window]]:
+    """The partitions a run targets as (key, market, window), by market then window: one partition,
+    or the range of a backfill run (windows ascending, so each window's warmup is stored before it)."""
+    parsed = [(key, *parse_partition_key(key)) for key in keys]
+    return sorted(parsed, key=lambda p: (p[1].key, p[2].start))

@@ -1,13 +1,29 @@
-"""Headless materialization on the PostgreSQL-backed Dagster instance (runs show up in the UI)."""
+"""Materialization through the workspace's code location, as the UI, schedules and sensors launch runs.
+
+Every run is created from the code location's job snapshot and carries its origin, so the UI lists it
+on the Overview timeline and re-executes it like any other. Data assets take a range of one market's
+consecutive windows per run (their backfill policy), so a backfill pays run start-up once per range.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterEventType, DagsterInstance
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+    get_multidimensional_partition_tag,
+)
 
 from rl_lifecycle.errors import UserInputError
+
+LOCATION_NAME = "rl_lifecycle"  # workspace.yaml
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -34,58 +50,229 @@ class PartitionRun:
         return self.success and all(c.passed for c in self.checks if c.blocking)
 
 
-def materialize(
-    instance: DagsterInstance,
-    asset_names: Sequence[str],
-    partition_keys: Sequence[str],
-    on_done: Callable[[PartitionRun], None] | None = None,
-    log_level: str = "WARNING",
-    run_config: dict | None = None,
-) -> list[PartitionRun]:
-    """Run `lifecycle_job` once per partition for the selected assets (and their checks)."""
-    from rl_lifecycle.definitions import ALL_ASSETS, defs
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a job: the selected assets for one partition, or for a range of one market's consecutive windows."""
+
+    job_name: str
+    asset_names: tuple[str, ...]
+    partition_keys: tuple[str, ...]
+
+    def tags(self) -> dict[str, str]:
+        if len(self.partition_keys) > 1:
+            return {ASSET_PARTITION_RANGE_START_TAG: self.partition_keys[0],
+                    ASSET_PARTITION_RANGE_END_TAG: self.partition_keys[-1]}
+        (key,) = self.partition_keys
+        market, window = key.split("|")
+        return {PARTITION_NAME_TAG: key, get_multidimensional_partition_tag("market"): market,
+                get_multidimensional_partition_tag("window"): window}
+
+
+def plan_runs(
+    job_name: str, asset_names: Sequence[str], partition_keys: Sequence[str], windows_per_run: int
+) -> list[list[PlannedRun]]:
+    """Runs per market, in window order: each market's list runs in sequence (a range's warmup comes
+    from the range before it), markets side by side. Ranges never skip a window."""
+    from rl_lifecycle.partitions import run_partitions
+
+    lanes: dict[str, list[list[str]]] = {}
+    previous_end: dict[str, int] = {}
+    for _, market, window in run_partitions(sorted(set(partition_keys))):
+        chunks = lanes.setdefault(market.key, [])
+        if not chunks or previous_end[market.key] != window.start or len(chunks[-1]) >= windows_per_run:
+            chunks.append([])
+        chunks[-1].append(f"{market.key}|{window.key}")
+        previous_end[market.key] = window.end
+    names = tuple(asset_names)
+    return [[PlannedRun(job_name, names, tuple(chunk)) for chunk in chunks] for chunks in lanes.values()]
+
+
+def windows_per_run(asset_names: Sequence[str]) -> int:
+    """The largest range every selected asset's backfill policy accepts in one run."""
+    from rl_lifecycle.definitions import ALL_ASSETS
+
+    limits = [a.backfill_policy.max_partitions_per_run or 1 for a in ALL_ASSETS
+              if a.key.to_user_string() in asset_names and a.backfill_policy is not None]
+    return min(limits, default=1)
+
+
+def jobs_for(asset_names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(job, its selected assets) in dependency order; unknown assets are refused by name."""
+    from rl_lifecycle.definitions import ALL_ASSETS, JOBS, defs
 
     known = {a.key.to_user_string() for a in ALL_ASSETS}
     unknown = [n for n in asset_names if n not in known]
     if unknown:
         raise UserInputError(f"unknown asset(s) {', '.join(unknown)}; known assets: {', '.join(sorted(known))}")
-    job = defs.resolve_job_def("lifecycle_job")
-    selection = [AssetKey(n) for n in asset_names]
-    runs = []
-    for key in partition_keys:
-        result = job.execute_in_process(
-            instance=instance, partition_key=key, asset_selection=selection, raise_on_error=False,
-            run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}},
-            tags={"rl_lifecycle/launched_by": "cli"},
+    phases = []
+    for job in JOBS:
+        in_job = {k.to_user_string() for k in defs.resolve_job_def(job.name).asset_layer.executable_asset_keys}
+        selected = [n for n in asset_names if n in in_job]
+        if selected:
+            phases.append((job.name, selected))
+    return phases
+
+
+def materialize(
+    instance: DagsterInstance,
+    asset_names: Sequence[str],
+    partition_keys: Sequence[str],
+    on_done: Callable[[PartitionRun], None] | None = None,
+    run_config: dict | None = None,
+    log_level: str = "WARNING",
+    workers: int = 2,
+    in_process: bool = False,
+) -> list[PartitionRun]:
+    """Materialize the selected assets (and their checks) for these partitions through the code
+    location: up to `workers` runs at once, one market's runs in window order, each job's runs after
+    the previous job's (a partition that failed there is not run further). `in_process` runs in this
+    interpreter instead (for tests that inject faults into this process). One result per job and
+    partition, in the order of `partition_keys`."""
+    phases = jobs_for(asset_names)
+    # the run's console log goes to this terminal: only what needs attention
+    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+    results: list[PartitionRun] = []
+
+    def finished(run_id: str, planned: PlannedRun) -> None:
+        for run in partition_results(instance, run_id, planned):
+            results.append(run)
+            if on_done:
+                on_done(run)
+
+    keys = list(partition_keys)
+    with nullcontext() if in_process else code_location(instance) as launcher:
+        for job_name, names in phases:
+            lanes = plan_runs(job_name, names, keys, windows_per_run(names))
+            if launcher is None:
+                for planned in (p for lane in lanes for p in lane):
+                    finished(_execute_in_process(instance, planned, run_config), planned)
+            else:
+                _run_lanes(instance, launcher, lanes, run_config, max(1, workers), finished)
+            failed = {r.partition_key for r in results if not r.ok}
+            keys = [k for k in keys if k not in failed]
+    order = {key: i for i, key in enumerate(partition_keys)}
+    return sorted(results, key=lambda r: order.get(r.partition_key, len(order)))  # stable: job order kept
+
+
+# -- launching through the code location ---------------------------------------------------------
+@dataclass
+class CodeLocationLauncher:
+    context: object  # WorkspaceRequestContext
+    location: object  # CodeLocation
+    repository_name: str
+
+    def launch(self, instance: DagsterInstance, planned: PlannedRun, run_config: dict) -> str:
+        from dagster._core.definitions.selector import JobSubsetSelector
+
+        selector = JobSubsetSelector(
+            location_name=self.location.name, repository_name=self.repository_name, job_name=planned.job_name,
+            op_selection=None, asset_selection=[AssetKey(n) for n in planned.asset_names],
         )
-        checks = [
-            CheckOutcome(
-                e.asset_key.to_user_string(), e.check_name, e.passed,
-                bool(e.blocking), e.description,
-            )
-            for e in result.get_asset_check_evaluations()
-        ]
-        errors = [
-            f"{event.step_key}: {_root_message(event.event_specific_data.error)}"
-            for event in result.all_events
-            if event.is_step_failure and event.event_specific_data and event.event_specific_data.error
-        ]
-        run = PartitionRun(
-            partition_key=key,
-            run_id=result.run_id,
-            success=result.success,
-            materialized=sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}),
-            metadata={
-                e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-                for e in result.get_asset_materialization_events()
-            },
-            checks=checks,
-            errors=errors,
+        remote_job = self.location.get_job(selector)
+        plan = self.location.get_execution_plan(
+            remote_job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
+        ).execution_plan_snapshot
+        run = instance.create_run(
+            job_name=planned.job_name, run_id=None, run_config=run_config, resolved_op_selection=None,
+            step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None,
+            root_run_id=None, parent_run_id=None, tags={**remote_job.tags, **planned.tags()},
+            job_snapshot=remote_job.job_snapshot, execution_plan_snapshot=plan,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
+            asset_selection=frozenset(selector.asset_selection), asset_check_selection=None,
+            asset_graph=self.location.get_repository(self.repository_name).asset_graph,
         )
-        runs.append(run)
-        if on_done:
-            on_done(run)
-    return runs
+        # Launched directly (not queued): the CLI and `make run` work without the daemon.
+        instance.launch_run(run.run_id, self.context)
+        return run.run_id
+
+
+@contextmanager
+def code_location(instance: DagsterInstance) -> Iterator[CodeLocationLauncher]:
+    """The workspace's code location, served by a code server process as for the webserver."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    from rl_lifecycle.instance import REPO_ROOT
+
+    target = WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])
+    with WorkspaceProcessContext(instance, target, code_server_log_level="WARNING") as process_context:
+        context = process_context.create_request_context()
+        location = context.get_code_location(LOCATION_NAME)
+        (repository_name,) = location.get_repositories()
+        yield CodeLocationLauncher(context, location, repository_name)
+
+
+def _run_lanes(instance, launcher: CodeLocationLauncher, lanes: list[list[PlannedRun]], run_config: dict,
+               workers: int, finished: Callable[[str, PlannedRun], None]) -> None:
+    """Launch each lane's runs in order, at most one per lane and `workers` in all at a time."""
+    queues = [list(lane) for lane in lanes]
+    active: dict[str, tuple[int, PlannedRun]] = {}  # run id -> (lane, run)
+    try:
+        while any(queues) or active:
+            busy = {lane for lane, _ in active.values()}
+            for lane, queue in enumerate(queues):
+                if queue and lane not in busy and len(active) < workers:
+                    planned = queue.pop(0)
+                    active[launcher.launch(instance, planned, run_config)] = (lane, planned)
+            time.sleep(POLL_SECONDS)
+            for run_id in [r for r in active if instance.get_run_by_id(r).is_finished]:
+                _, planned = active.pop(run_id)
+                finished(run_id, planned)
+    except BaseException:
+        for run_id in active:  # interrupted: don't leave runs going that nobody waits for
+            instance.run_launcher.terminate(run_id)
+        raise
+
+
+def _execute_in_process(instance: DagsterInstance, planned: PlannedRun, run_config: dict) -> str:
+    from rl_lifecycle.definitions import defs
+
+    result = defs.resolve_job_def(planned.job_name).execute_in_process(
+        instance=instance, asset_selection=[AssetKey(n) for n in planned.asset_names],
+        tags=planned.tags(), run_config=run_config, raise_on_error=False,
+    )
+    return result.run_id
+
+
+# -- what a run did, per partition --------------------------------------------------------------
+def partition_results(instance: DagsterInstance, run_id: str, planned: PlannedRun) -> list[PartitionRun]:
+    """Per partition of the run: its materializations and their metadata, the check evaluations
+    (a range run's checks cover every window of it), and the run's errors."""
+    from dagster import DagsterRunStatus
+
+    materialized: dict[str, dict[str, dict]] = {key: {} for key in planned.partition_keys}
+    checks: dict[str | None, list[CheckOutcome]] = {}
+    errors: list[str] = []
+    run_failure: str | None = None
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            m = event.event_specific_data.materialization
+            materialized.setdefault(str(m.partition), {})[m.asset_key.to_user_string()] = {
+                k: v.value for k, v in m.metadata.items()
+            }
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            e = event.event_specific_data
+            checks.setdefault(e.partition, []).append(CheckOutcome(
+                e.asset_key.to_user_string(), e.check_name, e.passed, bool(e.blocking), e.description,
+            ))
+        elif event.event_type == DagsterEventType.STEP_FAILURE and event.event_specific_data.error:
+            errors.append(f"{event.step_key}: {_root_message(event.event_specific_data.error)}")
+        elif event.event_type == DagsterEventType.RUN_FAILURE and getattr(event.event_specific_data, "error", None):
+            run_failure = _root_message(event.event_specific_data.error)
+    if run_failure and not errors:
+        errors.append(run_failure)
+    success = instance.get_run_by_id(run_id).status == DagsterRunStatus.SUCCESS
+    return [
+        PartitionRun(
+            partition_key=key, run_id=run_id, success=success, materialized=sorted(materialized[key]),
+            checks=checks.get(key, []) + checks.get(None, []), errors=errors, metadata=materialized[key],
+        )
+        for key in planned.partition_keys
+    ]
 
 
 def _root_message(error) -> str:
@@ -93,3 +280,4 @@ def _root_message(error) -> str:
     while getattr(error, "cause", None) is not None:
         error = error.cause
     return error.message.strip()
+

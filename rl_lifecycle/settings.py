@@ -57,16 +57,28 @@ class Settings:
         return self.home / "bench"
 
 
+# First `window` partition when RL_WINDOW_START is unset: early enough for the history people import
+# (daily equities and FX back to the 2000s, crypto since 2017) while market x window stays small:
+# monthly from 2000 is about 320 windows per market (100 markets: ~32,000 partitions per asset, well
+# under Dagster's 100,000). Shorter windows start later for the same reason (weekly ~860, daily ~2,500).
+DEFAULT_WINDOW_START = {"monthly": "2000-01-01", "weekly": "2010-01-04", "daily": "2020-01-01"}
+
+
+def default_window_start(cadence: str) -> str:
+    return DEFAULT_WINDOW_START.get(cadence, DEFAULT_WINDOW_START["monthly"])
+
+
 def load_settings() -> Settings:
     home = Path(os.environ.get("RL_HOME") or ".rl_lifecycle").expanduser().resolve()
+    cadence = os.environ.get("RL_WINDOW_CADENCE") or "monthly"
     return Settings(
         home=home,
         database_url=(os.environ.get("RL_DATABASE_URL") or None),
         strict_backtest=_flag("RL_STRICT_BACKTEST", True),
         online_learning_enabled=_flag("RL_ONLINE_LEARNING_ENABLED", False),
         feature_set=os.environ.get("RL_FEATURE_SET") or "ta_v2",
-        window_cadence=os.environ.get("RL_WINDOW_CADENCE") or "monthly",
+        window_cadence=cadence,
         mlflow_artifacts=os.environ.get("RL_MLFLOW_ARTIFACTS") or None,
         mlflow_ui_url=os.environ.get("RL_MLFLOW_UI_URL") or "http://127.0.0.1:5000",
-        window_start=os.environ.get("RL_WINDOW_START") or "2020-01-01",
+        window_start=os.environ.get("RL_WINDOW_START") or default_window_start(cadence),
     )

@@ -114,6 +114,7 @@ def dagster_instance(dagster_database_url, rl_env, tmp_path: Path):
     (home / "dagster.yaml").write_text(
         "storage:\n  postgres:\n    postgres_url: " + dagster_storage_url(dagster_database_url) + "\n"
         "telemetry:\n  enabled: false\n"
+        "code_servers:\n  wait_for_local_processes_on_shutdown: true\n"  # no code server outlives its test
     )
     with DagsterInstance.from_config(str(home)) as instance:
         yield instance

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from dagster import AssetKey, Definitions, build_sensor_context
 
-from rl_lifecycle.definitions import defs, lifecycle_job
+from rl_lifecycle.definitions import JOBS, defs
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import Market
 from rl_lifecycle.partitions import market_window_partitions, parse_partition_key, partition_key
@@ -13,8 +13,13 @@ from rl_lifecycle.registry import add_market
 
 
 def test_definitions_are_loadable():
-    Definitions.validate_loadable(defs)
-    assert defs.resolve_job_def(lifecycle_job.name) is not None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. a job mixing backfill policies
+        Definitions.validate_loadable(defs)
+        for job in JOBS:
+            assert defs.resolve_job_def(job.name) is not None
 
 
 def test_partition_keys_read_market_then_window():

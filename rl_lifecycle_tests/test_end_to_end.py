@@ -65,7 +65,8 @@ def test_a_failing_blocking_check_stops_downstream_and_names_the_difference(synt
         return type(frame)(frame.ts, values, frame.is_warm, frame.missing, frame.feature_names)
 
     monkeypatch.setattr(service, "compute_features", nondeterministic)
-    (run,) = materialize(dagster_instance, ALL, ["BTCUSDT-1h|2024-03-01"])
+    # in this process: the fault is injected here, not in a run launched through the code location
+    (run,) = materialize(dagster_instance, ALL, ["BTCUSDT-1h|2024-03-01"], in_process=True)
     assert not run.ok
     assert "training_dataset" not in run.materialized
     failed = {c.check: c for c in run.checks if not c.passed}

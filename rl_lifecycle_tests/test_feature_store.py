@@ -98,12 +98,12 @@ def test_editing_a_candle_in_the_window_fails_determinism_until_rewritten(btc, t
     edited = _dt(MARCH.start + 300 * BTC.interval_us)
     btc.execute("UPDATE market_candles SET close = close * 1.01, high = high * 1.01 WHERE ts = %s", (edited,))
     stored = stored_window(btc, BTC, ta_v2, MARCH)
-    fresh = recompute_in_fresh_process(database_url, BTC, ta_v2, SCHEME, MARCH)
+    fresh = recompute_in_fresh_process(database_url, ta_v2, SCHEME, [(BTC, MARCH)])[0]
     report = check_deterministic(stored, fresh)
     assert not report.passed
     assert report.details and report.details[0]["ts"].startswith("2024-03-13T12:00")
     materialize_window(btc, BTC, ta_v2, SCHEME, MARCH)  # rewrite the window
-    report = check_deterministic(stored_window(btc, BTC, ta_v2, MARCH), recompute_in_fresh_process(database_url, BTC, ta_v2, SCHEME, MARCH))
+    report = check_deterministic(stored_window(btc, BTC, ta_v2, MARCH), recompute_in_fresh_process(database_url, ta_v2, SCHEME, [(BTC, MARCH)])[0])
     assert report.passed, report.summary
 
 

@@ -1,31 +1,39 @@
-"""`candles`: one market x window of OHLCV candles in `market_candles`."""
+"""`candles`: one market x window of OHLCV candles in `market_candles` (or a range of windows per run)."""
 
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from rl_lifecycle.assets.presentation import line_plot, markdown_table, ts_or_none
+from rl_lifecycle.assets.presentation import line_plot, markdown_table, range_metadata, ts_or_none
 from rl_lifecycle.candles.service import load_window
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.partitions import market_window_partitions, parse_partition_key
+from rl_lifecycle.partitions import WINDOW_RANGE_PER_RUN, market_window_partitions, run_partitions
 from rl_lifecycle.registry import get_market
 from rl_lifecycle.resources import PostgresResource
 
 
 @asset(
     partitions_def=market_window_partitions,
+    backfill_policy=WINDOW_RANGE_PER_RUN,
     group_name="market_data",
     kinds={"postgres"},
     description="OHLCV candles of one market and window, keyed by candle open time (UTC).",
 )
 def candles(context: AssetExecutionContext, database: PostgresResource) -> MaterializeResult:
-    market, window = parse_partition_key(context.partition_key)
     with database.connect() as conn:
-        try:
-            record = get_market(conn, market)
-            stats, summary = load_window(conn, record, window)
-        except UserInputError as exc:
-            raise Failure(description=str(exc)) from exc
-    context.log.info(f"{market.key} {window.key}: {summary.rows} candles stored, {len(summary.gaps)} gaps")
+        records = {}
+        for key, market, window in run_partitions(context.partition_keys):
+            try:
+                record = records.get(market.key) or get_market(conn, market)
+                records[market.key] = record
+                stats, summary = load_window(conn, record, window)
+            except UserInputError as exc:
+                raise Failure(description=f"{key}: {exc}") from exc
+            context.log.info(f"{market.key} {window.key}: {summary.rows} candles stored, {len(summary.gaps)} gaps")
+            context.add_asset_metadata(_window_metadata(record, window, stats, summary), partition_key=key)
+    return MaterializeResult(metadata=range_metadata(context.partition_keys))
+
+
+def _window_metadata(record, window, stats, summary) -> dict:
     metadata = {
         "rows": summary.rows,
         "expected_rows": summary.expected_rows,
@@ -33,7 +41,7 @@ def candles(context: AssetExecutionContext, database: PostgresResource) -> Mater
         "last_ts": ts_or_none(summary.last_ts),
         "gaps": len(summary.gaps),
         "missing_bars": summary.missing_bars,
-        "price": line_plot(summary.ts, summary.close, f"{market.key} close, {window.key}"),
+        "price": line_plot(summary.ts, summary.close, f"{record.market.key} close, {window.key}"),
     }
     if stats is not None:
         metadata.update(inserted=stats.inserted, updated=stats.updated, unchanged=stats.unchanged)
@@ -43,4 +51,4 @@ def candles(context: AssetExecutionContext, database: PostgresResource) -> Mater
             [(ts_or_none(g.start_us), ts_or_none(g.end_us), g.missing_bars) for g in summary.gaps[:20]],
         )
     metadata["source"] = MetadataValue.text(record.source)
-    return MaterializeResult(metadata=metadata)
+    return metadata

@@ -6,19 +6,23 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     Config,
+    Failure,
     MaterializeResult,
     asset,
     asset_check,
 )
 from pydantic import Field
 
+from rl_lifecycle.assets.presentation import partition_check_result, range_metadata
 from rl_lifecycle.datasets.builder import build_dataset
 from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
+from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import FeatureSetSpec, active_feature_set
 from rl_lifecycle.partitions import (
+    WINDOW_RANGE_PER_RUN,
     WINDOW_SCHEME,
     market_window_partitions,
-    parse_partition_key,
+    run_partitions,
     same_market_and_previous_windows,
 )
 from rl_lifecycle.resources import PostgresResource
@@ -38,8 +42,7 @@ class TrainingDatasetConfig(Config):
     transaction_cost_bps: float = Field(default=10.0, ge=0.0, le=1_000.0, description="cost per unit of turnover")
 
 
-def _spec(partition_key: str, config: TrainingDatasetConfig, features: FeatureSetSpec):
-    market, window = parse_partition_key(partition_key)
+def _spec(market, window, config: TrainingDatasetConfig, features: FeatureSetSpec):
     return spec_ending_at(
         market, window, WINDOW_SCHEME, features.name, config.span_windows,
         forward_return_horizon=config.forward_return_horizon, transaction_cost_bps=config.transaction_cost_bps,
@@ -48,6 +51,7 @@ def _spec(partition_key: str, config: TrainingDatasetConfig, features: FeatureSe
 
 @asset(
     partitions_def=market_window_partitions,
+    backfill_policy=WINDOW_RANGE_PER_RUN,
     deps=[AssetDep("feature_snapshots", partition_mapping=SPAN_MAPPING)],
     group_name="datasets",
     kinds={"parquet", "postgres"},
@@ -55,45 +59,53 @@ def _spec(partition_key: str, config: TrainingDatasetConfig, features: FeatureSe
 )
 def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConfig, database: PostgresResource) -> MaterializeResult:
     features = active_feature_set()
-    spec = _spec(context.partition_key, config, features)
+    datasets_dir = load_settings().datasets_dir
     with database.connect() as conn:
-        build = build_dataset(conn, spec, load_settings().datasets_dir, features)
-    context.log.info(
-        f"dataset {build.dataset_hash[:12]}: {build.rows} rows; windows from cache {len(build.cached_windows)}, "
-        f"computed {len(build.computed_windows)}{'; reused an existing version' if build.reused else ''}"
-    )
-    return MaterializeResult(
-        metadata={
-            "dataset_hash": build.dataset_hash,
-            "rows": build.rows,
-            "span": f"{spec.first_window}..{spec.last_window}",
-            "feature_set": spec.feature_set,
-            "fingerprint": build.fingerprint,
-            "windows_from_cache": len(build.cached_windows),
-            "windows_computed": len(build.computed_windows),
-            "computed_windows": ", ".join(build.computed_windows) or "-",
-            "windows_without_candles": ", ".join(build.empty_windows) or "-",
-            "reused_version": build.reused,
-            "storage_uri": build.storage_uri,
-            "min_purge_bars": spec.min_purge_bars,
-        }
-    )
+        for key, market, window in run_partitions(context.partition_keys):
+            spec = _spec(market, window, config, features)
+            try:
+                build = build_dataset(conn, spec, datasets_dir, features)
+            except UserInputError as exc:
+                raise Failure(description=f"{key}: {exc}") from exc
+            context.log.info(
+                f"{key} dataset {build.dataset_hash[:12]}: {build.rows} rows; windows from cache "
+                f"{len(build.cached_windows)}, computed {len(build.computed_windows)}"
+                f"{'; reused an existing version' if build.reused else ''}"
+            )
+            context.add_asset_metadata({
+                "dataset_hash": build.dataset_hash,
+                "rows": build.rows,
+                "span": f"{spec.first_window}..{spec.last_window}",
+                "feature_set": spec.feature_set,
+                "fingerprint": build.fingerprint,
+                "windows_from_cache": len(build.cached_windows),
+                "windows_computed": len(build.computed_windows),
+                "computed_windows": ", ".join(build.computed_windows) or "-",
+                "windows_without_candles": ", ".join(build.empty_windows) or "-",
+                "reused_version": build.reused,
+                "storage_uri": build.storage_uri,
+                "min_purge_bars": spec.min_purge_bars,
+            }, partition_key=key)
+    return MaterializeResult(metadata=range_metadata(context.partition_keys))
+
+
+def _each_partition(context: AssetCheckExecutionContext, database: PostgresResource, check) -> AssetCheckResult:
+    with database.connect() as conn:
+        return partition_check_result(
+            [(key, check(conn, market, window)) for key, market, window in run_partitions(context.partition_keys)]
+        )
 
 
 @asset_check(asset=training_dataset, blocking=True, partitions_def=market_window_partitions,
              description="Rebuild the latest dataset of this partition from stored snapshots, re-hash its file; both must equal its dataset_hash.")
 def dataset_reproducible(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
-    with database.connect() as conn:
-        result = check_reproducible(conn, *parse_partition_key(context.partition_key))
-    return AssetCheckResult(passed=result.passed, description=result.summary)
+    return _each_partition(context, database, check_reproducible)
 
 
 @asset_check(asset=training_dataset, blocking=True, partitions_def=market_window_partitions,
              description="Every dataset row is a warm snapshot row with all features defined.")
 def dataset_no_unwarm_rows(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
-    with database.connect() as conn:
-        result = check_no_unwarm_rows(conn, *parse_partition_key(context.partition_key))
-    return AssetCheckResult(passed=result.passed, description=result.summary)
+    return _each_partition(context, database, check_no_unwarm_rows)
 
 
 DATASET_CHECKS = [dataset_reproducible, dataset_no_unwarm_rows]

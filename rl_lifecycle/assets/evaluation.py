@@ -1,4 +1,8 @@
-"""`fold_report`: walk-forward NautilusTrader evaluation of the challenger's spec (and the champion's, paired)."""
+"""`fold_report`: walk-forward NautilusTrader evaluation of the challenger's spec (and the champion's, paired).
+
+The services (torch, SB3, Nautilus) are imported where used: every run process loads this code
+location, most of them only for the data assets.
+"""
 
 from pathlib import Path
 
@@ -18,17 +22,8 @@ from pydantic import Field
 from rl_lifecycle.assets.presentation import markdown_table, png_markdown
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.evaluation.folds import FoldConfig
-from rl_lifecycle.evaluation.service import (
-    FOLD_TABLE_HEADERS,
-    check_leak_free,
-    equity_curves_png,
-    evaluate_spec,
-    fold_table,
-    partition_report,
-)
-from rl_lifecycle.models.service import partition_version, registered_spec, training_data
 from rl_lifecycle.models.tracking import CHAMPION
-from rl_lifecycle.partitions import market_window_partitions, parse_partition_key
+from rl_lifecycle.partitions import ONE_WINDOW_PER_RUN, market_window_partitions, parse_partition_key
 from rl_lifecycle.resources import MlflowResource, PostgresResource
 from rl_lifecycle.settings import load_settings
 
@@ -54,6 +49,7 @@ def fold_config(config: FoldReportConfig, label_horizon: int) -> FoldConfig:
 
 @asset(
     partitions_def=market_window_partitions,
+    backfill_policy=ONE_WINDOW_PER_RUN,
     deps=["challenger_model"],
     group_name="evaluation",
     kinds={"nautilustrader", "postgres"},
@@ -63,6 +59,14 @@ def fold_config(config: FoldReportConfig, label_horizon: int) -> FoldConfig:
 def fold_report(
     context: AssetExecutionContext, config: FoldReportConfig, database: PostgresResource, mlflow: MlflowResource
 ) -> MaterializeResult:
+    from rl_lifecycle.evaluation.service import (
+        FOLD_TABLE_HEADERS,
+        equity_curves_png,
+        evaluate_spec,
+        fold_table,
+    )
+    from rl_lifecycle.models.service import partition_version, registered_spec, training_data
+
     market, window = parse_partition_key(context.partition_key)
     settings = load_settings()
     registry = mlflow.registry()
@@ -142,6 +146,9 @@ def _log_artifact(registry, run_id: str, png: bytes) -> None:
 
 
 def _challenger_report(conn, registry, market, window):
+    from rl_lifecycle.evaluation.service import partition_report
+    from rl_lifecycle.models.service import partition_version, registered_spec, training_data
+
     challenger = partition_version(registry, market, window)
     if challenger is None:
         return None, None
@@ -154,6 +161,8 @@ def _challenger_report(conn, registry, market, window):
              description="Re-derive the folds from the stored ranges; verify purge, embargo and disjointness against "
              "the label horizon.")
 def folds_leak_free(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
+    from rl_lifecycle.evaluation.service import check_leak_free
+
     market, window = parse_partition_key(context.partition_key)
     with database.connect() as conn:
         report, data = _challenger_report(conn, mlflow.registry(), market, window)

@@ -15,9 +15,8 @@ from pydantic import Field
 
 from rl_lifecycle.assets.presentation import markdown_table, png_markdown
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.models.service import check_lineage, check_reproducible, train_challenger
 from rl_lifecycle.models.spec import load_model_spec
-from rl_lifecycle.partitions import market_window_partitions, parse_partition_key
+from rl_lifecycle.partitions import ONE_WINDOW_PER_RUN, market_window_partitions, parse_partition_key
 from rl_lifecycle.resources import MlflowResource, PostgresResource
 
 
@@ -27,6 +26,7 @@ class ChallengerModelConfig(Config):
 
 @asset(
     partitions_def=market_window_partitions,
+    backfill_policy=ONE_WINDOW_PER_RUN,
     deps=["training_dataset"],
     group_name="models",
     kinds={"pytorch", "mlflow"},
@@ -36,6 +36,8 @@ class ChallengerModelConfig(Config):
 def challenger_model(
     context: AssetExecutionContext, config: ChallengerModelConfig, database: PostgresResource, mlflow: MlflowResource
 ) -> MaterializeResult:
+    from rl_lifecycle.models.service import train_challenger  # torch and SB3: only in runs that train
+
     market, window = parse_partition_key(context.partition_key)
     spec = load_model_spec(config.spec)
     registry = mlflow.registry()
@@ -104,6 +106,8 @@ def _result(check) -> AssetCheckResult:
              description="The model version's lineage tags equal the dataset (re-hashed from its file), the feature "
              "fingerprint, the spec and the weights derived from its artifacts.")
 def model_lineage(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
+    from rl_lifecycle.models.service import check_lineage
+
     market, window = parse_partition_key(context.partition_key)
     with database.connect() as conn:
         return _result(check_lineage(conn, mlflow.registry(), market, window))
@@ -113,6 +117,8 @@ def model_lineage(context: AssetCheckExecutionContext, database: PostgresResourc
              description="The registered artifact, loaded in a fresh process, takes byte-identical actions over the "
              "dataset to those recorded at training time.")
 def model_reproducible(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
+    from rl_lifecycle.models.service import check_reproducible
+
     market, window = parse_partition_key(context.partition_key)
     with database.connect() as conn:
         return _result(check_reproducible(conn, mlflow.registry(), market, window))

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Sequence
 
 import numpy as np
-from dagster import MetadataValue
+from dagster import AssetCheckResult, MetadataValue
 
 from rl_lifecycle.plots import line_png
 from rl_lifecycle.windows import iso
@@ -29,3 +29,36 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 def ts_or_none(ts_us: int | None) -> str:
     return iso(ts_us) if ts_us is not None else "-"
+
+
+def range_metadata(partition_keys: Sequence[str]) -> dict:
+    """What every partition of a backfill run over a range shares (nothing for a one-partition run);
+    each partition's own figures are added per partition key."""
+    if len(partition_keys) <= 1:
+        return {}
+    return {"run_range": f"{min(partition_keys)} .. {max(partition_keys)}", "windows_in_run": len(partition_keys)}
+
+
+def partition_check_result(outcomes: Sequence[tuple[str, object]]) -> AssetCheckResult:
+    """One check evaluation over a run's partitions, from (partition key, report with `passed`,
+    `summary` and optionally `details`) pairs. A one-partition run reads as before; a backfill
+    run over a range passes only if every window passed, and names the windows that did not
+    (Dagster records one evaluation per check and run)."""
+    failed = [(key, r) for key, r in outcomes if not r.passed]
+    if len(outcomes) == 1:
+        summary = outcomes[0][1].summary
+    elif failed:
+        summary = f"{len(failed)}/{len(outcomes)} windows failed: " + "; ".join(f"{k}: {r.summary}" for k, r in failed[:3])
+    else:
+        summary = f"all {len(outcomes)} windows passed ({min(k for k, _ in outcomes)} .. {max(k for k, _ in outcomes)})"
+    metadata: dict = {"summary": summary}
+    if len(outcomes) > 1:
+        metadata["windows"] = markdown_table(
+            ["partition", "passed", "summary"], [(k, "yes" if r.passed else "NO", r.summary) for k, r in outcomes]
+        )
+    details = [{"partition": k, **d} for k, r in failed for d in getattr(r, "details", [])]
+    if details:
+        headers = sorted({h for d in details for h in d})
+        metadata["differences"] = markdown_table(headers, [[d.get(h, "") for h in headers] for d in details[:50]])
+        metadata["details"] = MetadataValue.json(details[:200])
+    return AssetCheckResult(passed=not failed, description=summary, metadata=metadata)

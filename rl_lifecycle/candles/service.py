@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import polars as pl
 import psycopg
 
 from rl_lifecycle.calendars import TradingCalendar, get_calendar, normalize_calendar_name
@@ -17,7 +18,7 @@ from rl_lifecycle.candles.validation import ValidationReport
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import Market
 from rl_lifecycle.registry import MarketRecord, add_market, registered_calendar
-from rl_lifecycle.windows import Window
+from rl_lifecycle.windows import Window, WindowScheme, iso
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,42 @@ class FileIngestResult:
     stats: CandleWriteStats | None  # None when the file was refused
     quarantined: int
     report: ValidationReport
+    first_ts: int | None = None  # earliest candle written (epoch us); None when nothing was
+    before_first_window: int = 0  # candles written before `first_window`, when it was given
 
     @property
     def refused(self) -> bool:
         return self.stats is None
+
+
+def count_before(ts_us: np.ndarray, window: Window | None) -> int:
+    """How many of these bar open times fall before `window` (the first window partition)."""
+    if window is None or len(ts_us) == 0:
+        return 0
+    return int(np.count_nonzero(np.asarray(ts_us, dtype=np.int64) < window.start))
+
+
+def stored_before(conn: psycopg.Connection, market: Market, window: Window) -> tuple[int, int | None]:
+    """Stored candles of `market` before `window`: (count, earliest open time in epoch us)."""
+    count, first = conn.execute(
+        """SELECT count(*), (extract(epoch FROM min(ts)) * 1000000)::bigint FROM market_candles
+           WHERE pair = %s AND interval = %s AND ts < to_timestamp(%s / 1000000.0)""",
+        (market.pair, market.interval, window.start),
+    ).fetchone()
+    return int(count), (int(first) if first is not None else None)
+
+
+def history_before_first_window(
+    market: Market, first_ts: int, candles_before: int, first_window: Window, scheme: WindowScheme, window_start: str
+) -> str:
+    """What to tell a user whose candles start before the first `window` partition, and what to set."""
+    wanted = scheme.containing(first_ts).key
+    return (
+        f"note: {candles_before} candles of {market.key} (from {iso(first_ts)}) fall before the first window "
+        f"partition {first_window.key} (RL_WINDOW_START={window_start}); they are stored, but windows before "
+        f"{first_window.key} cannot be materialized. To use them, set RL_WINDOW_START={wanted} (the first window "
+        "of this data) wherever rl-lifecycle and `make dev` run, and restart `make dev`."
+    )
 
 
 def _refuse_synthetic_market(conn: psycopg.Connection, market: Market) -> None:
@@ -165,13 +198,15 @@ def ingest_file(
     ts_format: str | None = None,
     quarantine: bool = False,
     calendar: str | None = None,
+    first_window: Window | None = None,
 ) -> FileIngestResult:
     """Validate a candle file whole; write it in one transaction, or nothing.
 
     With any bad row the file is refused unless `quarantine`: then the bad rows go to
     `candles_quarantine` with their reasons and the good rows are written, atomically.
     Gaps are counted against the market's calendar; an unregistered market is registered with
-    `calendar` (default crypto), and a registered one must not be given another.
+    `calendar` (default crypto), and a registered one must not be given another. With `first_window`
+    (the first `window` partition) the result counts the candles written before it.
     """
     from rl_lifecycle.candles.importer import read_candle_file
     from rl_lifecycle.candles.validation import validate_candles
@@ -204,7 +239,9 @@ def ingest_file(
                     records,
                 )
             quarantined = len(records)
-    return FileIngestResult(str(path), rows_read, stats, quarantined, report)
+    ts = report.good["ts"].cast(pl.Int64).to_numpy() if report.good.height else np.empty(0, dtype=np.int64)
+    first_ts = int(ts.min()) if len(ts) else None
+    return FileIngestResult(str(path), rows_read, stats, quarantined, report, first_ts, count_before(ts, first_window))
 
 
 def _raw_json(values: dict) -> str:

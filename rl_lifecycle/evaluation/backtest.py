@@ -45,6 +45,7 @@ MAX_PRECISION = 9
 CRYPTO_QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "DAI", "USD", "EUR", "GBP", "TRY", "BRL",
                  "BTC", "ETH", "BNB")
 _NS_PER_US = 1_000
+_NEVER_MS = 10**13  # ~317 years (Nautilus keeps it in ns, a uint64): no backtest spans it
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,15 @@ def bars_at_close(bar_type, instrument, candles: CandleArrays, interval_us: int)
 # -- strategies (Nautilus classes are created lazily: importing this module stays light) ----------
 
 
-def _strategy_classes():
+def _strategy_config(strategy_id: str):
+    """Both strategies alike: no per-event and per-command log lines (Nautilus formats them even
+    when logging is bypassed)."""
     from nautilus_trader.config import StrategyConfig
+
+    return StrategyConfig(strategy_id=strategy_id, log_events=False, log_commands=False)
+
+
+def _strategy_classes():
     from nautilus_trader.model.enums import OrderSide
     from nautilus_trader.model.objects import Quantity
     from nautilus_trader.trading.strategy import Strategy
@@ -216,7 +224,7 @@ def _strategy_classes():
         """Subscribes to the bars and does nothing with them."""
 
         def __init__(self, bar_type):
-            super().__init__(StrategyConfig(strategy_id="IDLE-001"))
+            super().__init__(_strategy_config("IDLE-001"))
             self.bar_type = bar_type
             self.bars_seen = 0
 
@@ -231,7 +239,7 @@ def _strategy_classes():
 
         def __init__(self, instrument, bar_type, close_ns: np.ndarray, vectors: np.ndarray,
                      policy: ActsOnVectors, initial_position: int, starting_balance: float):
-            super().__init__(StrategyConfig(strategy_id="RL-001"))
+            super().__init__(_strategy_config("RL-001"))
             self.instrument = instrument
             self.bar_type = bar_type
             self.close_ns = close_ns.tolist()
@@ -274,7 +282,11 @@ def _strategy_classes():
             if size > 0:  # a change smaller than one size increment trades nothing
                 side = OrderSide.BUY if delta > 0 else OrderSide.SELL
                 quantity = Quantity(size, self.instrument.size_precision)
-                self.submit_order(self.order_factory.market(self.instrument.id, side, quantity))
+                # HEDGING venue (see build_engine): an order that reduces, closes or reverses the
+                # holding names the open position; an order from flat opens a new one.
+                held = self.cache.positions_open(None, self.instrument.id, self.id)
+                self.submit_order(self.order_factory.market(self.instrument.id, side, quantity),
+                                  position_id=held[0].id if held else None)
 
         def on_order_filled(self, event):
             sign = 1 if event.order_side == OrderSide.BUY else -1
@@ -393,6 +405,7 @@ def build_engine(market: Market, candles: CandleArrays, cost_bps: float, startin
     from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
     from nautilus_trader.backtest.models import MakerTakerFeeModel
     from nautilus_trader.common.config import LoggingConfig
+    from nautilus_trader.config import PortfolioConfig, RiskEngineConfig
     from nautilus_trader.model.enums import AccountType, OmsType
     from nautilus_trader.model.identifiers import Venue
     from nautilus_trader.model.objects import Money
@@ -402,10 +415,15 @@ def build_engine(market: Market, candles: CandleArrays, cost_bps: float, startin
     bars = bars_at_close(bar_type, instrument, candles, market.interval_us)
     close_ns = ((candles.ts + market.interval_us) * _NS_PER_US).astype(np.int64)
     engine = BacktestEngine(BacktestEngineConfig(
-        logging=LoggingConfig(log_level="ERROR", bypass_logging=True), run_analysis=False))
+        logging=LoggingConfig(log_level="ERROR", bypass_logging=True), run_analysis=False,
+        # Pre-trade checks guard live accounts; here the strategy sizes every order itself.
+        risk_engine=RiskEngineConfig(bypass=True),
+        # Nautilus formats every account state for its log unless throttled, even with logging bypassed.
+        portfolio=PortfolioConfig(min_account_state_logging_interval_ms=_NEVER_MS),
+    ))
     try:
         engine.add_venue(
-            Venue(VENUE), OmsType.NETTING, AccountType.MARGIN if shorts else AccountType.CASH,
+            Venue(VENUE), OmsType.HEDGING, AccountType.MARGIN if shorts else AccountType.CASH,
             [Money(starting_balance, instrument.quote_currency)],
             base_currency=instrument.quote_currency if shorts else None, default_leverage=Decimal(1),
             fill_model=_top_of_book_fill_model(), fee_model=MakerTakerFeeModel(), allow_cash_borrowing=True,

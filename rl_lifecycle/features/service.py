@@ -73,18 +73,19 @@ class CheckReport:
     details: list[dict]
 
 
-def _recompute_in_child(url: str, market_key: str, spec: FeatureSetSpec, cadence: str, window_key: str) -> FeatureFrame:
+def _recompute_in_child(url: str, spec: FeatureSetSpec, cadence: str, partitions: list[tuple[str, str]]) -> list[FeatureFrame]:
     scheme = WindowScheme(cadence)
     with psycopg.connect(url) as conn:
-        return compute_window(conn, Market.parse(market_key), spec, scheme, scheme.parse(window_key)).frame
+        return [compute_window(conn, Market.parse(m), spec, scheme, scheme.parse(w)).frame for m, w in partitions]
 
 
 def recompute_in_fresh_process(
-    url: str, market: Market, spec: FeatureSetSpec, scheme: WindowScheme, window: Window
-) -> FeatureFrame:
-    """The window recomputed by a newly spawned interpreter: nothing shared with this process."""
+    url: str, spec: FeatureSetSpec, scheme: WindowScheme, partitions: list[tuple[Market, Window]]
+) -> list[FeatureFrame]:
+    """The windows recomputed by one newly spawned interpreter: nothing shared with this process."""
+    keys = [(market.key, window.key) for market, window in partitions]
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_recompute_in_child, url, market.key, spec, scheme.cadence, window.key).result()
+        return pool.submit(_recompute_in_child, url, spec, scheme.cadence, keys).result()
 
 
 def check_deterministic(stored: FeatureFrame, recomputed: FeatureFrame) -> CheckReport:

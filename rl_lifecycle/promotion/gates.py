@@ -1,0 +1,290 @@
+"""Promotion gates: pure functions from fold reports and a policy to a decision.
+
+Paired gates compare challenger minus champion fold by fold, and only over folds with identical
+test spans (two reports on different folds cannot be compared: that is refused, not guessed).
+With no champion (bootstrap) only the absolute gates apply. A NaN value (a Sharpe undefined on a
+short fold, a PSR without variation, a metric the report lacks) fails its gate: a gate passes only
+on a number that clears its threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.promotion.policy import GatePolicy
+
+PROMOTED, REJECTED, PENDING_MANUAL = "promoted", "rejected", "pending_manual"
+OUTCOMES = (PROMOTED, REJECTED, PENDING_MANUAL)
+
+# Stable reason codes: stored in the audit, matched by alerts and tests. Never rename one.
+NO_COMPLETED_FOLDS = "NO_COMPLETED_FOLDS"
+FOLD_FAILED = "FOLD_FAILED"
+NOT_BETTER_THAN_FLAT = "NOT_BETTER_THAN_FLAT"
+NOT_BETTER_THAN_BUY_AND_HOLD = "NOT_BETTER_THAN_BUY_AND_HOLD"
+TOO_FEW_TRADES = "TOO_FEW_TRADES"
+PSR_BELOW_MIN = "PSR_BELOW_MIN"
+DSR_BELOW_MIN = "DSR_BELOW_MIN"
+SHARPE_DELTA_BELOW_MIN = "SHARPE_DELTA_BELOW_MIN"
+RETURN_DELTA_BELOW_MIN = "RETURN_DELTA_BELOW_MIN"
+DRAWDOWN_WORSE_THAN_MAX = "DRAWDOWN_WORSE_THAN_MAX"
+TOO_FEW_FOLD_WINS = "TOO_FEW_FOLD_WINS"
+# Not a gate: why a decision whose gates all passed waits for a person.
+MANUAL_APPROVAL_REQUIRED = "MANUAL_APPROVAL_REQUIRED"
+
+ABSOLUTE_CODES = (NO_COMPLETED_FOLDS, FOLD_FAILED, NOT_BETTER_THAN_FLAT, NOT_BETTER_THAN_BUY_AND_HOLD,
+                  TOO_FEW_TRADES, PSR_BELOW_MIN, DSR_BELOW_MIN)
+PAIRED_CODES = (SHARPE_DELTA_BELOW_MIN, RETURN_DELTA_BELOW_MIN, DRAWDOWN_WORSE_THAN_MAX, TOO_FEW_FOLD_WINS)
+REASON_CODES = ABSOLUTE_CODES + PAIRED_CODES + (MANUAL_APPROVAL_REQUIRED,)
+
+
+class FoldMismatchError(UserInputError):
+    """The challenger's and the champion's reports were not evaluated on the same folds."""
+
+
+def as_number(value: Any) -> float:
+    """A float, NaN for anything missing or not numeric (stored reports hold NaN as null)."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@dataclass(frozen=True)
+class FoldOutcome:
+    index: int
+    status: str  # ok | failed
+    test_range: tuple[int, int]  # dataset rows [start, end)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    baselines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    test_span: tuple[int, int] | None = None  # epoch us [start, end): the fold's identity across datasets
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "ok" and bool(self.metrics)
+
+    def metric(self, name: str) -> float:
+        return as_number(self.metrics.get(name))
+
+    def baseline(self, baseline: str, name: str) -> float:
+        return as_number((self.baselines.get(baseline) or {}).get(name))
+
+    @property
+    def identity(self) -> tuple:
+        return ("span", self.test_span) if self.test_span is not None else ("rows", self.test_range)
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What the gates need of an evaluation report."""
+
+    report_id: int | None
+    folds: tuple[FoldOutcome, ...]
+    aggregate: Mapping[str, Any]
+    dataset_hash: str | None = None
+    market: str | None = None
+
+    @classmethod
+    def from_stored(cls, report) -> ReportSummary:
+        """From `rl_lifecycle.evaluation.store.EvaluationReport` (as `read_report` returns it)."""
+        folds = tuple(
+            FoldOutcome(
+                index=int(f.index), status=f.status, test_range=(int(f.test_range[0]), int(f.test_range[1])),
+                metrics=dict(f.metrics or {}), baselines=dict(f.baselines or {}),
+                test_span=None if f.test_span is None else (int(f.test_span[0]), int(f.test_span[1])),
+            )
+            for f in sorted(report.folds, key=lambda f: f.index)
+        )
+        return cls(report.id, folds, dict(report.aggregates or {}), report.dataset_hash, report.market)
+
+    @property
+    def completed_folds(self) -> tuple[FoldOutcome, ...]:
+        return tuple(f for f in self.folds if f.completed)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    code: str  # the reason code recorded when this gate fails
+    passed: bool
+    value: float
+    threshold: float
+    description: str
+    comparison: str  # how value is held against threshold: >=, <=, >
+
+    def to_json(self) -> dict:
+        return {
+            "code": self.code, "passed": self.passed, "value": _json_number(self.value),
+            "threshold": _json_number(self.threshold), "comparison": self.comparison,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str  # promoted | rejected | pending_manual
+    reason_codes: tuple[str, ...]
+    gates: tuple[GateResult, ...]
+    bootstrap: bool  # no champion: only the absolute gates were applied
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed_gates(self) -> tuple[GateResult, ...]:
+        return tuple(g for g in self.gates if not g.passed)
+
+    def gates_json(self) -> list[dict]:
+        return [g.to_json() for g in self.gates]
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda v, t: v >= t,
+    "<=": lambda v, t: v <= t,
+    ">": lambda v, t: v > t,
+}
+
+
+def _gate(code: str, value: float, threshold: float, comparison: str, description: str) -> GateResult:
+    value, threshold = float(value), float(threshold)
+    # NaN compares False both ways, but say it outright: an undefined value never passes.
+    passed = math.isfinite(value) and math.isfinite(threshold) and _COMPARE[comparison](value, threshold)
+    return GateResult(code, bool(passed), value, threshold, description, comparison)
+
+
+def strict_median(values: Iterable[float]) -> float:
+    """The median, NaN when empty or when any value is NaN (a hidden NaN fold must not vanish)."""
+    array = np.asarray(list(values), dtype=np.float64)
+    if not len(array) or np.isnan(array).any():
+        return math.nan
+    return float(np.median(array))
+
+
+def strict_extreme(values: Iterable[float], pick: Callable) -> float:
+    array = np.asarray(list(values), dtype=np.float64)
+    if not len(array) or np.isnan(array).any():
+        return math.nan
+    return float(pick(array))
+
+
+def paired_folds(challenger: ReportSummary, champion: ReportSummary) -> list[tuple[FoldOutcome, FoldOutcome]]:
+    """(challenger fold, champion fold) pairs completed in both reports; refuses reports on different folds."""
+    ours = {f.index: f for f in challenger.folds}
+    theirs = {f.index: f for f in champion.folds}
+    if set(ours) != set(theirs):
+        raise FoldMismatchError(
+            f"challenger report {challenger.report_id} has folds {sorted(ours)}, champion report "
+            f"{champion.report_id} has folds {sorted(theirs)}: evaluate both on the same folds"
+        )
+    for index in sorted(ours):
+        a, b = ours[index], theirs[index]
+        # Spans (time) identify a fold across datasets; rows only when a report lacks spans.
+        same = a.test_span == b.test_span if a.test_span is not None and b.test_span is not None \
+            else a.test_range == b.test_range
+        if not same:
+            raise FoldMismatchError(
+                f"fold {index}: challenger report {challenger.report_id} tests {a.identity[1]}, champion report "
+                f"{champion.report_id} tests {b.identity[1]}: evaluate both on the same folds"
+            )
+    return [(ours[i], theirs[i]) for i in sorted(ours) if ours[i].completed and theirs[i].completed]
+
+
+def absolute_gates(report: ReportSummary, policy: GatePolicy) -> list[GateResult]:
+    done = report.completed_folds
+    gates = [
+        _gate(NO_COMPLETED_FOLDS, len(done), 1, ">=", "completed folds in the challenger's report"),
+        _gate(FOLD_FAILED, len(report.folds) - len(done), policy.max_failed_folds, "<=",
+              "failed or missing folds in the challenger's report"),
+    ]
+    if policy.min_excess_return_over_flat is not None:
+        gates.append(_gate(
+            NOT_BETTER_THAN_FLAT,
+            strict_median(f.metric("total_return") - f.baseline("flat", "total_return") for f in done),
+            policy.min_excess_return_over_flat, ">",
+            "median fold total return minus the flat baseline's",
+        ))
+    if policy.min_excess_return_over_buy_and_hold is not None:
+        gates.append(_gate(
+            NOT_BETTER_THAN_BUY_AND_HOLD,
+            strict_median(f.metric("total_return") - f.baseline("buy_and_hold", "total_return") for f in done),
+            policy.min_excess_return_over_buy_and_hold, ">",
+            "median fold total return minus buy-and-hold's, both after fees",
+        ))
+    if policy.min_trades_per_fold is not None:
+        gates.append(_gate(TOO_FEW_TRADES, strict_extreme((f.metric("trades") for f in done), np.min),
+                           policy.min_trades_per_fold, ">=", "fewest trades in a completed fold"))
+    if policy.min_psr is not None:
+        gates.append(_gate(PSR_BELOW_MIN, as_number(report.aggregate.get("psr")), policy.min_psr, ">=",
+                           "probabilistic Sharpe ratio of the pooled fold returns"))
+    if policy.min_dsr is not None:
+        gates.append(_gate(DSR_BELOW_MIN, as_number(report.aggregate.get("dsr")), policy.min_dsr, ">=",
+                           "deflated Sharpe ratio of the pooled fold returns"))
+    return gates
+
+
+def paired_gates(challenger: ReportSummary, champion: ReportSummary, policy: GatePolicy) -> list[GateResult]:
+    pairs = paired_folds(challenger, champion)
+
+    def deltas(metric: str) -> list[float]:
+        return [ours.metric(metric) - theirs.metric(metric) for ours, theirs in pairs]
+
+    n = len(pairs)
+    gates = []
+    if policy.min_median_sharpe_delta is not None:
+        gates.append(_gate(SHARPE_DELTA_BELOW_MIN, strict_median(deltas("sharpe")), policy.min_median_sharpe_delta,
+                           ">=", f"median Sharpe delta (challenger - champion) over {n} paired folds"))
+    if policy.min_median_return_delta is not None:
+        gates.append(_gate(RETURN_DELTA_BELOW_MIN, strict_median(deltas("total_return")),
+                           policy.min_median_return_delta, ">=",
+                           f"median total-return delta (challenger - champion) over {n} paired folds"))
+    if policy.max_drawdown_worsening is not None:
+        gates.append(_gate(DRAWDOWN_WORSE_THAN_MAX, strict_extreme(deltas("max_drawdown"), np.max),
+                           policy.max_drawdown_worsening, "<=",
+                           f"largest max-drawdown increase (challenger - champion) over {n} paired folds"))
+    if policy.min_fold_wins is not None:
+        # A NaN delta is not a win; no pairs at all leaves nothing to win (NaN, fails).
+        wins = sum(1 for d in deltas("total_return") if d > 0) if n else math.nan
+        gates.append(_gate(TOO_FEW_FOLD_WINS, wins, policy.min_fold_wins.required(n), ">=",
+                           f"paired folds whose total return beats the champion's (of {n}; policy: "
+                           f"{policy.min_fold_wins.describe()})"))
+    return gates
+
+
+def evaluate(
+    challenger: ReportSummary,
+    champion: ReportSummary | None,
+    policy: GatePolicy,
+    auto_promotion: bool,
+) -> Decision:
+    """Every gate, then the outcome: rejected when any fails, else promoted or pending_manual."""
+    gates = absolute_gates(challenger, policy)
+    if champion is not None:
+        gates += paired_gates(challenger, champion, policy)
+    failed = list(dict.fromkeys(g.code for g in gates if not g.passed))
+    if failed:
+        outcome, codes = REJECTED, tuple(failed)
+    elif auto_promotion:
+        outcome, codes = PROMOTED, ()
+    else:
+        outcome, codes = PENDING_MANUAL, (MANUAL_APPROVAL_REQUIRED,)
+    return Decision(outcome, codes, tuple(gates), bootstrap=champion is None)
+
+
+def gate_table(decision: Decision) -> list[dict]:
+    """One row per gate, for a person: code, value, comparison, threshold, pass."""
+    return [
+        {"gate": g.code, "value": g.value, "comparison": g.comparison, "threshold": g.threshold,
+         "passed": g.passed, "description": g.description}
+        for g in decision.gates
+    ]

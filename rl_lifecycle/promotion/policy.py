@@ -1,0 +1,104 @@
+"""The promotion gate policy: thresholds read from YAML (defaults in `policy.yaml`), validated strictly.
+
+An unknown key is refused by name, so a typo cannot silently leave a gate at its default.
+A threshold of null turns its gate off.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rl_lifecycle.errors import UserInputError
+
+DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
+
+
+class FoldWins(BaseModel):
+    """How many paired folds the challenger must win: a share of them, or a count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    count: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FoldWins:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError(
+                f"give exactly one of fraction or count (got fraction={self.fraction!r}, "
+                f"count={self.count!r})"
+            )
+        return self
+
+    def required(self, n_folds: int) -> int:
+        """Wins needed out of `n_folds` paired folds (a count larger than n can never be met)."""
+        if self.count is not None:
+            return self.count
+        return max(1, math.ceil(self.fraction * n_folds - 1e-9))
+
+    def describe(self) -> str:
+        return f"{self.count} folds" if self.count is not None else f"{self.fraction:g} of the folds"
+
+
+class GatePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # paired (challenger minus champion)
+    min_median_sharpe_delta: float | None = 0.0
+    min_median_return_delta: float | None = 0.0
+    max_drawdown_worsening: float | None = Field(default=0.05, ge=0.0)
+    min_fold_wins: FoldWins | None = Field(default_factory=lambda: FoldWins(fraction=0.5))
+    # absolute
+    max_failed_folds: int = Field(default=0, ge=0)
+    min_excess_return_over_flat: float | None = 0.0
+    min_excess_return_over_buy_and_hold: float | None = 0.0
+    min_trades_per_fold: int | None = Field(default=1, ge=0)
+    min_psr: float | None = Field(default=0.9, ge=0.0, le=1.0)
+    min_dsr: float | None = Field(default=0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _finite(self) -> GatePolicy:
+        for name, value in self:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number (got {value!r})")
+        return self
+
+
+def parse_policy(data: Any, source: str = "policy") -> GatePolicy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserInputError(f"gate policy {source}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return GatePolicy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key {where!r}")
+            elif not where:
+                problems.append(message)
+            else:
+                value = error.get("input")
+                shown = "" if isinstance(value, dict) else f" (got {value!r})"
+                problems.append(f"{where}: {message}{shown}")
+        raise UserInputError(f"invalid gate policy {source}: " + "; ".join(problems)) from None
+
+
+def load_policy(path: str | Path | None = None) -> GatePolicy:
+    """The policy in `path`, or the shipped defaults."""
+    path = Path(path) if path is not None else DEFAULT_POLICY_PATH
+    if not path.is_file():
+        raise UserInputError(f"gate policy file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"gate policy {path} is not valid YAML: {exc}") from None
+    return parse_policy(data, str(path))
