@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 import uuid
@@ -253,14 +254,14 @@ def _core_work_seconds(url: str, market: Market, windows: list) -> float:
         return time.perf_counter() - start
 
 
-def bench_backfill(server_url: str, first: str = "2014-01-01", last: str = "2023-12-01") -> dict:
+def bench_backfill(server_url: str, first: str = "2015-01-01", last: str = "2024-12-01") -> dict:
     """`backfill.overhead_ratio`: wall time of a backfill of the market data assets with every check,
     launched through the code location as `rl-lifecycle materialize` does, over the sum of the core's
     own work for the same partitions (each on a fresh database, same run)."""
     import tempfile
 
     from rl_lifecycle.db import dagster_storage_url
-    from rl_lifecycle.instance import sync_market_partitions
+    from rl_lifecycle.instance import STORAGE_URL_ENV, sync_market_partitions
     from rl_lifecycle.registry import add_market
     from rl_lifecycle.runner import materialize
 
@@ -272,12 +273,10 @@ def bench_backfill(server_url: str, first: str = "2014-01-01", last: str = "2023
     with scratch_database(server_url) as url, tempfile.TemporaryDirectory() as home:
         from dagster import DagsterInstance
 
-        Path(home, "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: {dagster_storage_url(url)}\n"
-            "telemetry:\n  enabled: false\ncode_servers:\n  wait_for_local_processes_on_shutdown: true\n"
-        )
+        shutil.copyfile(REPO_ROOT / "dagster.yaml", Path(home, "dagster.yaml"))  # the deployed instance config
         previous = os.environ.get("RL_DATABASE_URL")
         os.environ["RL_DATABASE_URL"] = url  # the code server and its runs inherit it
+        os.environ[STORAGE_URL_ENV] = dagster_storage_url(url)
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 add_market(conn, market, source="synthetic", seed=7)

@@ -451,7 +451,120 @@ def report_show(
         _print_report(report)
 
 
+# -- promotion --------------------------------------------------------------------------------
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _print_promotion(result) -> None:
+    record = result.record
+    typer.echo(f"{record.market}: {record.action} (audit #{record.id}); champion "
+               f"{_v(record.champion_version)} -> {_v(record.resulting_champion_version)}; aliases "
+               + ", ".join(f"{alias}={_v(version)}" for alias, version in result.aliases.items()))
+
+
+def _v(version: int | None) -> str:
+    return "-" if version is None else f"v{version}"
+
+
+@app.command()
+def promote(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    version: Annotated[int, typer.Option(help="model version to make champion")],
+    reason: Annotated[str, typer.Option(help="why, for the audit")],
+    override: Annotated[bool, typer.Option(help="promote even though its gates failed or never ran (audited)")] = False,
+) -> None:
+    """Promote a model version to champion by hand (a pending_manual decision, or an override)."""
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.promotion.service import manual_promote
+
+    url = open_database(load_settings())
+    with connect(url) as conn:
+        result = manual_promote(conn, open_registry(url), Market.parse(market), version, reason, _actor(), override=override)
+    _print_promotion(result)
+
+
+@app.command()
+def rollback(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    reason: Annotated[str, typer.Option(help="why, for the audit")],
+    to_version: Annotated[int | None, typer.Option(help="version to restore (default: the previous champion)")] = None,
+) -> None:
+    """Restore the previous champion (or --to-version), whatever feature set it was trained on."""
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.promotion.service import rollback as rollback_champion
+
+    url = open_database(load_settings())
+    with connect(url) as conn:
+        result = rollback_champion(conn, open_registry(url), Market.parse(market), reason, _actor(), to_version=to_version)
+    _print_promotion(result)
+
+
+@app.command()
+def audit(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    limit: Annotated[int, typer.Option(help="newest records shown")] = 20,
+    gates: Annotated[bool, typer.Option("--gates", help="also print each decision's gate table")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list, newest first")] = False,
+) -> None:
+    """The promotion audit of a market, newest first: who did what to the champion, and why."""
+    import dataclasses
+    import json
+
+    from rl_lifecycle.promotion.audit import history
+    from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, gate_rows
+
+    parsed = Market.parse(market)
+    with connect(open_database(load_settings())) as conn:
+        records = history(conn, parsed.key, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in records], indent=2, default=str))
+        return
+    if not records:
+        typer.echo(f"{parsed.key} has no promotion decisions yet")
+        return
+    for r in records:
+        typer.echo(f"#{r.id} {r.created_at:%Y-%m-%d %H:%M:%S} {r.action:<15} challenger {_v(r.challenger_version):>4} "
+                   f"champion {_v(r.champion_version)} -> {_v(r.resulting_champion_version)}  {r.actor}"
+                   f"{'  OVERRIDE' if r.override else ''}  {', '.join(r.reason_codes) or '-'}"
+                   f"{'  ' + r.note if r.note else ''}")
+        if gates and r.gates:
+            for row in [GATE_TABLE_HEADERS, *gate_rows(r.gates)]:
+                typer.echo("    " + "  ".join(f"{c:<28}" if i == 0 else f"{c:<14}" for i, c in enumerate(row)))
+
+
 # -- main job, UI, benchmarks ---------------------------------------------------------------------
+# -- backfill (a Dagster backfill the daemon runs) -------------------------------------------------
+@app.command()
+def backfill(
+    assets: Annotated[list[str], typer.Argument(help="asset keys, e.g. feature_snapshots training_dataset")],
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    windows: Annotated[str, typer.Option(help="FIRST..LAST window keys, e.g. 2024-01-01..2024-06-01")],
+) -> None:
+    """Submit a Dagster backfill of ASSETS over a market's windows; the daemon (`make dev`) runs it."""
+    from rl_lifecycle.backfills import check_assets, submit_backfill
+    from rl_lifecycle.instance import get_instance, sync_market_partitions
+    from rl_lifecycle.registry import list_markets
+
+    selection = check_assets(assets)  # refuse unknown assets before touching anything
+    keys = _partition_keys(None, market, windows)
+    settings = load_settings()
+    url = open_database(settings)
+    with connect(url) as conn:
+        registered = sorted(r.market.key for r in list_markets(conn))
+    if Market.parse(market).key not in registered:
+        raise UserInputError(f"market {Market.parse(market).key} is not registered; add it with `rl-lifecycle market add`")
+    instance = get_instance(settings, url)
+    sync_market_partitions(instance, registered)
+    submitted = submit_backfill(instance, selection, keys)
+    typer.echo(f"backfill {submitted.backfill_id}: {', '.join(submitted.asset_names)} over "
+               f"{len(submitted.partition_keys)} window(s) of {Market.parse(market).key} ({windows})")
+    typer.echo(f"UI: {submitted.url}")
+    typer.echo("the Dagster daemon runs it: start it with `make dev` if it is not running")
+
+
 @app.command()
 def run() -> None:
     """The main job on the demo markets: register, materialize, print what was stored."""

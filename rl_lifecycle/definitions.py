@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, PartitionedConfig, define_asset_job, in_process_executor
 
 from rl_lifecycle.assets.candles import candles
 from rl_lifecycle.assets.datasets import DATASET_CHECKS, training_dataset
 from rl_lifecycle.assets.evaluation import EVALUATION_CHECKS, fold_report
 from rl_lifecycle.assets.features import feature_snapshots
 from rl_lifecycle.assets.models import MODEL_CHECKS, challenger_model
+from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG, promotion_decision
+from rl_lifecycle.automation.inbox import inbox_sensor, live_feed_sensor
 from rl_lifecycle.checks.features import FEATURE_CHECKS
+from rl_lifecycle.jobs import rollback_job
 from rl_lifecycle.partitions import market_window_partitions
 from rl_lifecycle.resources import MlflowResource, PostgresResource
 from rl_lifecycle.sensors import market_partitions_sensor
 
 MARKET_DATA_ASSETS = [candles, feature_snapshots, training_dataset]
-LIFECYCLE_ASSETS = [challenger_model, fold_report]
+LIFECYCLE_ASSETS = [challenger_model, fold_report, promotion_decision]
 ALL_ASSETS = [*MARKET_DATA_ASSETS, *LIFECYCLE_ASSETS]
 ALL_CHECKS = [*FEATURE_CHECKS, *DATASET_CHECKS, *MODEL_CHECKS, *EVALUATION_CHECKS]
 
@@ -32,7 +35,14 @@ lifecycle_job = define_asset_job(
     "lifecycle_job",
     selection=AssetSelection.assets(*LIFECYCLE_ASSETS),
     partitions_def=market_window_partitions,
-    description="Challenger model -> fold report for one market x window, with every blocking check.",
+    # every run carries its market in a tag that dagster.yaml limits to one run at a time per value,
+    # so a second decision for a market waits in the queue instead of failing on the advisory lock
+    config=PartitionedConfig(
+        partitions_def=market_window_partitions,
+        run_config_for_partition_key_fn=lambda key: {},
+        tags_for_partition_key_fn=lambda key: {PROMOTION_MARKET_TAG: key.split("|")[0]},
+    ),
+    description="Challenger model -> fold report -> promotion decision for one market x window, with every blocking check.",
 )
 JOBS = [market_data_job, lifecycle_job]  # in dependency order
 
@@ -41,8 +51,8 @@ _database = PostgresResource()
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=JOBS,
-    sensors=[market_partitions_sensor],
+    jobs=[*JOBS, rollback_job],
+    sensors=[market_partitions_sensor, inbox_sensor, live_feed_sensor],
     # Steps run one after another in the run's process: a step process of its own costs ~3 s of
     # start-up against tens of milliseconds of work per window. Whatever needs isolation (the
     # determinism recompute, each fold's Nautilus backtest) spawns its own process.

@@ -29,9 +29,10 @@ def run_demo(settings: Settings) -> bool:
     last_windows = [f"{m.key}|{windows[-1].key}" for m in DEMO_MARKETS]
     trained = run_partitions(settings, url, ["challenger_model"], last_windows)
     print_challengers(trained)
-    evaluated = run_partitions(settings, url, ["fold_report"], last_windows,
+    evaluated = run_partitions(settings, url, ["fold_report", "promotion_decision"], last_windows,
                                run_config={"ops": {"fold_report": {"config": {"folds": 3}}}})
     print_evaluations(url, evaluated)
+    print_decisions(url, evaluated, settings)
     runs += trained + evaluated
     failed = [r for r in runs if not r.ok]
     typer.echo(f"\n{len(runs) - len(failed)}/{len(runs)} partition runs succeeded; browse them with `make dev`.")
@@ -103,6 +104,27 @@ def print_evaluations(url: str, runs: list[PartitionRun]) -> None:
                     typer.echo(f"    FAILED {check.check}: {check.description}")
             for error in run.errors:
                 typer.echo(f"    error: {error}")
+
+
+def print_decisions(url: str, runs: list[PartitionRun], settings: Settings) -> None:
+    from rl_lifecycle.operations import connect
+    from rl_lifecycle.promotion.audit import history
+    from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, gate_rows
+
+    mode = "auto promotion" if settings.auto_promotion else "manual mode (RL_AUTO_PROMOTION=false): passing challengers wait"
+    typer.echo(f"\npromotion decisions ({mode}; `rl-lifecycle audit --market M --gates`)")
+    with connect(url) as conn:
+        for run in runs:
+            decision = run.metadata.get("promotion_decision")
+            if not decision:
+                typer.echo(f"  {run.partition_key}: no decision")
+                continue
+            record = next(r for r in history(conn, run.partition_key.split("|")[0]) if r.id == decision["audit_id"])
+            typer.echo(f"  {run.partition_key}: {decision['outcome']} v{decision['challenger_version']}; champion "
+                       f"{decision['champion_before']} -> {decision['champion_after']}; reasons {decision['reason_codes']}")
+            widths = (30, 10, 14, 6)
+            for row in [GATE_TABLE_HEADERS, *gate_rows(record.gates)]:
+                typer.echo("    " + " ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def _number(value) -> str:

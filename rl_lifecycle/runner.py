@@ -13,12 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-    get_multidimensional_partition_tag,
-)
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from rl_lifecycle.errors import UserInputError
 
@@ -59,13 +54,16 @@ class PlannedRun:
     partition_keys: tuple[str, ...]
 
     def tags(self) -> dict[str, str]:
+        """The tags a UI launch of this run would carry: a range's bounds, or the partition's tags
+        from the job (partition keys and the job's own per-partition tags)."""
         if len(self.partition_keys) > 1:
             return {ASSET_PARTITION_RANGE_START_TAG: self.partition_keys[0],
                     ASSET_PARTITION_RANGE_END_TAG: self.partition_keys[-1]}
+        from rl_lifecycle.definitions import defs
+
         (key,) = self.partition_keys
-        market, window = key.split("|")
-        return {PARTITION_NAME_TAG: key, get_multidimensional_partition_tag("market"): market,
-                get_multidimensional_partition_tag("window"): window}
+        config = defs.resolve_job_def(self.job_name).partitioned_config
+        return dict(config.get_tags_for_partition_key(key, job_name=self.job_name))
 
 
 def plan_runs(

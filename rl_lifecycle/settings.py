@@ -35,6 +35,7 @@ class Settings:
     window_start: str
     mlflow_artifacts: str | None = None  # RL_MLFLOW_ARTIFACTS: an object-store URI; unset -> $RL_HOME/mlflow
     mlflow_ui_url: str = "http://127.0.0.1:5000"  # where `rl-lifecycle mlflow ui` serves; for links in metadata
+    auto_promotion: bool = False  # RL_AUTO_PROMOTION: passing decisions promote; otherwise they wait as pending_manual
 
     @property
     def pgdata(self) -> Path:
@@ -51,6 +52,11 @@ class Settings:
     @property
     def mlflow_artifacts_uri(self) -> str:
         return self.mlflow_artifacts or (self.home / "mlflow").as_uri()
+
+    @property
+    def inbox_dir(self) -> Path:
+        """Candle files dropped here (`<market>/`) are imported by the inbox sensor."""
+        return self.home / "inbox"
 
     @property
     def bench_dir(self) -> Path:
@@ -76,6 +82,7 @@ def load_settings() -> Settings:
         database_url=(os.environ.get("RL_DATABASE_URL") or None),
         strict_backtest=_flag("RL_STRICT_BACKTEST", True),
         online_learning_enabled=_flag("RL_ONLINE_LEARNING_ENABLED", False),
+        auto_promotion=_flag("RL_AUTO_PROMOTION", False),
         feature_set=os.environ.get("RL_FEATURE_SET") or "ta_v2",
         window_cadence=cadence,
         mlflow_artifacts=os.environ.get("RL_MLFLOW_ARTIFACTS") or None,

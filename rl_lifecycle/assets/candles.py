@@ -1,6 +1,7 @@
 """`candles`: one market x window of OHLCV candles in `market_candles` (or a range of windows per run)."""
 
 
+import numpy as np
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from rl_lifecycle.assets.presentation import line_plot, markdown_table, range_metadata, ts_or_none
@@ -19,9 +20,14 @@ from rl_lifecycle.resources import PostgresResource
     description="OHLCV candles of one market and window, keyed by candle open time (UTC).",
 )
 def candles(context: AssetExecutionContext, database: PostgresResource) -> MaterializeResult:
+    partitions = run_partitions(context.partition_keys)
+    # A backfill run over many windows draws one plot of its whole range (on its last window) instead
+    # of one per window: a plot costs more than the window's own work.
+    plot_each_window = len(partitions) == 1
+    closes: list = []
     with database.connect() as conn:
         records = {}
-        for key, market, window in run_partitions(context.partition_keys):
+        for key, market, window in partitions:
             try:
                 record = records.get(market.key) or get_market(conn, market)
                 records[market.key] = record
@@ -29,7 +35,17 @@ def candles(context: AssetExecutionContext, database: PostgresResource) -> Mater
             except UserInputError as exc:
                 raise Failure(description=f"{key}: {exc}") from exc
             context.log.info(f"{market.key} {window.key}: {summary.rows} candles stored, {len(summary.gaps)} gaps")
-            context.add_asset_metadata(_window_metadata(record, window, stats, summary), partition_key=key)
+            metadata = _window_metadata(record, window, stats, summary)
+            if plot_each_window:
+                metadata["price"] = line_plot(summary.ts, summary.close, f"{market.key} close, {window.key}")
+            else:
+                closes.append((summary.ts, summary.close))
+            context.add_asset_metadata(metadata, partition_key=key)
+    if closes:
+        last_key, market, _ = partitions[-1]
+        ts, close = np.concatenate([c[0] for c in closes]), np.concatenate([c[1] for c in closes])
+        context.add_asset_metadata({"price_over_run_range": line_plot(
+            ts, close, f"{market.key} close, {partitions[0][2].key} .. {partitions[-1][2].key}")}, partition_key=last_key)
     return MaterializeResult(metadata=range_metadata(context.partition_keys))
 
 
@@ -41,7 +57,6 @@ def _window_metadata(record, window, stats, summary) -> dict:
         "last_ts": ts_or_none(summary.last_ts),
         "gaps": len(summary.gaps),
         "missing_bars": summary.missing_bars,
-        "price": line_plot(summary.ts, summary.close, f"{record.market.key} close, {window.key}"),
     }
     if stats is not None:
         metadata.update(inserted=stats.inserted, updated=stats.updated, unchanged=stats.unchanged)

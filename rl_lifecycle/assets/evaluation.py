@@ -22,8 +22,8 @@ from pydantic import Field
 from rl_lifecycle.assets.presentation import markdown_table, png_markdown
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.evaluation.folds import FoldConfig
-from rl_lifecycle.models.tracking import CHAMPION
 from rl_lifecycle.partitions import ONE_WINDOW_PER_RUN, market_window_partitions, parse_partition_key
+from rl_lifecycle.promotion.audit import current_champion
 from rl_lifecycle.resources import MlflowResource, PostgresResource
 from rl_lifecycle.settings import load_settings
 
@@ -74,10 +74,11 @@ def fold_report(
     if challenger is None:
         raise Failure(description=f"no challenger trained for {market.key}|{window.key}: materialize challenger_model first")
     contenders = {"challenger": registered_spec(registry, challenger)}
-    champion = next((v for v in registry.versions(market) if CHAMPION in v.aliases), None)
-    if champion is not None:
-        contenders["champion"] = registered_spec(registry, champion)
     with database.connect() as conn:
+        champion_version = current_champion(conn, market.key)  # the audit decides who is champion
+        champion = None if champion_version is None else registry.version(market, champion_version)
+        if champion is not None and champion.version != challenger.version:
+            contenders["champion"] = registered_spec(registry, champion)
         try:
             data = training_data(conn, market, window)
             folds = fold_config(config, data.dataset.spec.forward_return_horizon)

@@ -401,7 +401,14 @@ def build_engine(market: Market, candles: CandleArrays, cost_bps: float, startin
     `candles` stamped at their close. Returns (engine, instrument, bar_type, close_ns).
 
     The account is a cash account; with `shorts`, a margin account at leverage 1 (a Nautilus 1.221
-    cash account does not book a short sale's proceeds and borrowed base currency)."""
+    cash account does not book a short sale's proceeds and borrowed base currency).
+
+    The venue's OMS is HEDGING and the strategy names the open position on every order that reduces,
+    closes or reverses it, so the fills, positions and account are those of a netting venue. Under
+    NETTING, Nautilus 1.221 reuses one position id and pickles a snapshot of the closed position at
+    every reopening (and the portfolio unpickles it): ~0.2 ms per order, about half its cost.
+    Risk checks are bypassed (the strategy sizes its own orders) and account states are not
+    formatted for the log: see docs/evaluation.md, benchmarks."""
     from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
     from nautilus_trader.backtest.models import MakerTakerFeeModel
     from nautilus_trader.common.config import LoggingConfig
@@ -445,7 +452,8 @@ def run_fold_in_this_process(job: FoldJob) -> FoldResult:
         raise ValueError(f"{len(job.candles)} candles for {len(job.vectors)} vector rows")
     if len(job.candles) < 2:
         raise ValueError(f"a fold backtest needs at least 2 bars, got {len(job.candles)}")
-    shorts = job.strategy == "rl" and min(job.policy.positions) < 0
+    # from the policy for both strategy kinds: the idle baseline runs on the same venue and account
+    shorts = min(job.policy.positions) < 0
     engine, instrument, bar_type, close_ns = build_engine(market, job.candles, job.cost_bps, job.starting_balance,
                                                           shorts)
     n = len(close_ns)

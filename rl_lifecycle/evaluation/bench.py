@@ -62,11 +62,13 @@ def bench_rl_vs_trivial(url: str, repeats: int = 3, policy: ActsOnVectors | None
             rates[kind].append(len(candles) / result.timings["engine_s"])
             trades = max(trades, len(result.fills))
     rl, idle = statistics.median(rates["rl"]), statistics.median(rates["idle"])
+    extra_s = len(candles) / rl - len(candles) / idle  # the RL run's engine time beyond the idle run's
     return {
         "backtest.rl_vs_trivial_strategy": {
             "value": round(rl), "unit": "bars/s", "baseline": round(idle), "ratio": round(rl / idle, 3),
             "target": ">= 0.8", "met": rl / idle >= 0.8, "bars": len(candles), "orders": trades,
             "policy": type(policy).__name__,
+            "us_per_order": round(extra_s / trades * 1e6, 1) if trades else None,
         }
     }
 

@@ -288,3 +288,16 @@ def gate_table(decision: Decision) -> list[dict]:
          "passed": g.passed, "description": g.description}
         for g in decision.gates
     ]
+
+
+GATE_TABLE_HEADERS = ("gate", "value", "threshold", "result")
+
+
+def gate_rows(gates: Iterable[dict]) -> list[tuple[str, str, str, str]]:
+    """Rows of GATE_TABLE_HEADERS from gate JSON (`Decision.gates_json()` or an audit record's `gates`)."""
+
+    def number(value) -> str:
+        return "-" if value is None or value != value else f"{value:.4g}"
+
+    return [(g["code"], number(g["value"]), f"{g['comparison']} {number(g['threshold'])}", "pass" if g["passed"] else "FAIL")
+            for g in gates]

@@ -243,3 +243,39 @@ def rollback(
             dataset_hash=info.tags.get("dataset_hash"), note=note, **_lineage(info),
         ))
         return _result(registry, conn, market, record)
+
+
+@dataclass(frozen=True)
+class PartitionReports:
+    """What a partition's decision compares: the challenger trained there and the champion, each
+    evaluated by `fold_report` on the partition's dataset (same folds)."""
+
+    challenger_version: int
+    challenger_report: object
+    champion_version: int | None
+    champion_report: object | None
+
+
+def partition_reports(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window) -> PartitionReports:
+    """The stored reports a decision for `market|window` needs; refuses with what to materialize first."""
+    from rl_lifecycle.evaluation.service import partition_report
+    from rl_lifecycle.models.service import partition_version, registered_spec, training_data
+
+    key = f"{market.key}|{window.key}"
+    challenger = partition_version(registry, market, window)
+    if challenger is None:
+        raise UserInputError(f"no challenger trained for {key}: materialize challenger_model first")
+    dataset_hash = training_data(conn, market, window).dataset.dataset_hash
+    report = partition_report(conn, market, registered_spec(registry, challenger).spec_hash, dataset_hash)
+    if report is None:
+        raise UserInputError(f"no evaluation of v{challenger.version} on {key}: materialize fold_report first")
+    champion = audit.current_champion(conn, market.key)
+    champion_report = None
+    if champion is not None and champion != challenger.version:
+        spec_hash = registered_spec(registry, registry.version(market, champion)).spec_hash
+        champion_report = partition_report(conn, market, spec_hash, dataset_hash)
+        if champion_report is None:
+            raise UserInputError(
+                f"champion v{champion} of {market.key} has no evaluation on {key}'s folds: materialize fold_report again"
+            )
+    return PartitionReports(challenger.version, report, champion, champion_report)

@@ -1,0 +1,121 @@
+"""Dagster backfills from the CLI: a backfill record the daemon runs and the UI's backfill page shows.
+
+Dagster has no public Python API that launches a backfill. The UI's "Materialize partitions" dialog
+calls the GraphQL mutation `launchPartitionBackfill`, which for an asset selection builds
+`PartitionBackfill.from_asset_partitions(...)` over the workspace's asset graph and stores it with
+`instance.add_backfill(...)` (dagster_graphql/implementation/execution/backfill.py). This module builds
+the same kind of record, `PartitionBackfill.from_asset_graph_subset(...)` with exactly the requested
+partitions of every selected asset, against the code location's asset graph (loaded through a code
+server, as the webserver does), and stores it the same way, so it works without a running webserver: the daemon (`make dev`) picks the backfill
+up, launches its runs following each asset's backfill policy (data assets take a range of a market's
+windows per run, models one window per run) and the UI lists it under Runs -> Backfills.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dagster import AssetKey, DagsterInstance
+
+from rl_lifecycle.errors import UserInputError
+
+UI_URL = "http://127.0.0.1:3000"
+SOURCE_TAG = "rl_lifecycle/source"
+PROMOTION_MARKET_TAG = "promotion/market"  # as rl_lifecycle.assets.promotion (dagster.yaml limits it per market)
+
+
+@dataclass(frozen=True)
+class SubmittedBackfill:
+    backfill_id: str
+    asset_names: tuple[str, ...]
+    partition_keys: tuple[str, ...]
+
+    @property
+    def url(self) -> str:
+        return f"{UI_URL}/runs/b/{self.backfill_id}"
+
+
+def check_assets(asset_names: Sequence[str]) -> list[str]:
+    """The selection in dependency order; unknown or repeated names are refused by name."""
+    from rl_lifecycle.definitions import ALL_ASSETS
+
+    known = [a.key.to_user_string() for a in ALL_ASSETS]
+    if not asset_names:
+        raise UserInputError(f"give at least one asset; known assets: {', '.join(known)}")
+    unknown = [n for n in asset_names if n not in known]
+    if unknown:
+        raise UserInputError(f"unknown asset(s) {', '.join(unknown)}; known assets: {', '.join(known)}")
+    return [n for n in known if n in set(asset_names)]
+
+
+def check_markets_registered(instance: DagsterInstance, partition_keys: Sequence[str]) -> None:
+    from rl_lifecycle.partitions import MARKET_DIMENSION
+
+    existing = set(instance.get_dynamic_partitions(MARKET_DIMENSION))
+    missing = sorted({key.split("|")[0] for key in partition_keys} - existing)
+    if missing:
+        raise UserInputError(
+            f"market {', '.join(missing)} is not a `market` partition; register it first with "
+            f"`rl-lifecycle market add PAIR INTERVAL` (or ingest its candles)"
+        )
+
+
+def submit_backfill(
+    instance: DagsterInstance,
+    asset_names: Sequence[str],
+    partition_keys: Sequence[str],
+    title: str | None = None,
+    description: str | None = None,
+) -> SubmittedBackfill:
+    """Store a Dagster asset backfill of these assets over these `MARKET|WINDOW` partitions (validated
+    before anything is written); the daemon runs it."""
+    from dagster import partition_loading_context
+    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._time import datetime_from_timestamp, get_current_timestamp
+    from dagster._utils.caching_instance_queryer import CachingInstanceQueryer
+
+    from rl_lifecycle.runner import code_location
+
+    selection = check_assets(asset_names)
+    keys = sorted(dict.fromkeys(partition_keys))
+    if not keys:
+        raise UserInputError("no partitions to backfill")
+    check_markets_registered(instance, keys)
+    markets = sorted({key.split("|")[0] for key in keys})
+    tags = {SOURCE_TAG: "cli"}
+    if len(markets) == 1:
+        # decisions for one market wait for each other (dagster.yaml's per-market tag limit)
+        tags[PROMOTION_MARKET_TAG] = markets[0]
+
+    with code_location(instance) as launcher:
+        asset_graph = launcher.context.asset_graph
+        missing = [n for n in selection if not asset_graph.has(AssetKey(n))]
+        if missing:
+            raise UserInputError(f"asset(s) {', '.join(missing)} are not in the code location; restart `make dev`?")
+        timestamp = get_current_timestamp()
+        queryer = CachingInstanceQueryer(
+            instance=instance, asset_graph=asset_graph, loading_context=launcher.context,
+            evaluation_time=datetime_from_timestamp(timestamp),
+        )
+        # Exactly these partitions of every selected asset. (`from_asset_partitions`, the UI dialog's
+        # path, would also take the downstream windows a dataset's span maps to, past the range.)
+        with partition_loading_context(effective_dt=datetime_from_timestamp(timestamp), dynamic_partitions_store=instance):
+            target = AssetGraphSubset(partitions_subsets_by_asset_key={
+                AssetKey(n): asset_graph.get(AssetKey(n)).partitions_def.subset_with_partition_keys(keys)
+                for n in selection
+            })
+            backfill = PartitionBackfill.from_asset_graph_subset(
+                backfill_id=make_new_backfill_id(),
+                backfill_timestamp=timestamp,
+                tags=tags,
+                dynamic_partitions_store=queryer,
+                asset_graph_subset=target,
+                title=title,
+                description=description,
+                run_config=None,
+            )
+        instance.add_backfill(backfill)
+    return SubmittedBackfill(backfill.backfill_id, tuple(selection), tuple(keys))
