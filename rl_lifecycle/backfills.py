@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from dagster import AssetKey, DagsterInstance
 
+from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG
 from rl_lifecycle.errors import UserInputError
 
 UI_URL = "http://127.0.0.1:3000"
 SOURCE_TAG = "rl_lifecycle/source"
-PROMOTION_MARKET_TAG = "promotion/market"  # as rl_lifecycle.assets.promotion (dagster.yaml limits it per market)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from rl_lifecycle.assets.features import feature_snapshots
 from rl_lifecycle.assets.models import MODEL_CHECKS, challenger_model
 from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG, promotion_decision
 from rl_lifecycle.automation.inbox import inbox_sensor, live_feed_sensor
+from rl_lifecycle.automation.online import latest_window_schedule, online_learning_sensor
 from rl_lifecycle.checks.features import FEATURE_CHECKS
 from rl_lifecycle.jobs import rollback_job
 from rl_lifecycle.partitions import market_window_partitions
@@ -52,7 +53,8 @@ defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
     jobs=[*JOBS, rollback_job],
-    sensors=[market_partitions_sensor, inbox_sensor, live_feed_sensor],
+    sensors=[market_partitions_sensor, inbox_sensor, live_feed_sensor, online_learning_sensor],
+    schedules=[latest_window_schedule],
     # Steps run one after another in the run's process: a step process of its own costs ~3 s of
     # start-up against tens of milliseconds of work per window. Whatever needs isolation (the
     # determinism recompute, each fold's Nautilus backtest) spawns its own process.

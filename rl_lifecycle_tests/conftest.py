@@ -117,4 +117,8 @@ def dagster_instance(dagster_database_url, rl_env, tmp_path: Path):
         "code_servers:\n  wait_for_local_processes_on_shutdown: true\n"  # no code server outlives its test
     )
     with DagsterInstance.from_config(str(home)) as instance:
+        # each test starts from an empty instance: no runs, events or market partitions of earlier tests
+        instance.wipe()
+        for key in instance.get_dynamic_partitions("market"):
+            instance.delete_dynamic_partition("market", key)
         yield instance

@@ -53,6 +53,7 @@ from dagster import (
     sensor,
 )
 
+from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG
 from rl_lifecycle.markets import Market
 from rl_lifecycle.partitions import MARKET_DIMENSION, WINDOW_SCHEME, market_partitions, window_partitions
 from rl_lifecycle.resources import PostgresResource
@@ -63,7 +64,6 @@ DATA_JOB = "market_data_job"
 LIFECYCLE_JOB = "lifecycle_job"
 CANDLES = "candles"
 TRAINING_DATASET = "training_dataset"
-PROMOTION_MARKET_TAG = "promotion/market"  # as rl_lifecycle.assets.promotion: one decision per market at a time
 TRIGGER_TAG = "rl_lifecycle/trigger"
 EVENTS_PER_TICK = 200  # per event stream; the cursor pages through the rest on the next ticks
 FIRST_LOOKBACK_SECONDS = 24 * 3600
