@@ -141,15 +141,22 @@ def materialize(
     with nullcontext() if in_process else code_location(instance) as launcher:
         for job_name, names in phases:
             lanes = plan_runs(job_name, names, keys, windows_per_run(names))
+            job_config = _config_for(run_config, names)
             if launcher is None:
                 for planned in (p for lane in lanes for p in lane):
-                    finished(_execute_in_process(instance, planned, run_config), planned)
+                    finished(_execute_in_process(instance, planned, job_config), planned)
             else:
-                _run_lanes(instance, launcher, lanes, run_config, max(1, workers), finished)
+                _run_lanes(instance, launcher, lanes, job_config, max(1, workers), finished)
             failed = {r.partition_key for r in results if not r.ok}
             keys = [k for k in keys if k not in failed]
     order = {key: i for i, key in enumerate(partition_keys)}
     return sorted(results, key=lambda r: order.get(r.partition_key, len(order)))  # stable: job order kept
+
+
+def _config_for(run_config: dict, asset_names: Sequence[str]) -> dict:
+    """The run config with only the `ops` entries of this job's assets (a job refuses unknown ops)."""
+    ops = {name: value for name, value in run_config.get("ops", {}).items() if name in asset_names}
+    return {**{k: v for k, v in run_config.items() if k != "ops"}, **({"ops": ops} if ops else {})}
 
 
 # -- launching through the code location ---------------------------------------------------------
