@@ -385,7 +385,7 @@ def evaluate(
     purge: Annotated[int | None, typer.Option(help="bars purged before each test range (default: the label horizon)")] = None,
     embargo: Annotated[int, typer.Option(help="bars embargoed after each test range")] = 0,
     test_size: Annotated[int | None, typer.Option(help="rows per test range (default: the largest that fits)")] = None,
-    workers: Annotated[int, typer.Option(help="fold backtests at once, one process each")] = 2,
+    workers: Annotated[int, typer.Option(help="fold steps at once (train + backtest), one process each")] = 2,
 ) -> None:
     """Walk-forward NautilusTrader evaluation (materializes `fold_report` with its checks)."""
     from rl_lifecycle.evaluation.folds import FoldConfig
@@ -398,10 +398,11 @@ def evaluate(
     if workers < 1:
         raise UserInputError(f"--workers {workers} is invalid: at least 1")
     settings = load_settings()
-    config = {"folds": folds, "purge": purge, "embargo": embargo, "test_size": test_size, "workers": workers}
+    config = {"folds": folds, "purge": purge, "embargo": embargo, "test_size": test_size}
     (result,) = run_partitions(settings, open_database(settings), ["fold_report"],
                                [f"{parsed_market.key}|{parsed_window.key}"],
-                               run_config={"ops": {"fold_report": {"config": config}}})
+                               run_config={"ops": {"fold_report": {"config": config}},
+                                           "execution": {"config": {"max_concurrent": workers}}})
     if result.metadata.get("fold_report"):
         _print_report(_report(parsed_market, result.metadata["fold_report"]["report_id"]))
     if not result.ok:
@@ -533,6 +534,94 @@ def audit(
         if gates and r.gates:
             for row in [GATE_TABLE_HEADERS, *gate_rows(r.gates)]:
                 typer.echo("    " + "  ".join(f"{c:<28}" if i == 0 else f"{c:<14}" for i, c in enumerate(row)))
+
+
+# -- paper decisions ---------------------------------------------------------------------------
+@app.command()
+def decide(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    at: Annotated[str | None, typer.Option(help="decide as of this instant (ISO, UTC when naive); default now")] = None,
+) -> None:
+    """One paper decision: the champion acts on the newest closed bar, or holds with every reason; prints one JSON object."""
+    import json
+
+    from rl_lifecycle.decisions.service import decide as decide_now
+    from rl_lifecycle.decisions.service import parse_at
+    from rl_lifecycle.models.tracking import open_registry
+
+    parsed, at_us = Market.parse(market), parse_at(at)  # bad input is refused before the database starts
+    url = open_database(load_settings())
+    with connect(url) as conn:
+        decision = decide_now(conn, parsed, registry=lambda: open_registry(url), at_us=at_us)
+    typer.echo(json.dumps(decision.to_json()))
+
+
+# -- metrics and status (observability) ---------------------------------------------------------
+metrics_app = typer.Typer(no_args_is_help=True, help="Prometheus metrics (every metric named rl_...).")
+app.add_typer(metrics_app, name="metrics")
+
+
+@metrics_app.command("serve")
+def metrics_serve(
+    port: Annotated[int, typer.Option(help="port of the /metrics endpoint")] = 9464,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    log_interval: Annotated[float, typer.Option(help="also log the figures as JSON lines every N seconds (0: never)")] = 0.0,
+) -> None:
+    """Serve the figures for Prometheus; the database is queried at each scrape. Ctrl-C stops it."""
+    import logging
+
+    from rl_lifecycle.observability import serve_metrics, wait_forever
+
+    url = open_database(load_settings())
+    if log_interval:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    server, _ = serve_metrics(url, port, host)
+    typer.echo(f"metrics on http://{host}:{server.server_port}/metrics; Ctrl-C stops it", err=True)
+    try:
+        wait_forever(log_interval or None, url)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@metrics_app.command("log")
+def metrics_log() -> None:
+    """Print the same figures once, as JSON lines (one per metric)."""
+    import logging
+
+    from rl_lifecycle.observability import log_metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    with connect(open_database(load_settings())) as conn:
+        log_metrics(conn)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    challengers: Annotated[bool, typer.Option(help="look up challengers in the MLflow registry")] = True,
+) -> None:
+    """Per market: champion, challenger, last decision and its reasons, feature freshness, open alerts;
+    and the rollout switches (env vars) in rollout order."""
+    import dataclasses
+    import json
+
+    from rl_lifecycle.observability import market_status, rollout_switches, status_lines
+
+    url = open_database(load_settings())
+    registry = None
+    if challengers:
+        from rl_lifecycle.models.tracking import open_registry
+
+        registry = open_registry(url)
+    with connect(url) as conn:
+        statuses = market_status(conn, registry)
+    switches = rollout_switches()
+    if as_json:
+        typer.echo(json.dumps({"switches": [dataclasses.asdict(s) for s in switches], "markets": statuses},
+                              indent=2, default=str))
+        return
+    for line in status_lines(statuses, switches):
+        typer.echo(line)
 
 
 # -- main job, UI, benchmarks ---------------------------------------------------------------------

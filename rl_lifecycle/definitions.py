@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, PartitionedConfig, define_asset_job, in_process_executor
+from dagster import (
+    AssetSelection,
+    Definitions,
+    Field,
+    PartitionedConfig,
+    configured,
+    define_asset_job,
+    in_process_executor,
+    multiprocess_executor,
+)
 
 from rl_lifecycle.assets.candles import candles
 from rl_lifecycle.assets.datasets import DATASET_CHECKS, training_dataset
@@ -22,6 +31,11 @@ MARKET_DATA_ASSETS = [candles, feature_snapshots, training_dataset]
 LIFECYCLE_ASSETS = [challenger_model, fold_report, promotion_decision]
 ALL_ASSETS = [*MARKET_DATA_ASSETS, *LIFECYCLE_ASSETS]
 ALL_CHECKS = [*FEATURE_CHECKS, *DATASET_CHECKS, *MODEL_CHECKS, *EVALUATION_CHECKS]
+
+@configured(multiprocess_executor, config_schema={"max_concurrent": Field(int, default_value=2, description="steps at once")})
+def fold_executor(config: dict) -> dict:
+    return {"max_concurrent": config["max_concurrent"], "start_method": {"forkserver": {}}}
+
 
 # Two jobs because their backfill policies differ: market data takes a range of one market's windows
 # per run, models and reports one window per run (Dagster resolves a mixed job to the smaller).
@@ -43,7 +57,11 @@ lifecycle_job = define_asset_job(
         run_config_for_partition_key_fn=lambda key: {},
         tags_for_partition_key_fn=lambda key: {PROMOTION_MARKET_TAG: key.split("|")[0]},
     ),
-    description="Challenger model -> fold report -> promotion decision for one market x window, with every blocking check.",
+    # one step per fold of `fold_report`: steps run in processes of their own, `max_concurrent` at a
+    # time (run config `execution.config.max_concurrent`; 2 by default), forked from a server that
+    # imported this code location once per run
+    executor_def=fold_executor,
+    description="Challenger model -> fold report (a step per fold) -> promotion decision for one market x window, with every blocking check.",
 )
 JOBS = [market_data_job, lifecycle_job]  # in dependency order
 

@@ -43,6 +43,8 @@ def test_train_list_evaluate_and_show_a_report(rl_env, tmp_path, capsys, monkeyp
     assert code == 0, out + err
     assert "fold" in out and "buy&hold" in out
 
+    _assert_one_step_per_fold(["challenger_0", "challenger_1"])
+
     code, out, _ = cli("report", "show", "--market", "BTCUSDT-1h", "--json")
     report = json.loads(out)
     assert report["status"] == "ok" and report["purge_bars"] >= report["label_horizon"] == 1
@@ -57,3 +59,18 @@ def test_train_list_evaluate_and_show_a_report(rl_env, tmp_path, capsys, monkeyp
     assert code == 2 and "n_folds=0" in err
     code, _, err = cli("report", "show", "--market", "ETHUSDT-1h")
     assert code == 2 and "no evaluation report" in err
+
+
+def _assert_one_step_per_fold(mapping_keys: list[str]) -> None:
+    """The evaluation's folds ran as Dagster steps of their own (the executor spreads them)."""
+    from dagster import DagsterEventType
+
+    from rl_lifecycle.db import resolve_database_url
+    from rl_lifecycle.instance import get_instance
+    from rl_lifecycle.settings import load_settings
+
+    settings = load_settings()
+    with get_instance(settings, resolve_database_url(settings)) as instance:
+        (run,) = [r for r in instance.get_runs(limit=1)]
+        steps = {e.step_key for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_SUCCESS)}
+    assert {f"fold_report.run_fold[{key}]" for key in mapping_keys} <= steps, steps

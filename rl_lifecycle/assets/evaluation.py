@@ -4,18 +4,26 @@ The services (torch, SB3, Nautilus) are imported where used: every run process l
 location, most of them only for the data assets.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetExecutionContext,
+    AssetIn,
     Config,
+    ConfigMapping,
+    DynamicOut,
+    DynamicOutput,
     Failure,
-    MaterializeResult,
+    In,
     MetadataValue,
-    asset,
+    Nothing,
+    OpExecutionContext,
+    Output,
     asset_check,
+    graph_asset,
+    op,
 )
 from pydantic import Field
 
@@ -35,7 +43,6 @@ class FoldReportConfig(Config):
     test_size: int | None = Field(default=None, description="rows per test range; None: the largest that fits")
     purge: int | None = Field(default=None, description="bars purged before each test range; None: the label horizon")
     embargo: int = Field(default=0, ge=0, description="bars embargoed after each test range")
-    workers: int = Field(default=2, ge=1, le=64, description="fold backtests running at once (one process each)")
     starting_balance: float = Field(default=100_000.0, gt=0, description="account balance per fold, quote currency")
     fold_timeout_s: float | None = Field(default=3600.0, gt=0, description="a fold backtest running longer fails")
 
@@ -47,63 +54,94 @@ def fold_config(config: FoldReportConfig, label_horizon: int) -> FoldConfig:
     )
 
 
-@asset(
-    partitions_def=market_window_partitions,
-    backfill_policy=ONE_WINDOW_PER_RUN,
-    deps=["challenger_model"],
-    group_name="evaluation",
-    kinds={"nautilustrader", "postgres"},
-    description="Walk-forward folds (purged, embargoed) of the partition's dataset: a fresh model of the challenger's "
-    "spec per fold, backtested in NautilusTrader; the champion's spec on the same folds when there is one.",
-)
-def fold_report(
-    context: AssetExecutionContext, config: FoldReportConfig, database: PostgresResource, mlflow: MlflowResource
-) -> MaterializeResult:
-    from rl_lifecycle.evaluation.service import (
-        FOLD_TABLE_HEADERS,
-        equity_curves_png,
-        evaluate_spec,
-        fold_table,
-    )
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold of one contender's evaluation: what a `run_fold` step gets (pickled by Dagster)."""
+
+    role: str  # challenger | champion
+    version: int
+    plan: object  # evaluation.service.EvaluationPlan
+    fold_index: int
+
+
+@op(ins={"trained": In(Nothing)}, out=DynamicOut(FoldTask),
+    description="The folds of the partition's dataset for the challenger's spec and the champion's (same folds).")
+def plan_folds(context: OpExecutionContext, config: FoldReportConfig, database: PostgresResource,
+               mlflow: MlflowResource):
+    from rl_lifecycle.evaluation.service import plan_evaluation
     from rl_lifecycle.models.service import partition_version, registered_spec, training_data
 
     market, window = parse_partition_key(context.partition_key)
-    settings = load_settings()
     registry = mlflow.registry()
     challenger = partition_version(registry, market, window)
     if challenger is None:
         raise Failure(description=f"no challenger trained for {market.key}|{window.key}: materialize challenger_model first")
-    contenders = {"challenger": registered_spec(registry, challenger)}
+    contenders = {"challenger": challenger}
     with database.connect() as conn:
         champion_version = current_champion(conn, market.key)  # the audit decides who is champion
-        champion = None if champion_version is None else registry.version(market, champion_version)
-        if champion is not None and champion.version != challenger.version:
-            contenders["champion"] = registered_spec(registry, champion)
+        if champion_version is not None and champion_version != challenger.version:
+            contenders["champion"] = registry.version(market, champion_version)
         try:
-            data = training_data(conn, market, window)
-            folds = fold_config(config, data.dataset.spec.forward_return_horizon)
-            reports = {
-                role: evaluate_spec(conn, market, window, spec, folds, workdir=settings.home / "evaluations",
-                                    workers=config.workers, strict=settings.strict_backtest,
-                                    starting_balance=config.starting_balance, fold_timeout_s=config.fold_timeout_s,
-                                    log=context.log.info)
-                for role, spec in contenders.items()
-            }
+            horizon = training_data(conn, market, window).dataset.spec.forward_return_horizon
+            folds = fold_config(config, horizon)
+            for role, version in contenders.items():
+                plan = plan_evaluation(conn, market, window, registered_spec(registry, version), folds,
+                                       workdir=load_settings().home / "evaluations",
+                                       starting_balance=config.starting_balance, fold_timeout_s=config.fold_timeout_s)
+                context.log.info(f"{role} v{version.version} ({plan.spec.name}): {len(plan.folds)} folds")
+                for fold in plan.folds:
+                    yield DynamicOutput(FoldTask(role, version.version, plan, fold.index), mapping_key=f"{role}_{fold.index}")
         except UserInputError as exc:
             raise Failure(description=str(exc)) from exc
+
+
+@op(description="Train the fold's fresh model on its train rows and backtest its test range in NautilusTrader "
+    "(a process of its own). A failing fold is a result, not an error: the other folds go on.")
+def run_fold(context: OpExecutionContext, task: FoldTask, database: PostgresResource) -> tuple:
+    from rl_lifecycle.evaluation.service import run_one_fold
+
+    with database.connect() as conn:
+        result = run_one_fold(conn, task.plan, task.fold_index, log=context.log.info)
+    if not result.ok:
+        context.log.error(f"{task.role} fold {task.fold_index} failed: {result.error}")
+    return task, result
+
+
+@op(description="Metrics, baselines and aggregates per contender, stored as evaluation reports; metadata and MLflow.")
+def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, fold_results: list,
+                         database: PostgresResource, mlflow: MlflowResource) -> Output:
+    from rl_lifecycle.evaluation.service import (
+        FOLD_TABLE_HEADERS,
+        assemble_report,
+        equity_curves_png,
+        fold_table,
+    )
+
+    settings = load_settings()
+    by_role: dict[str, list] = {}
+    for task, result in fold_results:
+        by_role.setdefault(task.role, []).append((task, result))
+    reports, versions = {}, {}
+    with database.connect() as conn:
+        for role, items in by_role.items():
+            plan = items[0][0].plan
+            versions[role] = items[0][0].version
+            timings = {"fold_steps": len(items), "fold_s_total": round(sum(r.timings.get("total_s", 0.0) for _, r in items), 3)}
+            reports[role] = assemble_report(conn, plan, [r for _, r in items], strict=settings.strict_backtest,
+                                            timings=timings)
     report = reports["challenger"]
+    registry = mlflow.registry()
+    run_id = registry.version(parse_partition_key(context.partition_key)[0], versions["challenger"]).run_id
     aggregates = report.aggregates
-    run_id = challenger.run_id
     registry.client.log_batch(run_id, metrics=_aggregate_metrics(aggregates))
-    table = fold_table(report)
     metadata = {
         "report_id": report.id,
         "status": report.status,
         "strict": report.strict,
-        "model_version": challenger.version,
+        "model_version": versions["challenger"],
         "dataset_hash": report.dataset_hash,
         "fold_config": MetadataValue.json(report.fold_config.model_dump(mode="json")),
-        "fold_table": markdown_table(FOLD_TABLE_HEADERS, table),
+        "fold_table": markdown_table(FOLD_TABLE_HEADERS, fold_table(report)),
         "aggregates": MetadataValue.json({k: v for k, v in aggregates.items() if not isinstance(v, dict)}),
         "psr": aggregates.get("psr"),
         "dsr": aggregates.get("dsr"),
@@ -114,11 +152,30 @@ def fold_report(
         _log_artifact(registry, run_id, png)
     if "champion" in reports:
         metadata["champion_report_id"] = reports["champion"].id
-        metadata["champion_version"] = champion.version
-    for fold in report.folds:
-        if fold.status != "ok":
-            context.log.error(f"fold {fold.index} failed: {fold.error}")
-    return MaterializeResult(metadata=metadata)
+        metadata["champion_version"] = versions["champion"]
+    return Output(None, metadata=metadata)
+
+
+def _one_config(config: FoldReportConfig) -> dict:
+    """The asset's config, as `ops.fold_report.config`, handed to the ops that read it."""
+    # Dagster infers the schema from the annotation but hands over the validated values as a dict
+    values = {"config": config if isinstance(config, dict) else config.model_dump()}
+    return {"plan_folds": values, "assemble_fold_report": values}
+
+
+@graph_asset(
+    partitions_def=market_window_partitions,
+    backfill_policy=ONE_WINDOW_PER_RUN,
+    ins={"challenger_model": AssetIn(dagster_type=Nothing)},
+    config=ConfigMapping(config_fn=_one_config),
+    group_name="evaluation",
+    kinds={"nautilustrader", "postgres"},
+    description="Walk-forward folds (purged, embargoed) of the partition's dataset: a fresh model of the challenger's "
+    "spec per fold, backtested in NautilusTrader; the champion's spec on the same folds when there is one. One "
+    "Dagster step per fold (`run_fold`), spread by the job's executor.",
+)
+def fold_report(challenger_model):
+    return assemble_fold_report(plan_folds(trained=challenger_model).map(run_fold).collect())
 
 
 def _aggregate_metrics(aggregates: dict) -> list:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.candles.store import load_candles
-from rl_lifecycle.evaluation.backtest import FoldJob, align_candles, run_folds
+from rl_lifecycle.evaluation.backtest import FoldJob, FoldResult, align_candles, run_fold_backtest, run_folds
 from rl_lifecycle.evaluation.folds import Fold, FoldConfig, make_folds, verify_folds
 from rl_lifecycle.evaluation.report import summarise
 from rl_lifecycle.evaluation.store import (
@@ -79,6 +80,84 @@ def train_fold(data: TrainingData, spec: ModelSpec, fold: Fold, directory: Path)
     return SavedPolicy(str(directory), data.dataset.fingerprint, ACTION_POSITIONS[spec.action_set])
 
 
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """One spec's walk-forward evaluation of a partition's dataset, before any fold ran (picklable:
+    the folds may run in other processes, as Dagster steps)."""
+
+    market: Market
+    window: Window
+    spec: ModelSpec
+    config: FoldConfig
+    folds: tuple[Fold, ...]
+    dataset_hash: str
+    label_horizon: int
+    root: Path  # trained fold policies and equity curves
+    starting_balance: float = 100_000.0
+    fold_timeout_s: float | None = None
+
+
+def plan_evaluation(
+    conn: psycopg.Connection, market: Market, window: Window, spec: ModelSpec, config: FoldConfig, *,
+    workdir: Path, starting_balance: float = 100_000.0, fold_timeout_s: float | None = None,
+) -> EvaluationPlan:
+    """The folds of the partition's dataset for `spec`; refuses a spec the dataset cannot serve, or
+    more folds than the rows hold (saying how many fit)."""
+    data = training_data(conn, market, window)
+    check_spec_matches_dataset(spec, data)
+    horizon = data.dataset.spec.forward_return_horizon
+    folds = make_folds(len(data.content), config, horizon)
+    key = evaluation_key(market, spec.spec_hash, data.dataset.dataset_hash, config)
+    return EvaluationPlan(market, window, spec, config, tuple(folds), data.dataset.dataset_hash, horizon,
+                          workdir / market.key / key[:16], starting_balance, fold_timeout_s)
+
+
+def _fold_job(plan: EvaluationPlan, data: TrainingData, candles, fold: Fold, policy: SavedPolicy) -> FoldJob:
+    start, end = fold.test_range
+    return FoldJob(plan.market.key, fold.index, candles.slice(start, end), data.content.values[start:end], policy,
+                   plan.spec.cost_bps, plan.starting_balance, timeout_s=plan.fold_timeout_s)
+
+
+def _aligned_candles(conn: psycopg.Connection, market: Market, ts: np.ndarray):
+    return align_candles(load_candles(conn, market, int(ts[0]), int(ts[-1]) + market.interval_us), ts)
+
+
+def run_one_fold(conn: psycopg.Connection, plan: EvaluationPlan, fold_index: int, log=print) -> FoldResult:
+    """Train the fold's fresh model and backtest its test range (in a process of its own). Never raises:
+    a fold that fails, in training or in the backtest, is a failed FoldResult with its traceback."""
+    started = time.perf_counter()
+    fold = plan.folds[fold_index]
+    try:
+        data = training_data(conn, plan.market, plan.window)
+        if data.dataset.dataset_hash != plan.dataset_hash:
+            raise RuntimeError(f"the partition's dataset changed since the folds were planned "
+                               f"({plan.dataset_hash[:12]} -> {data.dataset.dataset_hash[:12]})")
+        log(f"{plan.spec.name} fold {fold.index}: training on {fold.train_rows} rows")
+        policy = train_fold(data, plan.spec, fold, plan.root / f"policy-{fold.index}")
+        job = _fold_job(plan, data, _aligned_candles(conn, plan.market, data.content.ts), fold, policy)
+    except Exception:
+        return FoldResult.failed(fold.index, traceback.format_exc(), {"train_s": round(time.perf_counter() - started, 3)})
+    log(f"{plan.spec.name} fold {fold.index}: backtesting {fold.test_range[1] - fold.test_range[0]} bars")
+    return run_fold_backtest(job)
+
+
+def assemble_report(
+    conn: psycopg.Connection, plan: EvaluationPlan, results: list[FoldResult], *, strict: bool, timings: dict
+) -> EvaluationReport:
+    """Metrics, baselines and aggregates of the folds' results (failed folds included); stored and returned."""
+    data = training_data(conn, plan.market, plan.window)
+    results = sorted(results, key=lambda r: r.fold_index)
+    trials = specs_evaluated(conn, plan.market) + (0 if _evaluated_before(conn, plan.market, plan.spec) else 1)
+    records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
+                                            trials, strict, plan.root / "curves")
+    report = EvaluationReport(
+        market=plan.market.key, spec=json.loads(plan.spec.canonical_json()), model_spec_hash=plan.spec.spec_hash,
+        dataset_hash=plan.dataset_hash, fold_config=plan.config, label_horizon=plan.label_horizon, strict=strict,
+        status=status, aggregates=aggregates, folds=records, timings=timings,
+    )
+    return replace(report, id=write_report(conn, report))
+
+
 def evaluate_spec(
     conn: psycopg.Connection,
     market: Market,
@@ -93,39 +172,25 @@ def evaluate_spec(
     fold_timeout_s: float | None = None,
     log=print,
 ) -> EvaluationReport:
-    """Evaluate `spec` on walk-forward folds of the partition's dataset; the report is stored and returned."""
+    """Evaluate `spec` on walk-forward folds of the partition's dataset in this process: the folds'
+    models are trained one after another, their backtests run `workers` at a time (one process each).
+    The `fold_report` asset runs the same steps as one Dagster step per fold instead."""
     started = time.perf_counter()
+    plan = plan_evaluation(conn, market, window, spec, config, workdir=workdir, starting_balance=starting_balance,
+                           fold_timeout_s=fold_timeout_s)
     data = training_data(conn, market, window)
-    check_spec_matches_dataset(spec, data)
-    content = data.content
-    horizon = data.dataset.spec.forward_return_horizon
-    folds = make_folds(len(content), config, horizon)
-    key = evaluation_key(market, spec.spec_hash, data.dataset.dataset_hash, config)
-    root = workdir / market.key / key[:16]
-    candles = align_candles(
-        load_candles(conn, market, int(content.ts[0]), int(content.ts[-1]) + market.interval_us), content.ts
-    )
+    candles = _aligned_candles(conn, market, data.content.ts)
     jobs = []
-    for fold in folds:
+    for fold in plan.folds:
         log(f"{spec.name} fold {fold.index}: training on {fold.train_rows} rows")
-        policy = train_fold(data, spec, fold, root / f"policy-{fold.index}")
-        start, end = fold.test_range
-        jobs.append(FoldJob(market.key, fold.index, candles.slice(start, end), content.values[start:end], policy,
-                            spec.cost_bps, starting_balance, timeout_s=fold_timeout_s))
+        jobs.append(_fold_job(plan, data, candles, fold, train_fold(data, spec, fold, plan.root / f"policy-{fold.index}")))
     trained_at = time.perf_counter()
     log(f"{spec.name}: backtesting {len(jobs)} folds on {workers} worker(s)")
     results = run_folds(jobs, workers)
-    trials = specs_evaluated(conn, market) + (0 if _evaluated_before(conn, market, spec) else 1)
-    records, aggregates, status = summarise(market, folds, results, content.ts, spec.cost_bps, trials, strict,
-                                            root / "curves")
-    report = EvaluationReport(
-        market=market.key, spec=json.loads(spec.canonical_json()), model_spec_hash=spec.spec_hash,
-        dataset_hash=data.dataset.dataset_hash, fold_config=config, label_horizon=horizon, strict=strict,
-        status=status, aggregates=aggregates, folds=records,
-        timings={"train_s": round(trained_at - started, 3), "backtest_s": round(time.perf_counter() - trained_at, 3),
-                 "workers": workers},
-    )
-    return replace(report, id=write_report(conn, report))
+    return assemble_report(conn, plan, results, strict=strict, timings={
+        "train_s": round(trained_at - started, 3), "backtest_s": round(time.perf_counter() - trained_at, 3),
+        "workers": workers,
+    })
 
 
 def _evaluated_before(conn: psycopg.Connection, market: Market, spec: ModelSpec) -> bool:

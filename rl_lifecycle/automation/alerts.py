@@ -1,0 +1,207 @@
+"""Alert sensors: every failed asset check evaluation and every failed run becomes one alert.
+
+Open-source Dagster has no asset-check alerting, so (see docs/dagster-notes, "Alerts"):
+
+- `check_failure_alert_sensor`, a run status sensor on SUCCESS over all code locations: a successful
+  run can still carry failed checks (non-blocking ones, or WARN severity); each becomes a
+  `check_failed` alert. A passed evaluation resolves the open alerts of the same check and partition.
+- `run_failure_alert_sensor`, a run failure sensor over all code locations: the run's failed check
+  evaluations become `check_failed` alerts and the run a `run_failed` alert, except when the run
+  failed only because blocking checks failed (every failed step raised `DagsterAssetCheckFailedError`):
+  then the check alerts already say it, and a broken check sends one alert, not two.
+- `alert_delivery_sensor`, a plain sensor: retries webhook POSTs that failed, with backoff, on later
+  ticks (run status sensors are called only when a run finishes).
+
+All three are on by default (`DefaultSensorStatus.RUNNING`): they run whenever the daemon runs. The
+run status sensors keep Dagster's own cursor; re-evaluating a run (an old cursor, a restart) inserts
+nothing new, because alerts are keyed by `dedupe_key` (see `rl_lifecycle.alerts`). Nothing here
+raises for a webhook problem; a database error fails the tick, and Dagster retries it from its cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+    sensor,
+)
+from dagster._core.storage.dagster_run import DagsterRun
+
+from rl_lifecycle.alerts import (
+    Alert,
+    AlertConfig,
+    check_alert,
+    deliver_safely,
+    load_alert_config,
+    record_alert,
+    resolve_check_alerts,
+    resolve_run_alerts,
+    run_alert,
+)
+from rl_lifecycle.resources import PostgresResource
+
+CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+logger = logging.getLogger("rl_lifecycle.alerts")
+
+
+# -- reading a run ----------------------------------------------------------------------------------
+def run_partition(run: DagsterRun) -> str | None:
+    tags = run.tags or {}
+    if tags.get(PARTITION_TAG):
+        return tags[PARTITION_TAG]
+    if tags.get(RANGE_START_TAG) and tags.get(RANGE_END_TAG):
+        return f"{tags[RANGE_START_TAG]}...{tags[RANGE_END_TAG]}"
+    return None
+
+
+def _records(instance: DagsterInstance, run_id: str, of_type) -> list:
+    records, cursor = [], None
+    while True:
+        page = instance.get_records_for_run(run_id, cursor=cursor, of_type=of_type, limit=1000)
+        records += page.records
+        if not page.has_more:
+            return records
+        cursor = page.cursor
+
+
+def check_evaluations(instance: DagsterInstance, run: DagsterRun) -> list:
+    """The run's AssetCheckEvaluation data, in event order."""
+    return [r.event_log_entry.dagster_event.asset_check_evaluation_data
+            for r in _records(instance, run.run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
+            if r.event_log_entry.dagster_event is not None]
+
+
+def _check_summary(evaluation) -> str:
+    severity = getattr(evaluation.severity, "value", evaluation.severity)
+    blocking = " (blocking)" if evaluation.blocking else ""
+    text = evaluation.description or f"{evaluation.check_name} failed"
+    return f"{severity}{blocking}: {text}"
+
+
+def check_failure_alerts(instance: DagsterInstance, run: DagsterRun, config: AlertConfig) -> tuple[list[Alert], list, list]:
+    """(alerts for the failed evaluations, the failed evaluations, the passed evaluations) of the run."""
+    failed, passed = [], []
+    for evaluation in check_evaluations(instance, run):
+        (passed if evaluation.passed else failed).append(evaluation)
+    alerts = [
+        check_alert(run.run_id, evaluation.asset_key.to_user_string(), evaluation.check_name,
+                    evaluation.partition or run_partition(run), _check_summary(evaluation),
+                    severity=str(getattr(evaluation.severity, "value", evaluation.severity)),
+                    job_name=run.job_name, ui_url=config.ui_url)
+        for evaluation in failed
+    ]
+    return alerts, failed, passed
+
+
+def _step_failures(instance: DagsterInstance, run: DagsterRun) -> list[tuple[str | None, str | None, str]]:
+    """(step key, error class, first line of the message) of each failed step."""
+    failures = []
+    for record in _records(instance, run.run_id, DagsterEventType.STEP_FAILURE):
+        event = record.event_log_entry.dagster_event
+        error = getattr(getattr(event, "event_specific_data", None), "error", None)
+        root = error
+        while root is not None and root.cause is not None:  # the user's exception, not Dagster's wrapper
+            root = root.cause
+        message = (root.message if root else record.event_log_entry.message or "").strip().splitlines()
+        failures.append((event.step_key if event else None, error.cls_name if error else None,
+                         message[0] if message else "step failed"))
+    return failures
+
+
+def run_failure_alert(instance: DagsterInstance, run: DagsterRun, config: AlertConfig, failure_message: str | None,
+                      failed_blocking_checks: bool) -> Alert | None:
+    """The run's `run_failed` alert, or None when failed blocking checks alone explain the failure."""
+    steps = _step_failures(instance, run)
+    only_checks = failed_blocking_checks and all(cls == CHECK_FAILED_ERROR for _, cls, _ in steps)
+    if only_checks:
+        return None
+    if steps:
+        summary = "; ".join(f"step {key or '?'} failed: {message}" for key, _, message in steps[:5])
+        if len(steps) > 5:
+            summary += f"; and {len(steps) - 5} more failed steps"
+    else:
+        summary = failure_message or "the run failed before any step failed (see the run's logs)"
+    assets = sorted(k.to_user_string() for k in (run.asset_selection or ()))
+    return run_alert(run.run_id, run.job_name, run_partition(run), summary, assets=assets, ui_url=config.ui_url)
+
+
+# -- the work of one finished run -------------------------------------------------------------------
+def process_finished_run(instance: DagsterInstance, run: DagsterRun, conn, *, failed: bool,
+                         failure_message: str | None = None, config: AlertConfig | None = None) -> list[Alert]:
+    """Record the run's alerts (new ones only), resolve what it fixed, then try to deliver; returns new alerts."""
+    config = config or load_alert_config()
+    alerts, failed_checks, passed = check_failure_alerts(instance, run, config)
+    if failed:
+        blocking = any(e.blocking for e in failed_checks)
+        extra = run_failure_alert(instance, run, config, failure_message, blocking)
+        if extra is not None:
+            alerts.append(extra)
+    new = [stored for stored in (record_alert(conn, a) for a in alerts) if stored is not None]
+    for evaluation in passed:
+        resolve_check_alerts(conn, evaluation.asset_key.to_user_string(), evaluation.check_name,
+                             evaluation.partition or run_partition(run), run.run_id)
+    if not failed:
+        resolve_run_alerts(conn, run.job_name, run_partition(run), run.run_id)
+    if new:
+        deliver_safely(conn, config, keys=[a.dedupe_key for a in new])
+    return new
+
+
+# -- sensors ----------------------------------------------------------------------------------------
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    monitor_all_code_locations=True,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Alerts on failed asset checks of successful runs (non-blocking or WARN checks); "
+                "resolves alerts whose check passed again. Table `alerts`, log, RL_ALERT_WEBHOOK_URL.",
+)
+def check_failure_alert_sensor(context: RunStatusSensorContext, database: PostgresResource) -> None:
+    with database.connect() as conn:
+        new = process_finished_run(context.instance, context.dagster_run, conn, failed=False)
+    if new:
+        context.log.info(f"{len(new)} alert(s) for run {context.dagster_run.run_id}: "
+                         + ", ".join(a.dedupe_key for a in new))
+
+
+@run_failure_sensor(
+    monitor_all_code_locations=True,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Alerts on failed runs and their failed asset checks (one alert per failure). "
+                "Table `alerts`, log, RL_ALERT_WEBHOOK_URL.",
+)
+def run_failure_alert_sensor(context: RunFailureSensorContext, database: PostgresResource) -> None:
+    message = context.failure_event.message if context.failure_event else None
+    with database.connect() as conn:
+        new = process_finished_run(context.instance, context.dagster_run, conn, failed=True, failure_message=message)
+    if new:
+        context.log.info(f"{len(new)} alert(s) for run {context.dagster_run.run_id}: "
+                         + ", ".join(a.dedupe_key for a in new))
+
+
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Retries alert webhook POSTs that failed, with exponential backoff (RL_ALERT_WEBHOOK_URL).",
+)
+def alert_delivery_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SkipReason:
+    with database.connect() as conn:
+        report = deliver_safely(conn)
+    if report.skipped_reason:
+        return SkipReason(report.skipped_reason)
+    return SkipReason(f"delivered {len(report.delivered)}, failed {len(report.failed)} (retried with backoff)"
+                      if report.delivered or report.failed else "no alert due for delivery")

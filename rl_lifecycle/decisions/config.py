@@ -1,0 +1,79 @@
+"""Decision thresholds (YAML, validated) and the paper-decisions switch.
+
+`load_decision_config()` reads `RL_DECISION_CONFIG` (a YAML file) or the shipped `decisions.yaml`.
+`paper_decisions_enabled()` reads `RL_PAPER_DECISIONS_ENABLED` (default false) through the settings
+when they carry it, else the environment with the settings' boolean rules.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from rl_lifecycle.errors import UserInputError
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("decisions.yaml")
+CONFIG_ENV = "RL_DECISION_CONFIG"
+ENABLED_ENV = "RL_PAPER_DECISIONS_ENABLED"
+
+
+class DecisionConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ood_max_abs_z: float = Field(default=8.0, gt=0)
+    ood_max_mahalanobis: float = Field(default=25.0, gt=0)
+    stale_after_bars: StrictInt = Field(default=2, ge=0)
+    critical_features: tuple[StrictStr, ...] | None = None
+
+    def critical_for(self, feature_names: tuple[str, ...], marked: tuple[str, ...]) -> tuple[str, ...]:
+        """The critical features of a set: the configured list, else those the set marks, else all of them."""
+        if self.critical_features is None:
+            return marked or feature_names
+        unknown = [name for name in self.critical_features if name not in feature_names]
+        if unknown:
+            raise UserInputError(
+                f"decision config critical_features: {unknown} are not features of the active set "
+                f"(its features: {', '.join(feature_names)})"
+            )
+        return tuple(self.critical_features)
+
+
+def parse_decision_config(data: Any, source: str = "<dict>") -> DecisionConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserInputError(f"decision config {source}: expected a mapping, got {type(data).__name__}")
+    try:
+        return DecisionConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{where}: {msg} (got {err.get('input')!r})")
+        raise UserInputError(f"decision config {source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_decision_config(path: str | Path | None = None) -> DecisionConfig:
+    """`path`, else RL_DECISION_CONFIG, else the shipped defaults."""
+    path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserInputError(f"decision config {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"decision config {path} is not valid YAML: {exc}") from exc
+    return parse_decision_config(data, str(path))
+
+
+def paper_decisions_enabled() -> bool:
+    from rl_lifecycle.settings import _flag, load_settings
+
+    value = getattr(load_settings(), "paper_decisions_enabled", None)
+    return bool(value) if value is not None else _flag(ENABLED_ENV, False)

@@ -1,0 +1,518 @@
+"""Observability: Prometheus metrics read from the database at scrape time, JSON log lines, `status` figures.
+
+One metrics helper: `collect_families(conn)` computes every figure once, as `prometheus_client` metric
+families (all named `rl_…`); the HTTP endpoint (`LifecycleCollector`, `serve_metrics`) and the JSON log
+lines (`log_metrics`) both print those families, so the two never disagree.
+
+Figures (labels in braces):
+
+- `rl_candle_freshness_seconds{market}`: seconds since the newest stored candle closed.
+- `rl_feature_freshness_seconds{market,feature_set}`: seconds since the newest snapshot's candle closed.
+- `rl_feature_missing_ratio{market,feature_set,feature}`: share of the newest `MISSING_SAMPLE_ROWS`
+  snapshots where the feature is flagged missing (warm-up rows included: they are flagged, not filled).
+- `rl_decisions_total{market,action}`, `rl_decision_holds_total{market,reason}`,
+  `rl_decision_ood_ratio{market}` (share of the last `OOD_WINDOW` of decisions held for `OOD`),
+  `rl_decision_latency_seconds` (histogram): from `rl_decisions` when that table exists, zero otherwise.
+- `rl_promotion_actions_total{market,action}`, `rl_promotion_reasons_total{market,action,reason}`
+  (promotions, rejections, pending decisions by reason code): from `promotion_audit`.
+- `rl_evaluation_folds{market,status}`, `rl_evaluation_fold_failures{market}`: the stored walk-forward
+  reports' folds (a re-run rewrites its report, so these are gauges).
+- `rl_failed_checks_total{asset,check}`, `rl_failed_runs_total{job}`, `rl_alerts_open{kind}`,
+  `rl_alerts_undelivered`: from `alerts`.
+- `rl_metrics_section_up{section}`: 1 when that section's query worked on this scrape, 0 otherwise
+  (a broken section never breaks the endpoint); `rl_metrics_database_up`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+MISSING_SAMPLE_ROWS = 1000
+OOD_WINDOW = timedelta(hours=24)
+DECISION_ACTIONS = ("flat", "long", "short", "hold")
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+logger = logging.getLogger("rl_lifecycle.metrics")
+
+
+# -- JSON log lines ---------------------------------------------------------------------------------
+def json_line(event: str, **fields) -> str:
+    """One structured log line: {"ts": ISO-8601 UTC, "event": ..., **fields}, keys in a stable order."""
+    record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, **fields}
+    return json.dumps(record, default=str, sort_keys=False, separators=(",", ":"))
+
+
+def log_event(log: logging.Logger, event: str, level: int = logging.INFO, **fields) -> str:
+    """Log `json_line(event, **fields)` and return it."""
+    line = json_line(event, **fields)
+    log.log(level, line)
+    return line
+
+
+# -- the figures ------------------------------------------------------------------------------------
+def _table_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{name}",)).fetchone()[0]
+
+
+def _markets(conn: psycopg.Connection):
+    from rl_lifecycle.registry import list_markets
+
+    return [r.market for r in list_markets(conn)]
+
+
+def _age_seconds(newest_open: datetime | None, interval_us: int, now: datetime) -> float | None:
+    if newest_open is None:
+        return None
+    return (now - (newest_open + timedelta(microseconds=interval_us))).total_seconds()
+
+
+def _freshness(conn: psycopg.Connection, now: datetime) -> list[Metric]:
+    candles = GaugeMetricFamily("rl_candle_freshness_seconds",
+                                "Seconds since the newest stored candle of the market closed.", labels=["market"])
+    features = GaugeMetricFamily("rl_feature_freshness_seconds",
+                                 "Seconds since the candle of the newest feature snapshot closed.",
+                                 labels=["market", "feature_set"])
+    missing = GaugeMetricFamily("rl_feature_missing_ratio",
+                                f"Share of the newest {MISSING_SAMPLE_ROWS} snapshots where the feature is missing.",
+                                labels=["market", "feature_set", "feature"])
+    for market in _markets(conn):
+        newest = conn.execute("SELECT max(ts) FROM market_candles WHERE pair = %s AND interval = %s",
+                              (market.pair, market.interval)).fetchone()[0]
+        age = _age_seconds(newest, market.interval_us, now)
+        if age is not None:
+            candles.add_metric([market.key], age)
+        for fs_id, name, names in _feature_sets_of(conn, market):
+            newest = conn.execute(
+                "SELECT max(ts) FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s",
+                (market.pair, market.interval, fs_id),
+            ).fetchone()[0]
+            age = _age_seconds(newest, market.interval_us, now)
+            if age is None:
+                continue
+            features.add_metric([market.key, name], age)
+            for feature, ratio in missing_ratios(conn, market, fs_id, names).items():
+                missing.add_metric([market.key, name, feature], ratio)
+    return [candles, features, missing]
+
+
+def _feature_sets_of(conn: psycopg.Connection, market) -> list[tuple[int, str, list[str]]]:
+    """(feature_set_id, label, feature names) of the feature sets with stored windows for the market."""
+    rows = conn.execute(
+        """SELECT fs.id, fs.name, fs.version, fs.feature_names, fs.fingerprint FROM feature_sets fs
+           WHERE fs.fingerprint IN (SELECT DISTINCT fingerprint FROM rl_feature_windows WHERE pair = %s AND interval = %s)
+           ORDER BY fs.name, fs.version, fs.registered_at""",
+        (market.pair, market.interval),
+    ).fetchall()
+    names_seen: dict[str, int] = {}
+    for _, name, *_rest in rows:
+        names_seen[name] = names_seen.get(name, 0) + 1
+    # a name registered under two fingerprints (a changed spec) is told apart by the fingerprint
+    return [(int(i), name if names_seen[name] == 1 else f"{name}@{fp[:12]}", list(names))
+            for i, name, _version, names, fp in rows]
+
+
+def missing_ratios(conn: psycopg.Connection, market, feature_set_id: int, feature_names: list[str],
+                   rows: int = MISSING_SAMPLE_ROWS) -> dict[str, float]:
+    """Per feature: the share of the newest `rows` snapshots whose missing bit is set."""
+    masks = conn.execute(
+        "SELECT missing_mask FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s "
+        "ORDER BY ts DESC LIMIT %s",
+        (market.pair, market.interval, feature_set_id, int(rows)),
+    ).fetchall()
+    k = len(feature_names)
+    if not masks or k == 0:
+        return {}
+    raw = np.frombuffer(b"".join(bytes(m[0]) for m in masks), dtype=np.uint8).reshape(len(masks), -1)
+    bits = np.unpackbits(raw, axis=1, count=k, bitorder="little").astype(bool)
+    return {name: float(v) for name, v in zip(feature_names, bits.mean(axis=0), strict=True)}
+
+
+def _decisions(conn: psycopg.Connection, now: datetime) -> list[Metric]:
+    decisions = CounterMetricFamily("rl_decisions", "Paper decisions recorded in rl_decisions.",
+                                    labels=["market", "action"])
+    holds = CounterMetricFamily("rl_decision_holds", "Forced holds by reason code (a decision can list several).",
+                                labels=["market", "reason"])
+    ood = GaugeMetricFamily("rl_decision_ood_ratio",
+                            f"Share of the decisions of the last {OOD_WINDOW} held for OOD.", labels=["market"])
+    buckets_s = [b / 1000.0 for b in LATENCY_BUCKETS_MS]
+    latency = HistogramMetricFamily("rl_decision_latency_seconds", "Decision latency (read, features, policy).",
+                                    labels=["market"])
+    markets = [m.key for m in _markets(conn)]
+    counts: dict[tuple[str, str], float] = {(m, a): 0.0 for m in markets for a in DECISION_ACTIONS}
+    ratios: dict[str, float] = {m: 0.0 for m in markets}
+    hold_counts: list[tuple[str, str, float]] = []
+    histograms: dict[str, tuple[list[float], float, float]] = {}
+    if _table_exists(conn, "rl_decisions"):
+        for market, action, n in conn.execute("SELECT market, action, count(*) FROM rl_decisions GROUP BY 1, 2"):
+            counts[(market, action)] = float(n)
+        hold_counts = [(m, r, float(n)) for m, r, n in conn.execute(
+            "SELECT market, reason, count(*) FROM rl_decisions, unnest(reason_codes) AS reason "
+            "WHERE action = 'hold' GROUP BY 1, 2 ORDER BY 1, 2")]
+        for market, total, held in conn.execute(
+            "SELECT market, count(*), count(*) FILTER (WHERE 'OOD' = ANY(reason_codes)) FROM rl_decisions "
+            "WHERE created_at > %s GROUP BY 1", (now - OOD_WINDOW,),
+        ):
+            ratios[market] = float(held) / float(total) if total else 0.0
+        bucket_sql = ", ".join(f"count(*) FILTER (WHERE latency_ms <= {float(b)})" for b in LATENCY_BUCKETS_MS)
+        for market, *values in conn.execute(
+            f"SELECT market, {bucket_sql}, count(latency_ms), coalesce(sum(latency_ms), 0) FROM rl_decisions GROUP BY 1"
+        ):
+            *cumulative, total, total_ms = values
+            histograms[market] = ([float(c) for c in cumulative], float(total), float(total_ms) / 1000.0)
+    for (market, action), n in sorted(counts.items()):
+        decisions.add_metric([market, action], n)
+    for market, reason, n in hold_counts:
+        holds.add_metric([market, reason], n)
+    for market, ratio in sorted(ratios.items()):
+        ood.add_metric([market], ratio)
+    for market in sorted(set(markets) | set(histograms)):
+        cumulative, total, seconds = histograms.get(market, ([0.0] * len(buckets_s), 0.0, 0.0))
+        latency.add_metric([market], [(repr(b), c) for b, c in zip(buckets_s, cumulative, strict=True)]
+                           + [("+Inf", total)], seconds)
+    return [decisions, holds, ood, latency]
+
+
+def _promotions(conn: psycopg.Connection) -> list[Metric]:
+    actions = CounterMetricFamily("rl_promotion_actions", "promotion_audit records by action.",
+                                  labels=["market", "action"])
+    reasons = CounterMetricFamily("rl_promotion_reasons",
+                                  "promotion_audit reason codes by action (e.g. the failed gates of a reject).",
+                                  labels=["market", "action", "reason"])
+    for market, action, n in conn.execute("SELECT market, action, count(*) FROM promotion_audit GROUP BY 1, 2 ORDER BY 1, 2"):
+        actions.add_metric([market, action], float(n))
+    for market, action, reason, n in conn.execute(
+        "SELECT market, action, reason, count(*) FROM promotion_audit, unnest(reason_codes) AS reason "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ):
+        reasons.add_metric([market, action, reason], float(n))
+    return [actions, reasons]
+
+
+def _folds(conn: psycopg.Connection) -> list[Metric]:
+    folds = GaugeMetricFamily("rl_evaluation_folds", "Folds of the stored walk-forward reports by status.",
+                              labels=["market", "status"])
+    failures = GaugeMetricFamily("rl_evaluation_fold_failures", "Failed folds of the stored walk-forward reports.",
+                                 labels=["market"])
+    per_market: dict[str, float] = {}
+    for market, status, n in conn.execute(
+        "SELECT r.pair || '-' || r.interval, f.status, count(*) FROM evaluation_folds f "
+        "JOIN evaluation_reports r ON r.id = f.report_id GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        folds.add_metric([market, status], float(n))
+        per_market.setdefault(market, 0.0)
+        if status == "failed":
+            per_market[market] += float(n)
+    for market, n in sorted(per_market.items()):
+        failures.add_metric([market], n)
+    return [folds, failures]
+
+
+def _alerts(conn: psycopg.Connection) -> list[Metric]:
+    checks = CounterMetricFamily("rl_failed_checks", "Failed asset check evaluations (alerts).", labels=["asset", "check"])
+    runs = CounterMetricFamily("rl_failed_runs", "Failed runs (alerts).", labels=["job"])
+    open_ = GaugeMetricFamily("rl_alerts_open", "Alerts not resolved by a later passing check or run.", labels=["kind"])
+    undelivered = GaugeMetricFamily("rl_alerts_undelivered", "Alerts the webhook has not accepted (yet).")
+    open_counts = {"check_failed": 0.0, "run_failed": 0.0}
+    pending = 0.0
+    if _table_exists(conn, "alerts"):
+        for asset, check, n in conn.execute(
+            "SELECT coalesce(asset, ''), coalesce(check_name, ''), count(*) FROM alerts "
+            "WHERE kind = 'check_failed' GROUP BY 1, 2 ORDER BY 1, 2"
+        ):
+            checks.add_metric([asset, check], float(n))
+        for job, n in conn.execute(
+            "SELECT coalesce(job_name, ''), count(*) FROM alerts WHERE kind = 'run_failed' GROUP BY 1 ORDER BY 1"
+        ):
+            runs.add_metric([job], float(n))
+        for kind, n in conn.execute("SELECT kind, count(*) FROM alerts WHERE resolved_at IS NULL GROUP BY 1"):
+            open_counts[kind] = float(n)
+        pending = float(conn.execute("SELECT count(*) FROM alerts WHERE delivered_at IS NULL").fetchone()[0])
+    for kind, n in sorted(open_counts.items()):
+        open_.add_metric([kind], n)
+    undelivered.add_metric([], pending)
+    return [checks, runs, open_, undelivered]
+
+
+SECTIONS: dict[str, Callable[..., list[Metric]]] = {
+    "freshness": lambda conn, now: _freshness(conn, now),
+    "decisions": lambda conn, now: _decisions(conn, now),
+    "promotions": lambda conn, now: _promotions(conn),
+    "folds": lambda conn, now: _folds(conn),
+    "alerts": lambda conn, now: _alerts(conn),
+}
+
+
+def collect_families(conn: psycopg.Connection, now: datetime | None = None) -> list[Metric]:
+    """Every figure, as metric families; a section whose query fails is reported down, not raised."""
+    now = now or datetime.now(UTC)
+    families: list[Metric] = []
+    up = GaugeMetricFamily("rl_metrics_section_up", "1 when the section's figures were read on this scrape.",
+                           labels=["section"])
+    for section, fn in SECTIONS.items():
+        try:
+            if conn.autocommit:
+                families += fn(conn, now)
+            else:
+                with conn.transaction():
+                    families += fn(conn, now)
+            up.add_metric([section], 1.0)
+        except Exception as exc:  # noqa: BLE001 - one broken query must not hide the other figures
+            log_event(logger, "metrics_section_failed", logging.WARNING, section=section,
+                      error=f"{type(exc).__name__}: {exc}")
+            up.add_metric([section], 0.0)
+    return [*families, up]
+
+
+class LifecycleCollector:
+    """A custom collector: queries the database on every scrape (nothing is cached between scrapes)."""
+
+    def __init__(self, connect: Callable[[], AbstractContextManager[psycopg.Connection]]):
+        self._connect = connect
+
+    def describe(self) -> list[Metric]:
+        return []  # names are known only at scrape time; do not query the database at registration
+
+    def collect(self) -> Iterator[Metric]:
+        db_up = GaugeMetricFamily("rl_metrics_database_up", "1 when the database answered this scrape.")
+        try:
+            with self._connect() as conn:
+                families = collect_families(conn)
+        except Exception as exc:  # noqa: BLE001
+            log_event(logger, "metrics_database_unreachable", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+            db_up.add_metric([], 0.0)
+            yield db_up
+            return
+        db_up.add_metric([], 1.0)
+        yield from families
+        yield db_up
+
+
+def url_connector(database_url: str) -> Callable[[], AbstractContextManager[psycopg.Connection]]:
+    return lambda: psycopg.connect(database_url, autocommit=True, connect_timeout=5)
+
+
+def metrics_registry(database_url: str):
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LifecycleCollector(url_connector(database_url)))
+    return registry
+
+
+def serve_metrics(database_url: str, port: int, addr: str = "127.0.0.1"):
+    """Start the /metrics endpoint in a daemon thread; returns (server, thread). Port 0 picks a free one
+    (`server.server_port`)."""
+    from prometheus_client import start_http_server
+
+    return start_http_server(port, addr, registry=metrics_registry(database_url))
+
+
+def family_records(families: list[Metric]) -> list[dict]:
+    """Families as plain dicts: {metric, type, samples: [{name, labels, value}]}."""
+    return [
+        {"metric": f.name, "type": f.type,
+         "samples": [{"name": s.name, "labels": dict(s.labels), "value": s.value} for s in f.samples]}
+        for f in families
+    ]
+
+
+def log_metrics(conn: psycopg.Connection, log: logging.Logger | None = None) -> list[str]:
+    """The same figures as the endpoint, one JSON line per metric family (event `metrics`); returns the lines."""
+    log = log or logger
+    return [log_event(log, "metrics", logging.INFO, **record) for record in family_records(collect_families(conn))]
+
+
+# -- rollout switches -------------------------------------------------------------------------------
+def paper_decisions_enabled() -> bool:
+    """RL_PAPER_DECISIONS_ENABLED (default false): the paper_decisions schedule/asset decides each interval.
+
+    To move into rl_lifecycle.settings (Settings.paper_decisions_enabled)."""
+    from rl_lifecycle.settings import _flag
+
+    return _flag("RL_PAPER_DECISIONS_ENABLED", False)
+
+
+@dataclass(frozen=True)
+class Switch:
+    stage: int  # the rollout stage (seed plan): switch them on in this order
+    name: str
+    env: str | None
+    value: str
+    default: str
+    explicit: bool  # set in the environment (otherwise the default applies)
+    meaning: str
+
+    def line(self) -> str:
+        where = f"{self.env}={self.value}" if self.env else self.value
+        origin = "set" if self.explicit else "default"
+        return f"{self.stage}. {self.name:<22} {where:<36} ({origin}; default {self.default})  {self.meaning}"
+
+
+def rollout_switches() -> list[Switch]:
+    """The rollout switches in the order the plan stages them, as the environment sets them now."""
+    from rl_lifecycle.settings import load_settings
+
+    settings = load_settings()
+
+    def explicit(env: str) -> bool:
+        return bool((os.environ.get(env) or "").strip())
+
+    on = lambda b: "true" if b else "false"  # noqa: E731
+    return [
+        Switch(1, "snapshot storage", None, "on", "on", False,
+               "feature_snapshots is always stored (the source of every dataset); no switch: roll back the feature "
+               "set instead"),
+        Switch(2, "TA feature set", "RL_FEATURE_SET", settings.feature_set, "ta_v2", explicit("RL_FEATURE_SET"),
+               "the selected feature set; rollback: RL_FEATURE_SET=core_v1"),
+        Switch(2, "paper decisions", "RL_PAPER_DECISIONS_ENABLED", on(paper_decisions_enabled()), "false",
+               explicit("RL_PAPER_DECISIONS_ENABLED"), "one paper decision per market per interval (never routes orders)"),
+        Switch(3, "walk-forward gates", "RL_STRICT_BACKTEST", on(settings.strict_backtest), "true",
+               explicit("RL_STRICT_BACKTEST"), "strict fold backtests for the promotion gates; keep true outside tests"),
+        Switch(4, "online learning", "RL_ONLINE_LEARNING_ENABLED", on(settings.online_learning_enabled), "false",
+               explicit("RL_ONLINE_LEARNING_ENABLED"), "the sensor trains, evaluates and decides on every completed window"),
+        Switch(5, "auto promotion", "RL_AUTO_PROMOTION", on(settings.auto_promotion), "false",
+               explicit("RL_AUTO_PROMOTION"),
+               "passing decisions promote by themselves; false: they wait as pending for `rl-lifecycle promote`"),
+    ]
+
+
+# -- `rl-lifecycle status` --------------------------------------------------------------------------
+def _last_decision(conn: psycopg.Connection, market: str) -> dict | None:
+    if not _table_exists(conn, "rl_decisions"):
+        return None
+    row = conn.execute(
+        "SELECT action, reason_codes, latency_ms, created_at FROM rl_decisions WHERE market = %s "
+        "ORDER BY created_at DESC LIMIT 1", (market,),
+    ).fetchone()
+    if row is None:
+        return None
+    return {"action": row[0], "reason_codes": list(row[1] or []), "latency_ms": row[2], "at": row[3].isoformat()}
+
+
+def _challenger(registry, market) -> dict | None:
+    """The model version with the `challenger` alias, else the newest version; an error is reported, not raised."""
+    if registry is None:
+        return None
+    try:
+        versions = registry.versions(market)
+    except Exception as exc:  # noqa: BLE001 - MLflow down must not hide the rest of the status
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    if not versions:
+        return None
+    chosen = next((v for v in versions if "challenger" in v.aliases), versions[0])
+    return {"version": chosen.version, "aliases": list(chosen.aliases), "created": chosen.created}
+
+
+def market_status(conn: psycopg.Connection, registry=None, now: datetime | None = None) -> list[dict]:
+    """Per registered market: champion (audit), challenger (MLflow), last decision, freshness, open alerts."""
+    from rl_lifecycle.alerts import list_alerts
+    from rl_lifecycle.promotion.audit import current_champion, last_gate_decision
+
+    now = now or datetime.now(UTC)
+    statuses = []
+    for market in _markets(conn):
+        newest = conn.execute("SELECT max(ts) FROM market_candles WHERE pair = %s AND interval = %s",
+                              (market.pair, market.interval)).fetchone()[0]
+        features = {}
+        for fs_id, name, _ in _feature_sets_of(conn, market):
+            ts = conn.execute(
+                "SELECT max(ts) FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s",
+                (market.pair, market.interval, fs_id),
+            ).fetchone()[0]
+            features[name] = _age_seconds(ts, market.interval_us, now)
+        challenger = _challenger(registry, market)
+        if challenger and "version" in challenger:
+            decision = last_gate_decision(conn, market.key, challenger["version"])
+            challenger["last_gate_decision"] = (
+                None if decision is None else {"action": decision.action, "reason_codes": list(decision.reason_codes)})
+        open_alerts = list_alerts(conn, market=market.key, open_only=True, limit=5)
+        open_count = conn.execute("SELECT count(*) FROM alerts WHERE market = %s AND resolved_at IS NULL",
+                                  (market.key,)).fetchone()[0]
+        statuses.append({
+            "market": market.key,
+            "champion_version": current_champion(conn, market.key),
+            "challenger": challenger,
+            "last_decision": _last_decision(conn, market.key),
+            "candle_freshness_seconds": _age_seconds(newest, market.interval_us, now),
+            "feature_freshness_seconds": features,
+            "open_alerts": int(open_count),
+            "latest_open_alerts": [
+                {"kind": a.kind, "asset": a.asset, "check": a.check, "partition": a.partition,
+                 "summary": a.summary[:200], "run_url": a.run_url, "created_at": a.created_at.isoformat()}
+                for a in open_alerts
+            ],
+        })
+    return statuses
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    s = abs(seconds)
+    text = f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h" if s < 172800 else f"{s / 86400:.1f}d"
+    return text + " ago" if seconds >= 0 else "in " + text
+
+
+def status_lines(statuses: list[dict], switches: list[Switch]) -> list[str]:
+    """`rl-lifecycle status` as text."""
+    lines = ["rollout switches (in rollout order):"]
+    lines += ["  " + s.line() for s in switches]
+    lines.append("")
+    if not statuses:
+        lines.append("no markets registered; add one with `rl-lifecycle market add`")
+    for st in statuses:
+        champion = f"v{st['champion_version']}" if st["champion_version"] is not None else "none"
+        ch = st["challenger"]
+        if ch is None:
+            challenger = "none"
+        elif "error" in ch:
+            challenger = f"unknown ({ch['error']})"
+        else:
+            gate = ch.get("last_gate_decision")
+            challenger = f"v{ch['version']}" + (f" ({gate['action']}: {', '.join(gate['reason_codes']) or 'no reasons'})"
+                                                 if gate else " (not judged yet)")
+        d = st["last_decision"]
+        decision = "none" if d is None else f"{d['action']} at {d['at']} ({', '.join(d['reason_codes']) or 'free'})"
+        features = ", ".join(f"{k} {format_age(v)}" for k, v in st["feature_freshness_seconds"].items()) or "none"
+        lines += [
+            f"{st['market']}",
+            f"  champion        {champion}",
+            f"  challenger      {challenger}",
+            f"  last decision   {decision}",
+            f"  freshness       candles {format_age(st['candle_freshness_seconds'])}; features {features}",
+            f"  open alerts     {st['open_alerts']}",
+        ]
+        for a in st["latest_open_alerts"]:
+            what = f"{a['check']} on {a['asset']}" if a["kind"] == "check_failed" else f"run failed ({a['asset'] or '-'})"
+            lines.append(f"    - {a['created_at'][:19]} {what} [{a['partition'] or '-'}] {a['run_url']}")
+    return lines
+
+
+def wait_forever(log_interval: float | None, database_url: str) -> None:
+    """Keep the process alive for the endpoint thread; log the figures as JSON lines every `log_interval` s."""
+    while True:
+        if log_interval:
+            try:
+                with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+                    log_metrics(conn)
+            except Exception as exc:  # noqa: BLE001
+                log_event(logger, "metrics_database_unreachable", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+            time.sleep(log_interval)
+        else:
+            time.sleep(3600)
