@@ -302,6 +302,13 @@ def bench_backfill(server_url: str, first: str = "2015-01-01", last: str = "2024
     }
 
 
+def bench_decisions(server_url: str) -> dict:
+    from rl_lifecycle.decisions.bench import bench_decide
+
+    print("decide.latency_p99_ms ...", flush=True)
+    return bench_decide(server_url)
+
+
 def _machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -344,6 +351,7 @@ def main() -> int:
     results.update(bench_pipeline())
     results.update(bench_training())
     results.update(bench_backfill(server_url))
+    results.update(bench_decisions(server_url))
     with scratch_database(server_url) as scratch:
         print("snapshots ...", flush=True)
         results.update(bench_snapshots(scratch))

@@ -15,6 +15,7 @@ from dagster import (
 
 from rl_lifecycle.assets.candles import candles
 from rl_lifecycle.assets.datasets import DATASET_CHECKS, training_dataset
+from rl_lifecycle.assets.decisions import paper_decisions, paper_decisions_job
 from rl_lifecycle.assets.evaluation import EVALUATION_CHECKS, fold_report
 from rl_lifecycle.assets.features import feature_snapshots
 from rl_lifecycle.assets.models import MODEL_CHECKS, challenger_model
@@ -70,9 +71,9 @@ _database = PostgresResource()
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[*JOBS, rollback_job],
+    jobs=[*JOBS, rollback_job, paper_decisions_job],
     sensors=[market_partitions_sensor, inbox_sensor, live_feed_sensor, online_learning_sensor],
-    schedules=[latest_window_schedule],
+    schedules=[latest_window_schedule, paper_decisions],
     # Steps run one after another in the run's process: a step process of its own costs ~3 s of
     # start-up against tens of milliseconds of work per window. Whatever needs isolation (the
     # determinism recompute, each fold's Nautilus backtest) spawns its own process.

@@ -360,8 +360,8 @@ class Switch:
 
     def line(self) -> str:
         where = f"{self.env}={self.value}" if self.env else self.value
-        origin = "set" if self.explicit else "default"
-        return f"{self.stage}. {self.name:<22} {where:<36} ({origin}; default {self.default})  {self.meaning}"
+        origin = f"set; default {self.default}" if self.explicit else "default"
+        return f"{self.stage}. {self.name:<20} {where:<36} ({origin})  {self.meaning}"
 
 
 def rollout_switches() -> list[Switch]:

@@ -36,6 +36,8 @@ class Settings:
     mlflow_artifacts: str | None = None  # RL_MLFLOW_ARTIFACTS: an object-store URI; unset -> $RL_HOME/mlflow
     mlflow_ui_url: str = "http://127.0.0.1:5000"  # where `rl-lifecycle mlflow ui` serves; for links in metadata
     auto_promotion: bool = False  # RL_AUTO_PROMOTION: passing decisions promote; otherwise they wait as pending_manual
+    paper_decisions_enabled: bool = False  # RL_PAPER_DECISIONS_ENABLED: the paper_decisions schedule decides
+    decision_config: str | None = None  # RL_DECISION_CONFIG: hold thresholds YAML; unset -> rl_lifecycle/decisions/decisions.yaml
 
     @property
     def pgdata(self) -> Path:
@@ -83,6 +85,8 @@ def load_settings() -> Settings:
         strict_backtest=_flag("RL_STRICT_BACKTEST", True),
         online_learning_enabled=_flag("RL_ONLINE_LEARNING_ENABLED", False),
         auto_promotion=_flag("RL_AUTO_PROMOTION", False),
+        paper_decisions_enabled=_flag("RL_PAPER_DECISIONS_ENABLED", False),
+        decision_config=os.environ.get("RL_DECISION_CONFIG") or None,
         feature_set=os.environ.get("RL_FEATURE_SET") or "ta_v2",
         window_cadence=cadence,
         mlflow_artifacts=os.environ.get("RL_MLFLOW_ARTIFACTS") or None,

@@ -6,8 +6,6 @@ import json
 import uuid
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import psycopg
 import pytest
 import yaml

@@ -4,7 +4,14 @@
 import numpy as np
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from rl_lifecycle.assets.presentation import line_plot, markdown_table, range_metadata, ts_or_none
+from rl_lifecycle.assets.presentation import (
+    line_plot,
+    log_range,
+    log_window,
+    markdown_table,
+    range_metadata,
+    ts_or_none,
+)
 from rl_lifecycle.candles.service import load_window
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.partitions import WINDOW_RANGE_PER_RUN, market_window_partitions, run_partitions
@@ -34,7 +41,7 @@ def candles(context: AssetExecutionContext, database: PostgresResource) -> Mater
                 stats, summary = load_window(conn, record, window)
             except UserInputError as exc:
                 raise Failure(description=f"{key}: {exc}") from exc
-            context.log.info(f"{market.key} {window.key}: {summary.rows} candles stored, {len(summary.gaps)} gaps")
+            log_window(context, len(partitions), f"{market.key} {window.key}: {summary.rows} candles stored, {len(summary.gaps)} gaps")
             metadata = _window_metadata(record, window, stats, summary)
             if plot_each_window:
                 metadata["price"] = line_plot(summary.ts, summary.close, f"{market.key} close, {window.key}")
@@ -46,6 +53,7 @@ def candles(context: AssetExecutionContext, database: PostgresResource) -> Mater
         ts, close = np.concatenate([c[0] for c in closes]), np.concatenate([c[1] for c in closes])
         context.add_asset_metadata({"price_over_run_range": line_plot(
             ts, close, f"{market.key} close, {partitions[0][2].key} .. {partitions[-1][2].key}")}, partition_key=last_key)
+    log_range(context, context.partition_keys, "candles stored")
     return MaterializeResult(metadata=range_metadata(context.partition_keys))
 
 

@@ -13,7 +13,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from rl_lifecycle.assets.presentation import partition_check_result, range_metadata
+from rl_lifecycle.assets.presentation import log_range, log_window, partition_check_result, range_metadata
 from rl_lifecycle.datasets.builder import build_dataset
 from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
 from rl_lifecycle.errors import UserInputError
@@ -61,13 +61,15 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
     features = active_feature_set()
     datasets_dir = load_settings().datasets_dir
     with database.connect() as conn:
-        for key, market, window in run_partitions(context.partition_keys):
+        partitions = run_partitions(context.partition_keys)
+        for key, market, window in partitions:
             spec = _spec(market, window, config, features)
             try:
                 build = build_dataset(conn, spec, datasets_dir, features)
             except UserInputError as exc:
                 raise Failure(description=f"{key}: {exc}") from exc
-            context.log.info(
+            log_window(
+                context, len(partitions),
                 f"{key} dataset {build.dataset_hash[:12]}: {build.rows} rows; windows from cache "
                 f"{len(build.cached_windows)}, computed {len(build.computed_windows)}"
                 f"{'; reused an existing version' if build.reused else ''}"
@@ -86,6 +88,7 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
                 "storage_uri": build.storage_uri,
                 "min_purge_bars": spec.min_purge_bars,
             }, partition_key=key)
+    log_range(context, context.partition_keys, "datasets built")
     return MaterializeResult(metadata=range_metadata(context.partition_keys))
 
 

@@ -62,3 +62,15 @@ def partition_check_result(outcomes: Sequence[tuple[str, object]]) -> AssetCheck
         metadata["differences"] = markdown_table(headers, [[d.get(h, "") for h in headers] for d in details[:50]])
         metadata["details"] = MetadataValue.json(details[:200])
     return AssetCheckResult(passed=not failed, description=summary, metadata=metadata)
+
+
+def log_window(context, partition_count: int, message: str) -> None:
+    """A per-window log line, in one-window runs only: in a backfill run over a range each line would
+    be one more stored event per window, and each window's metadata says the same."""
+    if partition_count == 1:
+        context.log.info(message)
+
+
+def log_range(context, partition_keys, what: str) -> None:
+    if len(partition_keys) > 1:
+        context.log.info(f"{what}: {len(partition_keys)} windows, {min(partition_keys)} .. {max(partition_keys)}")

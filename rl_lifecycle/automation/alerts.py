@@ -25,6 +25,7 @@ import logging
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -35,7 +36,6 @@ from dagster import (
     run_status_sensor,
     sensor,
 )
-from dagster._core.storage.dagster_run import DagsterRun
 
 from rl_lifecycle.alerts import (
     Alert,

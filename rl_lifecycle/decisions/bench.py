@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.markets import Market
-from rl_lifecycle.windows import WindowScheme, to_us
+from rl_lifecycle.windows import WindowScheme
 
 TARGET_MS = 50.0
 
@@ -94,11 +94,10 @@ def bench_decide(server_url: str, repeats: int = 200) -> dict:
 
 if __name__ == "__main__":
     import json
+    from urllib.parse import urlsplit, urlunsplit
 
-    from rl_lifecycle.bench import main as _unused  # noqa: F401  (the project's bench entry registers this one)
     from rl_lifecycle.db import resolve_database_url
     from rl_lifecycle.db.connection import plain_postgres_url
-    from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(plain_postgres_url(resolve_database_url()))
     print(json.dumps(bench_decide(urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))), indent=2))

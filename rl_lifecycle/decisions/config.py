@@ -7,7 +7,7 @@ when they carry it, else the environment with the settings' boolean rules.
 
 from __future__ import annotations
 
-import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,20 @@ def parse_decision_config(data: Any, source: str = "<dict>") -> DecisionConfig:
 
 
 def load_decision_config(path: str | Path | None = None) -> DecisionConfig:
-    """`path`, else RL_DECISION_CONFIG, else the shipped defaults."""
-    path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH).expanduser()
+    """`path`, else RL_DECISION_CONFIG, else the shipped defaults (parsed again only when the file changes)."""
+    from rl_lifecycle.settings import load_settings
+
+    path = Path(path or load_settings().decision_config or DEFAULT_CONFIG_PATH).expanduser()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise UserInputError(f"decision config {path} cannot be read: {exc.strerror or exc}") from exc
+    return _load(str(path), stamp)
+
+
+@lru_cache(maxsize=8)
+def _load(name: str, _stamp: int) -> DecisionConfig:
+    path = Path(name)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -73,7 +85,6 @@ def load_decision_config(path: str | Path | None = None) -> DecisionConfig:
 
 
 def paper_decisions_enabled() -> bool:
-    from rl_lifecycle.settings import _flag, load_settings
+    from rl_lifecycle.settings import load_settings
 
-    value = getattr(load_settings(), "paper_decisions_enabled", None)
-    return bool(value) if value is not None else _flag(ENABLED_ENV, False)
+    return load_settings().paper_decisions_enabled

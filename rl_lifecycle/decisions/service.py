@@ -33,7 +33,7 @@ import psycopg
 from rl_lifecycle.calendars import get_calendar
 from rl_lifecycle.decisions import safety
 from rl_lifecycle.decisions.config import DecisionConfig, load_decision_config
-from rl_lifecycle.decisions.store import POSITION_OF_ACTION, DecisionRecord, append_decision, paper_position
+from rl_lifecycle.decisions.store import DecisionRecord, append_decision, paper_position
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import FeatureSetSpec, active_feature_set
 from rl_lifecycle.features.vectors import vectors_from_candles
@@ -238,8 +238,7 @@ def decide(
         action = POSITION_NAMES[position]
     latency_ms = (time.perf_counter() - started) * 1000
     decided = DecisionRecord(
-        market=market.key, as_of_us=at_us, bar_ts_us=newest, action=action, position=POSITION_OF_ACTION.get(action, 0)
-        if action == "hold" else position, champion_version=version, fingerprint=spec.fingerprint, vector_sha256=sha,
+        market=market.key, as_of_us=at_us, bar_ts_us=newest, action=action, position=position, champion_version=version, fingerprint=spec.fingerprint, vector_sha256=sha,
         reason_codes=tuple(code for code in safety.REASON_CODES if code in reasons), latency_ms=latency_ms,
         details=details,
     )
