@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -57,15 +56,13 @@ class AlertConfig:
 
 def load_alert_config() -> AlertConfig:
     """RL_ALERT_WEBHOOK_URL, RL_DAGSTER_UI_URL, RL_ALERT_WEBHOOK_TIMEOUT_SECONDS (read at each call)."""
-    raw_timeout = (os.environ.get("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS") or "").strip()
-    try:
-        timeout = float(raw_timeout) if raw_timeout else DEFAULT_TIMEOUT_SECONDS
-    except ValueError:
-        timeout = DEFAULT_TIMEOUT_SECONDS
+    from rl_lifecycle.settings import load_settings
+
+    settings = load_settings()
     return AlertConfig(
-        webhook_url=(os.environ.get("RL_ALERT_WEBHOOK_URL") or "").strip() or None,
-        ui_url=((os.environ.get("RL_DAGSTER_UI_URL") or "").strip() or DEFAULT_UI_URL).rstrip("/"),
-        timeout_seconds=max(0.1, min(timeout, 30.0)),
+        webhook_url=settings.alert_webhook_url,
+        ui_url=settings.dagster_ui_url.rstrip("/"),
+        timeout_seconds=max(0.1, min(settings.alert_webhook_timeout_s, 30.0)),
     )
 
 

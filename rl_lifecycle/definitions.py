@@ -20,6 +20,11 @@ from rl_lifecycle.assets.evaluation import EVALUATION_CHECKS, fold_report
 from rl_lifecycle.assets.features import feature_snapshots
 from rl_lifecycle.assets.models import MODEL_CHECKS, challenger_model
 from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG, promotion_decision
+from rl_lifecycle.automation.alerts import (
+    alert_delivery_sensor,
+    check_failure_alert_sensor,
+    run_failure_alert_sensor,
+)
 from rl_lifecycle.automation.inbox import inbox_sensor, live_feed_sensor
 from rl_lifecycle.automation.online import latest_window_schedule, online_learning_sensor
 from rl_lifecycle.checks.features import FEATURE_CHECKS
@@ -72,7 +77,10 @@ defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
     jobs=[*JOBS, rollback_job, paper_decisions_job],
-    sensors=[market_partitions_sensor, inbox_sensor, live_feed_sensor, online_learning_sensor],
+    sensors=[
+        market_partitions_sensor, inbox_sensor, live_feed_sensor, online_learning_sensor,
+        check_failure_alert_sensor, run_failure_alert_sensor, alert_delivery_sensor,
+    ],
     schedules=[latest_window_schedule, paper_decisions],
     # Steps run one after another in the run's process: a step process of its own costs ~3 s of
     # start-up against tens of milliseconds of work per window. Whatever needs isolation (the

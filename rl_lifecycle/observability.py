@@ -340,12 +340,10 @@ def log_metrics(conn: psycopg.Connection, log: logging.Logger | None = None) -> 
 
 # -- rollout switches -------------------------------------------------------------------------------
 def paper_decisions_enabled() -> bool:
-    """RL_PAPER_DECISIONS_ENABLED (default false): the paper_decisions schedule/asset decides each interval.
+    """RL_PAPER_DECISIONS_ENABLED (default false): the paper_decisions schedule decides each interval."""
+    from rl_lifecycle.settings import load_settings
 
-    To move into rl_lifecycle.settings (Settings.paper_decisions_enabled)."""
-    from rl_lifecycle.settings import _flag
-
-    return _flag("RL_PAPER_DECISIONS_ENABLED", False)
+    return load_settings().paper_decisions_enabled
 
 
 @dataclass(frozen=True)

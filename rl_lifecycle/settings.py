@@ -24,6 +24,16 @@ def _flag(name: str, default: bool) -> bool:
     raise UserInputError(f"{name}={raw!r} is not a boolean (use true/false)")
 
 
+def _number(name: str, default: float) -> float:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise UserInputError(f"{name}={raw!r} is not a number") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -38,6 +48,9 @@ class Settings:
     auto_promotion: bool = False  # RL_AUTO_PROMOTION: passing decisions promote; otherwise they wait as pending_manual
     paper_decisions_enabled: bool = False  # RL_PAPER_DECISIONS_ENABLED: the paper_decisions schedule decides
     decision_config: str | None = None  # RL_DECISION_CONFIG: hold thresholds YAML; unset -> rl_lifecycle/decisions/decisions.yaml
+    alert_webhook_url: str | None = None  # RL_ALERT_WEBHOOK_URL: Slack-compatible webhook; unset -> alerts are only stored and logged
+    alert_webhook_timeout_s: float = 5.0  # RL_ALERT_WEBHOOK_TIMEOUT_SECONDS (capped at 30)
+    dagster_ui_url: str = "http://127.0.0.1:3000"  # RL_DAGSTER_UI_URL: base of the run links in alerts
 
     @property
     def pgdata(self) -> Path:
@@ -87,6 +100,9 @@ def load_settings() -> Settings:
         auto_promotion=_flag("RL_AUTO_PROMOTION", False),
         paper_decisions_enabled=_flag("RL_PAPER_DECISIONS_ENABLED", False),
         decision_config=os.environ.get("RL_DECISION_CONFIG") or None,
+        alert_webhook_url=(os.environ.get("RL_ALERT_WEBHOOK_URL") or "").strip() or None,
+        alert_webhook_timeout_s=_number("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0),
+        dagster_ui_url=(os.environ.get("RL_DAGSTER_UI_URL") or "").strip() or "http://127.0.0.1:3000",
         feature_set=os.environ.get("RL_FEATURE_SET") or "ta_v2",
         window_cadence=cadence,
         mlflow_artifacts=os.environ.get("RL_MLFLOW_ARTIFACTS") or None,
