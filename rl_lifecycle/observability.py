@@ -34,7 +34,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import psycopg
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -42,6 +41,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+
+from rl_lifecycle.features.store import newest_snapshot_ts, recent_missing_ratios
 
 MISSING_SAMPLE_ROWS = 1000
 OOD_WINDOW = timedelta(hours=24)
@@ -98,11 +99,7 @@ def _freshness(conn: psycopg.Connection, now: datetime) -> list[Metric]:
         if age is not None:
             candles.add_metric([market.key], age)
         for fs_id, name, names in _feature_sets_of(conn, market):
-            newest = conn.execute(
-                "SELECT max(ts) FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s",
-                (market.pair, market.interval, fs_id),
-            ).fetchone()[0]
-            age = _age_seconds(newest, market.interval_us, now)
+            age = _age_seconds(newest_snapshot_ts(conn, market, fs_id), market.interval_us, now)
             if age is None:
                 continue
             features.add_metric([market.key, name], age)
@@ -130,17 +127,7 @@ def _feature_sets_of(conn: psycopg.Connection, market) -> list[tuple[int, str, l
 def missing_ratios(conn: psycopg.Connection, market, feature_set_id: int, feature_names: list[str],
                    rows: int = MISSING_SAMPLE_ROWS) -> dict[str, float]:
     """Per feature: the share of the newest `rows` snapshots whose missing bit is set."""
-    masks = conn.execute(
-        "SELECT missing_mask FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s "
-        "ORDER BY ts DESC LIMIT %s",
-        (market.pair, market.interval, feature_set_id, int(rows)),
-    ).fetchall()
-    k = len(feature_names)
-    if not masks or k == 0:
-        return {}
-    raw = np.frombuffer(b"".join(bytes(m[0]) for m in masks), dtype=np.uint8).reshape(len(masks), -1)
-    bits = np.unpackbits(raw, axis=1, count=k, bitorder="little").astype(bool)
-    return {name: float(v) for name, v in zip(feature_names, bits.mean(axis=0), strict=True)}
+    return recent_missing_ratios(conn, market, feature_set_id, feature_names, rows)
 
 
 def _decisions(conn: psycopg.Connection, now: datetime) -> list[Metric]:
@@ -429,11 +416,7 @@ def market_status(conn: psycopg.Connection, registry=None, now: datetime | None 
                               (market.pair, market.interval)).fetchone()[0]
         features = {}
         for fs_id, name, _ in _feature_sets_of(conn, market):
-            ts = conn.execute(
-                "SELECT max(ts) FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s",
-                (market.pair, market.interval, fs_id),
-            ).fetchone()[0]
-            features[name] = _age_seconds(ts, market.interval_us, now)
+            features[name] = _age_seconds(newest_snapshot_ts(conn, market, fs_id), market.interval_us, now)
         challenger = _challenger(registry, market)
         if challenger and "version" in challenger:
             decision = last_gate_decision(conn, market.key, challenger["version"])

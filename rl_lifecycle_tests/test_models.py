@@ -128,3 +128,32 @@ def test_saved_policies_load_back_to_the_same_actions(conn, market, registry, tm
     fingerprint = data.dataset.fingerprint
     assert np.array_equal(loaded.rollout(data.content.values, fingerprint=fingerprint),
                           again.rollout(data.content.values, fingerprint=fingerprint))
+
+
+def _open_fresh_registry(database_url: str) -> str:
+    from rl_lifecycle.models.tracking import open_registry
+
+    return open_registry(database_url).client.search_experiments(max_results=1) is not None and "ok"
+
+
+def test_two_first_uses_at_once_create_mlflows_database_and_tables_once(server_url):
+    """Two processes opening the registry of a fresh database together (two markets training side by
+    side on a new deployment) both succeed: one creates the database and MLflow's tables."""
+    import multiprocessing
+    import uuid
+
+    import psycopg
+
+    from rl_lifecycle_tests.conftest import _with_database
+
+    name = f"rl_test_race_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = _with_database(server_url, name)
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            assert pool.map(_open_fresh_registry, [url, url]) == ["ok", "ok"]
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            for db in (name, f"{name}_mlflow"):
+                admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

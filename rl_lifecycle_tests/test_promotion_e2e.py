@@ -20,8 +20,10 @@ import pytest
 import yaml
 
 from rl_lifecycle.candles.service import ingest_file
+from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.instance import sync_market_partitions
 from rl_lifecycle.markets import Market
+from rl_lifecycle.models.tracking import open_registry
 from rl_lifecycle.promotion.audit import current_champion, history
 from rl_lifecycle.promotion.gates import (
     ABSOLUTE_CODES,
@@ -73,8 +75,8 @@ def _import(conn, market: Market, candles, tmp_path) -> None:
     assert result.stats is not None and result.quarantined == 0
 
 
-def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, rl_env, dagster_instance, tmp_path,
-                                                                   monkeypatch):
+def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, database_url, rl_env, dagster_instance,
+                                                                   tmp_path, monkeypatch):
     # the code server the runs launch from inherits this environment
     monkeypatch.setenv("RL_AUTO_PROMOTION", "true")
     edge, walk = _market("EDGE"), _market("WALK")
@@ -102,10 +104,12 @@ def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, rl_env, 
     assert decision["reason_codes"] == "-"
     assert decision["bootstrap"] is True
     assert decision["champion_before"] == "-"
+    registry = open_registry(database_url)  # opened after the runs: they create MLflow's database themselves
     version = decision["challenger_version"]
     assert version == edge_run.metadata["challenger_model"]["model_version"]
     assert decision["champion_after"] == f"v{version}"
-    assert current_champion(conn, edge.key) == version
+    assert current_champion(conn, edge.key) == version  # the audit, which decides who is champion
+    assert registry.version(edge, "champion").version == version  # and the MLflow alias follows it
     assert all(g["passed"] for g in decision["gate_values"])
 
     # -- the walk: rejected for want of skill, nothing moves ------------------------------------------
@@ -120,6 +124,8 @@ def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, rl_env, 
     assert {NOT_BETTER_THAN_FLAT, NOT_BETTER_THAN_BUY_AND_HOLD} & set(codes), codes
     assert decision["champion_after"] == "-"
     assert current_champion(conn, walk.key) is None
+    with pytest.raises(UserInputError, match="no model version 'champion'"):
+        registry.version(walk, "champion")
 
     # -- both decisions are on record in the append-only audit ----------------------------------------
     (promoted,) = history(conn, edge.key)

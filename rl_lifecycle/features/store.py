@@ -274,3 +274,28 @@ def restamp_window(conn: psycopg.Connection, market: Market, fingerprint: str, w
         ).format(s=pg_timestamp(window.start)),
         (stamp.input_start_us, stamp.write_seq, market.pair, market.interval, fingerprint),
     )
+
+
+# -- figures for monitoring (metrics, status): about the stored rows, never their vectors ----------
+def newest_snapshot_ts(conn: psycopg.Connection, market: Market, feature_set_id: int):
+    """The newest stored snapshot's timestamp (timestamptz) of a market and feature set, or None."""
+    return conn.execute(
+        "SELECT max(ts) FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s",
+        (market.pair, market.interval, feature_set_id),
+    ).fetchone()[0]
+
+
+def recent_missing_ratios(conn: psycopg.Connection, market: Market, feature_set_id: int, feature_names: list[str],
+                          rows: int) -> dict[str, float]:
+    """Per feature: the share of the newest `rows` snapshots whose missing bit is set."""
+    masks = conn.execute(
+        "SELECT missing_mask FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s "
+        "ORDER BY ts DESC LIMIT %s",
+        (market.pair, market.interval, feature_set_id, int(rows)),
+    ).fetchall()
+    k = len(feature_names)
+    if not masks or k == 0:
+        return {}
+    raw = np.frombuffer(b"".join(bytes(m[0]) for m in masks), dtype=np.uint8).reshape(len(masks), -1)
+    bits = np.unpackbits(raw, axis=1, count=k, bitorder="little").astype(bool)
+    return {name: float(v) for name, v in zip(feature_names, bits.mean(axis=0), strict=True)}

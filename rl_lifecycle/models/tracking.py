@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,18 +33,36 @@ LINEAGE_TAGS = (
 )
 
 
+MLFLOW_INIT_LOCK = 7_301_904_512  # pg advisory lock: one process creates MLflow's database and schema
+
+
+@cache
 def mlflow_database_url(database_url: str) -> str:
-    """`postgresql+psycopg2://…/<db>_mlflow` on the server of `database_url`, the database created if missing."""
+    """`postgresql+psycopg2://…/<db>_mlflow` on the server of `database_url`, the database and MLflow's
+    tables created if missing. Under a server-wide advisory lock: two first runs at once (e.g. two
+    markets training side by side on a fresh deployment) would otherwise both create the database,
+    or both run MLflow's migrations, and one would fail on a duplicate key."""
     parts = urlsplit(plain_postgres_url(database_url))
     name = f"{parts.path.lstrip('/') or 'postgres'}_mlflow"
+    url = dagster_storage_url(urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment)))
     with psycopg.connect(database_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MLFLOW_INIT_LOCK,))
+        try:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # created by a concurrent process
-    return dagster_storage_url(urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment)))
+            _create_mlflow_tables(url)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MLFLOW_INIT_LOCK,))
+    return url
+
+
+def _create_mlflow_tables(url: str) -> None:
+    """MLflow creates (or migrates) its tracking and registry tables when its stores first open."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
 
 
 def registered_model_name(market: Market) -> str:
