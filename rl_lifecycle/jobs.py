@@ -1,11 +1,70 @@
-"""Op jobs that are not asset materializations: rolling a market's champion back."""
+"""The jobs: the two asset jobs of the lifecycle, and rolling a market's champion back.
 
-from dagster import Config, Failure, OpExecutionContext, job, op
+Apart from `definitions.py` so that sensors and schedules can target the jobs they request.
+"""
+
+from dagster import (
+    AssetSelection,
+    Config,
+    Failure,
+    OpExecutionContext,
+    PartitionedConfig,
+    configured,
+    define_asset_job,
+    job,
+    multiprocess_executor,
+    op,
+)
+from dagster import Field as DagsterField
 from pydantic import Field
 
+from rl_lifecycle.assets.candles import candles
+from rl_lifecycle.assets.datasets import training_dataset
+from rl_lifecycle.assets.evaluation import fold_report
+from rl_lifecycle.assets.features import feature_snapshots
+from rl_lifecycle.assets.models import challenger_model
+from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG, promotion_decision
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import Market
+from rl_lifecycle.partitions import market_window_partitions
 from rl_lifecycle.resources import MlflowResource, PostgresResource
+
+MARKET_DATA_ASSETS = [candles, feature_snapshots, training_dataset]
+LIFECYCLE_ASSETS = [challenger_model, fold_report, promotion_decision]
+ALL_ASSETS = [*MARKET_DATA_ASSETS, *LIFECYCLE_ASSETS]
+
+@configured(multiprocess_executor, config_schema={"max_concurrent": DagsterField(int, default_value=2, description="steps at once")})
+def fold_executor(config: dict) -> dict:
+    return {"max_concurrent": config["max_concurrent"], "start_method": {"forkserver": {}}}
+
+
+# Two jobs because their backfill policies differ: market data takes a range of one market's windows
+# per run, models and reports one window per run (Dagster resolves a mixed job to the smaller).
+market_data_job = define_asset_job(
+    "market_data_job",
+    selection=AssetSelection.assets(*MARKET_DATA_ASSETS),
+    partitions_def=market_window_partitions,
+    description="Candles -> feature snapshots -> training dataset for one market x window (or a range of one "
+    "market's windows), with every blocking check.",
+)
+lifecycle_job = define_asset_job(
+    "lifecycle_job",
+    selection=AssetSelection.assets(*LIFECYCLE_ASSETS),
+    partitions_def=market_window_partitions,
+    # every run carries its market in a tag that dagster.yaml limits to one run at a time per value,
+    # so a second decision for a market waits in the queue instead of failing on the advisory lock
+    config=PartitionedConfig(
+        partitions_def=market_window_partitions,
+        run_config_for_partition_key_fn=lambda key: {},
+        tags_for_partition_key_fn=lambda key: {PROMOTION_MARKET_TAG: key.split("|")[0]},
+    ),
+    # one step per fold of `fold_report`: steps run in processes of their own, `max_concurrent` at a
+    # time (run config `execution.config.max_concurrent`; 2 by default), forked from a server that
+    # imported this code location once per run
+    executor_def=fold_executor,
+    description="Challenger model -> fold report (a step per fold) -> promotion decision for one market x window, with every blocking check.",
+)
+JOBS = [market_data_job, lifecycle_job]  # in dependency order
 
 
 class RollbackConfig(Config):

@@ -63,7 +63,18 @@ def _record(instance: DagsterInstance, event) -> int:
 
 def _evaluate(instance: DagsterInstance, cursor: str | None):
     context = build_sensor_context(instance=instance, cursor=cursor, resources={"database": PostgresResource()})
-    return online_learning_sensor(context), context
+    result = online_learning_sensor(context)
+    # and as the daemon evaluates it: run requests must resolve against the sensor's target jobs
+    import dagster
+
+    from rl_lifecycle.definitions import defs
+
+    with dagster.partition_loading_context(dynamic_partitions_store=instance):
+        online_learning_sensor.evaluate_tick(build_sensor_context(
+            instance=instance, cursor=cursor, resources={"database": PostgresResource()},
+            definitions=defs,
+        ))
+    return result, context
 
 
 def _requests(result) -> list[RunRequest]:

@@ -54,14 +54,15 @@ from dagster import (
 )
 
 from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG
+from rl_lifecycle.jobs import lifecycle_job, market_data_job
 from rl_lifecycle.markets import Market
 from rl_lifecycle.partitions import MARKET_DIMENSION, WINDOW_SCHEME, market_partitions, window_partitions
 from rl_lifecycle.resources import PostgresResource
 from rl_lifecycle.settings import load_settings
 from rl_lifecycle.windows import Window, WindowScheme
 
-DATA_JOB = "market_data_job"
-LIFECYCLE_JOB = "lifecycle_job"
+DATA_JOB = market_data_job.name
+LIFECYCLE_JOB = lifecycle_job.name
 CANDLES = "candles"
 TRAINING_DATASET = "training_dataset"
 TRIGGER_TAG = "rl_lifecycle/trigger"
@@ -357,6 +358,7 @@ def current_cursor(instance) -> OnlineCursor:
 # -- the sensor ----------------------------------------------------------------------------------------
 @sensor(
     name="online_learning_sensor",
+    jobs=[market_data_job, lifecycle_job],  # the daemon refuses run requests of a sensor without targets
     minimum_interval_seconds=30,
     # running by default so that "online learning is off" shows in the UI; the env var switches it
     default_status=DefaultSensorStatus.RUNNING,
