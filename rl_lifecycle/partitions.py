@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from dagster import (
     BackfillPolicy,
+    BetaWarning,
     DailyPartitionsDefinition,
     DimensionPartitionMapping,
     DynamicPartitionsDefinition,
@@ -14,6 +16,7 @@ from dagster import (
     MultiPartitionKey,
     MultiPartitionMapping,
     MultiPartitionsDefinition,
+    PreviewWarning,
     TimeWindowPartitionMapping,
     TimeWindowPartitionsDefinition,
     WeeklyPartitionsDefinition,
@@ -23,6 +26,13 @@ from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets import Market
 from rl_lifecycle.settings import load_settings
 from rl_lifecycle.windows import Window, WindowScheme
+
+# The code location relies on features Dagster flags as beta or preview (MultiPartitionMapping,
+# backfill policies, partitioned asset checks): every process loading it (CLI, code server, run and
+# step workers) would print the same notices, which nobody running it can act on. Every asset and
+# check module imports this one first.
+warnings.filterwarnings("ignore", category=BetaWarning)
+warnings.filterwarnings("ignore", category=PreviewWarning)
 
 MARKET_DIMENSION = "market"
 WINDOW_DIMENSION = "window"

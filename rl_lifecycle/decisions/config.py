@@ -11,9 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from rl_lifecycle.config_files import read_yaml, validated
 from rl_lifecycle.errors import UserInputError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("decisions.yaml")
@@ -43,19 +43,7 @@ class DecisionConfig(BaseModel):
 
 
 def parse_decision_config(data: Any, source: str = "<dict>") -> DecisionConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserInputError(f"decision config {source}: expected a mapping, got {type(data).__name__}")
-    try:
-        return DecisionConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{where}: {msg} (got {err.get('input')!r})")
-        raise UserInputError(f"decision config {source} is invalid:\n  " + "\n  ".join(lines)) from None
+    return validated(DecisionConfig, {} if data is None else data, "decision config", source)
 
 
 def load_decision_config(path: str | Path | None = None) -> DecisionConfig:
@@ -72,16 +60,7 @@ def load_decision_config(path: str | Path | None = None) -> DecisionConfig:
 
 @lru_cache(maxsize=8)
 def _load(name: str, _stamp: int) -> DecisionConfig:
-    path = Path(name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserInputError(f"decision config {path} cannot be read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"decision config {path} is not valid YAML: {exc}") from exc
-    return parse_decision_config(data, str(path))
+    return parse_decision_config(read_yaml(Path(name), "decision config"), name)
 
 
 def paper_decisions_enabled() -> bool:

@@ -14,9 +14,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rl_lifecycle.config_files import read_yaml, validated
 from rl_lifecycle.errors import UserInputError
 
 SPECS_DIR = Path(__file__).with_name("specs")
@@ -123,24 +123,7 @@ class ModelSpec(_Frozen):
 
 
 def parse_model_spec(data: Any, source: str) -> ModelSpec:
-    if not isinstance(data, dict):
-        raise UserInputError(f"model spec {source}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        return ModelSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                problems.append(f"unknown key {where!r}")
-            elif not where:  # a whole-spec check: its message names the field and value itself
-                problems.append(message)
-            else:
-                value = error.get("input")
-                shown = "" if isinstance(value, dict) else f" (got {value!r})"
-                problems.append(f"{where}: {message}{shown}")
-        raise UserInputError(f"invalid model spec {source}: " + "; ".join(problems)) from None
+    return validated(ModelSpec, data, "model spec", source)
 
 
 def load_model_spec(name_or_path: str) -> ModelSpec:
@@ -151,11 +134,7 @@ def load_model_spec(name_or_path: str) -> ModelSpec:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
         raise UserInputError(f"model spec {name_or_path!r} not found: give a YAML file or one of {known}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"model spec {path} is not valid YAML: {exc}") from None
-    return parse_model_spec(data, str(path))
+    return parse_model_spec(read_yaml(path, "model spec"), str(path))
 
 
 def check_dataset_compatible(

@@ -60,6 +60,7 @@ def _create_mlflow_tables(url: str) -> None:
     """MLflow creates (or migrates) its tracking and registry tables when its stores first open."""
     from mlflow import MlflowClient
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables" per process
     client = MlflowClient(tracking_uri=url, registry_uri=url)
     client.search_experiments(max_results=1)
     client.search_registered_models(max_results=1)

@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rl_lifecycle.config_files import read_yaml, validated
 from rl_lifecycle.errors import UserInputError
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
@@ -70,26 +70,7 @@ class GatePolicy(BaseModel):
 
 
 def parse_policy(data: Any, source: str = "policy") -> GatePolicy:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserInputError(f"gate policy {source}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        return GatePolicy.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                problems.append(f"unknown key {where!r}")
-            elif not where:
-                problems.append(message)
-            else:
-                value = error.get("input")
-                shown = "" if isinstance(value, dict) else f" (got {value!r})"
-                problems.append(f"{where}: {message}{shown}")
-        raise UserInputError(f"invalid gate policy {source}: " + "; ".join(problems)) from None
+    return validated(GatePolicy, {} if data is None else data, "gate policy", source)
 
 
 def load_policy(path: str | Path | None = None) -> GatePolicy:
@@ -97,8 +78,4 @@ def load_policy(path: str | Path | None = None) -> GatePolicy:
     path = Path(path) if path is not None else DEFAULT_POLICY_PATH
     if not path.is_file():
         raise UserInputError(f"gate policy file {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"gate policy {path} is not valid YAML: {exc}") from None
-    return parse_policy(data, str(path))
+    return parse_policy(read_yaml(path, "gate policy"), str(path))
