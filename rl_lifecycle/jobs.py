@@ -33,8 +33,10 @@ MARKET_DATA_ASSETS = [candles, feature_snapshots, training_dataset]
 LIFECYCLE_ASSETS = [challenger_model, fold_report, promotion_decision]
 ALL_ASSETS = [*MARKET_DATA_ASSETS, *LIFECYCLE_ASSETS]
 
+
 @configured(multiprocess_executor, config_schema={"max_concurrent": DagsterField(int, default_value=2, description="steps at once")})
 def fold_executor(config: dict) -> dict:
+    """Steps in processes of their own, forked from a server that imported the code location once."""
     return {"max_concurrent": config["max_concurrent"], "start_method": {"forkserver": {}}}
 
 
