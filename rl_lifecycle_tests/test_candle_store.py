@@ -125,3 +125,22 @@ def test_warmup_spans_enough_windows_for_the_longest_interval():
     assert WindowScheme("monthly").windows_for_bars(200, day) == 8  # 200 days over 28-day Februaries
     assert WindowScheme("weekly").windows_for_bars(200, H) == 2
     assert WindowScheme("daily").windows_for_bars(0, day) == 0
+
+
+def test_column_reads_equal_binary_copy_whatever_order_the_rows_come_in(conn):
+    from psycopg import sql
+
+    from rl_lifecycle.candles import store
+    from rl_lifecycle.db import binary_copy as bc
+
+    add_market(conn, BTC)
+    ingest_synthetic(conn, BTC, MARCH.start, MARCH.end, seed=7)
+    base = "SELECT ts, open, high, low, close, volume FROM market_candles WHERE pair = 'BTCUSDT'"
+    expected = bc.copy_out(conn, sql.SQL(base + " ORDER BY ts"), store._FIELDS)
+    for order in ("ts", "ts DESC", "close"):  # the reader restores ascending ts, every column aligned
+        columns = bc.read_columns(conn, sql.SQL(f"{base} ORDER BY {order}"), store._FIELDS, order_by="ts")
+        for name in expected.dtype.names:
+            if not name.startswith("_"):
+                assert np.array_equal(columns[name], expected[name]), (order, name)
+    empty = bc.read_columns(conn, sql.SQL(base + " AND false"), store._FIELDS, order_by="ts")
+    assert all(len(v) == 0 for v in empty.values())

@@ -65,7 +65,7 @@ def upsert_candles(conn: psycopg.Connection, market: Market, frame: pl.DataFrame
     return CandleWriteStats(inserted, len(rows) - inserted, len(arrays) - len(rows))
 
 
-def _to_arrays(rows: np.ndarray) -> CandleArrays:
+def _to_arrays(rows) -> CandleArrays:
     return CandleArrays(
         ts=bc.pg_to_us(rows["ts"].astype(np.int64)),
         **{c: rows[c].astype(np.float64) for c in VALUE_COLUMNS},
@@ -94,7 +94,7 @@ def load_candles_with_warmup(
         query = sql.SQL("SELECT * FROM (({}) UNION ALL ({})) c ORDER BY ts").format(before, window)
     else:
         query = sql.SQL("{} ORDER BY ts").format(window)
-    return _to_arrays(bc.copy_out(conn, query, _FIELDS))
+    return _to_arrays(bc.read_columns(conn, query, _FIELDS, order_by="ts"))
 
 
 @dataclass(frozen=True)
