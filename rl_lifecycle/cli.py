@@ -300,6 +300,25 @@ def materialize(
         raise typer.Exit(1)
 
 
+@app.command()
+def check(
+    checks: Annotated[list[str], typer.Argument(help="check names, e.g. features_deterministic dataset_reproducible")],
+    partition: Annotated[list[str] | None, typer.Option(help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")] = None,
+    market: Annotated[str | None, typer.Option(help="market key for a range of windows")] = None,
+    windows: Annotated[str | None, typer.Option(help="FIRST..LAST window keys, e.g. 2024-01-01..2024-06-01")] = None,
+) -> None:
+    """Evaluate asset checks on their own against what is stored (like the UI's "Execute check"); exit 1 if one fails."""
+    from rl_lifecycle.operations import check_partitions
+
+    keys = _partition_keys(partition, market, windows)
+    settings = load_settings()
+    runs = check_partitions(settings, open_database(settings), checks, keys)
+    failed = [r for r in runs if not r.ok]
+    typer.echo(f"{len(runs) - len(failed)}/{len(runs)} partitions passed")
+    if failed:
+        raise typer.Exit(1)
+
+
 # -- models -------------------------------------------------------------------------------------
 models_app = typer.Typer(no_args_is_help=True, help="Registered policies (MLflow model `rl-<market>`).")
 mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow tracking and registry on the project's PostgreSQL.")

@@ -44,11 +44,24 @@ def run_partitions(
     settings: Settings, url: str, assets: list[str], keys: list[str], run_config: dict | None = None
 ) -> list[PartitionRun]:
     """Materialize each partition, printing one line per run and a progress bar on stderr."""
+    from rl_lifecycle.runner import materialize
+
+    return _with_progress(settings, url, keys, lambda instance, report: materialize(
+        instance, assets, keys, on_done=report, run_config=run_config))
+
+
+def check_partitions(settings: Settings, url: str, checks: list[str], keys: list[str]) -> list[PartitionRun]:
+    """Evaluate checks on their own for each partition, printing one line per run."""
+    from rl_lifecycle.runner import run_checks
+
+    return _with_progress(settings, url, keys, lambda instance, report: run_checks(instance, checks, keys, on_done=report))
+
+
+def _with_progress(settings: Settings, url: str, keys: list[str], launch) -> list[PartitionRun]:
     from tqdm import tqdm
 
     from rl_lifecycle.instance import get_instance, sync_market_partitions
     from rl_lifecycle.registry import list_markets
-    from rl_lifecycle.runner import materialize as run_materialize
 
     with connect(url) as conn:
         registered = {r.market.key for r in list_markets(conn)}
@@ -57,7 +70,7 @@ def run_partitions(
         raise UserInputError(f"market(s) not registered: {', '.join(unregistered)}; add them with `rl-lifecycle market add`")
     instance = get_instance(settings, url)
     sync_market_partitions(instance, sorted(registered))
-    bar = tqdm(total=len(keys), desc="materialize", unit="partition", file=sys.stderr, disable=None)  # no bar when not a TTY
+    bar = tqdm(total=len(keys), desc="runs", unit="partition", file=sys.stderr, disable=None)  # no bar when not a TTY
 
     def report(run) -> None:
         bar.update(1)
@@ -72,6 +85,6 @@ def run_partitions(
                 bar.write(f"  {c.check}: {c.description}")
 
     try:
-        return run_materialize(instance, assets, keys, on_done=report, run_config=run_config)
+        return launch(instance, report)
     finally:
         bar.close()

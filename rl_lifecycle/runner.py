@@ -52,6 +52,12 @@ class PlannedRun:
     job_name: str
     asset_names: tuple[str, ...]
     partition_keys: tuple[str, ...]
+    checks: tuple[tuple[str, str], ...] = ()  # (asset, check) run on their own, when no asset is selected
+
+    def check_keys(self):
+        from dagster import AssetCheckKey
+
+        return frozenset(AssetCheckKey(AssetKey(asset), name) for asset, name in self.checks) if self.checks else None
 
     def tags(self) -> dict[str, str]:
         """The tags a UI launch of this run would carry: a range's bounds, or the partition's tags
@@ -67,7 +73,8 @@ class PlannedRun:
 
 
 def plan_runs(
-    job_name: str, asset_names: Sequence[str], partition_keys: Sequence[str], windows_per_run: int
+    job_name: str, asset_names: Sequence[str], partition_keys: Sequence[str], windows_per_run: int,
+    checks: Sequence[tuple[str, str]] = (),
 ) -> list[list[PlannedRun]]:
     """Runs per market, in window order: each market's list runs in sequence (a range's warmup comes
     from the range before it), markets side by side. Ranges never skip a window."""
@@ -82,7 +89,7 @@ def plan_runs(
         chunks[-1].append(f"{market.key}|{window.key}")
         previous_end[market.key] = window.end
     names = tuple(asset_names)
-    return [[PlannedRun(job_name, names, tuple(chunk)) for chunk in chunks] for chunks in lanes.values()]
+    return [[PlannedRun(job_name, names, tuple(chunk), tuple(checks)) for chunk in chunks] for chunks in lanes.values()]
 
 
 def windows_per_run(asset_names: Sequence[str]) -> int:
@@ -111,6 +118,23 @@ def jobs_for(asset_names: Sequence[str]) -> list[tuple[str, list[str]]]:
     return phases
 
 
+def checks_for(check_names: Sequence[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(job, its selected (asset, check) pairs) in dependency order; unknown checks are refused by name."""
+    from rl_lifecycle.definitions import ALL_CHECKS, JOBS, defs
+
+    asset_of = {key.name: key.asset_key.to_user_string() for c in ALL_CHECKS for key in c.check_keys}
+    unknown = [n for n in check_names if n not in asset_of]
+    if unknown:
+        raise UserInputError(f"unknown check(s) {', '.join(unknown)}; known checks: {', '.join(sorted(asset_of))}")
+    phases = []
+    for job in JOBS:
+        in_job = {k.to_user_string() for k in defs.resolve_job_def(job.name).asset_layer.executable_asset_keys}
+        selected = [(asset_of[n], n) for n in check_names if asset_of[n] in in_job]
+        if selected:
+            phases.append((job.name, selected))
+    return phases
+
+
 def materialize(
     instance: DagsterInstance,
     asset_names: Sequence[str],
@@ -126,7 +150,26 @@ def materialize(
     the previous job's (a partition that failed there is not run further). `in_process` runs in this
     interpreter instead (for tests that inject faults into this process). One result per job and
     partition, in the order of `partition_keys`."""
-    phases = jobs_for(asset_names)
+    phases = [(job, names, []) for job, names in jobs_for(asset_names)]
+    return _run_phases(instance, phases, partition_keys, on_done, run_config, log_level, workers, in_process)
+
+
+def run_checks(
+    instance: DagsterInstance,
+    check_names: Sequence[str],
+    partition_keys: Sequence[str],
+    on_done: Callable[[PartitionRun], None] | None = None,
+    log_level: str = "WARNING",
+    workers: int = 2,
+    in_process: bool = False,
+) -> list[PartitionRun]:
+    """Evaluate asset checks on their own against what is stored (as the UI's "Execute check" does),
+    e.g. after stored data changed: the same runs and results as `materialize`, without the assets."""
+    phases = [(job, [], pairs) for job, pairs in checks_for(check_names)]
+    return _run_phases(instance, phases, partition_keys, on_done, None, log_level, workers, in_process)
+
+
+def _run_phases(instance, phases, partition_keys, on_done, run_config, log_level, workers, in_process) -> list[PartitionRun]:
     # the run's console log goes to this terminal: only what needs attention
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
     results: list[PartitionRun] = []
@@ -139,8 +182,9 @@ def materialize(
 
     keys = list(partition_keys)
     with nullcontext() if in_process else code_location(instance) as launcher:
-        for job_name, names in phases:
-            lanes = plan_runs(job_name, names, keys, windows_per_run(names))
+        for job_name, names, checks in phases:
+            checked_assets = names or [asset for asset, _ in checks]
+            lanes = plan_runs(job_name, names, keys, windows_per_run(checked_assets), checks)
             job_config = _config_for(run_config, names)
             if launcher is None:
                 for planned in (p for lane in lanes for p in lane):
@@ -172,6 +216,7 @@ class CodeLocationLauncher:
         selector = JobSubsetSelector(
             location_name=self.location.name, repository_name=self.repository_name, job_name=planned.job_name,
             op_selection=None, asset_selection=[AssetKey(n) for n in planned.asset_names],
+            asset_check_selection=planned.check_keys(),
         )
         remote_job = self.location.get_job(selector)
         plan = self.location.get_execution_plan(
@@ -184,7 +229,8 @@ class CodeLocationLauncher:
             job_snapshot=remote_job.job_snapshot, execution_plan_snapshot=plan,
             parent_job_snapshot=remote_job.parent_job_snapshot,
             remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
-            asset_selection=frozenset(selector.asset_selection), asset_check_selection=None,
+            asset_selection=frozenset(AssetKey(n) for n in planned.asset_names),
+            asset_check_selection=planned.check_keys(),
             asset_graph=self.location.get_repository(self.repository_name).asset_graph,
         )
         # Launched directly (not queued): the CLI and `make run` work without the daemon.
@@ -233,8 +279,11 @@ def _run_lanes(instance, launcher: CodeLocationLauncher, lanes: list[list[Planne
 def _execute_in_process(instance: DagsterInstance, planned: PlannedRun, run_config: dict) -> str:
     from rl_lifecycle.definitions import defs
 
-    result = defs.resolve_job_def(planned.job_name).execute_in_process(
-        instance=instance, asset_selection=[AssetKey(n) for n in planned.asset_names],
+    job = defs.resolve_job_def(planned.job_name)
+    if planned.checks:
+        job = job.get_subset(asset_selection=set(), asset_check_selection=planned.check_keys())
+    result = job.execute_in_process(
+        instance=instance, asset_selection=[AssetKey(n) for n in planned.asset_names] or None,
         tags=planned.tags(), run_config=run_config, raise_on_error=False,
     )
     return result.run_id

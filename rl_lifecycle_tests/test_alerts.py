@@ -366,3 +366,39 @@ def test_a_broken_feature_snapshot_sends_exactly_one_post_naming_check_and_parti
     assert body["alert"]["partition"] == "BTCUSDT-1h|2024-03-01"
     assert "features_deterministic" in body["text"] and "BTCUSDT-1h|2024-03-01" in body["text"]
     assert body["alert"]["run_url"].endswith(f"/runs/{run.run_id}")
+
+
+@pytest.mark.slow
+def test_a_corrupted_stored_snapshot_fails_its_check_run_alone_and_alerts_once(conn, rl_env, dagster_instance, webhook):
+    """As an operator would: one stored vector changed behind the store's back, `rl-lifecycle check
+    features_deterministic` for that partition (a run launched through the code location) fails, and
+    exactly one POST names the check and the partition."""
+    from rl_lifecycle.candles.service import ingest_synthetic
+    from rl_lifecycle.instance import sync_market_partitions
+    from rl_lifecycle.markets import Market
+    from rl_lifecycle.registry import add_market
+    from rl_lifecycle.runner import materialize as run_assets
+    from rl_lifecycle.runner import run_checks
+    from rl_lifecycle.windows import WindowScheme
+
+    btc, scheme, key = Market("BTCUSDT", "1h"), WindowScheme("monthly"), "BTCUSDT-1h|2024-03-01"
+    add_market(conn, btc, source="synthetic", seed=7)
+    sync_market_partitions(dagster_instance, [btc.key])
+    ingest_synthetic(conn, btc, scheme.parse("2024-02-01").start, scheme.parse("2024-03-01").start, seed=7)
+    (stored,) = run_assets(dagster_instance, ["candles", "feature_snapshots"], [key])
+    assert stored.ok, stored.errors
+    # flip the lowest bit of one value of the window's last row
+    conn.execute("""UPDATE rl_feature_snapshots SET vector = set_byte(vector, 0, get_byte(vector, 0) # 1)
+                    WHERE ts = (SELECT max(ts) FROM rl_feature_snapshots)""")
+
+    (run,) = run_checks(dagster_instance, ["features_deterministic"], [key])
+    assert run.materialized == [] and [(c.check, c.passed) for c in run.checks] == [("features_deterministic", False)]
+    assert "2024-03-31T23:00" in run.checks[0].description
+    assert dagster_instance.get_run_by_id(run.run_id).remote_job_origin is not None
+
+    _evaluate(run_failure_alert_sensor, dagster_instance, START)
+    _evaluate(check_failure_alert_sensor, dagster_instance, START)
+    _evaluate(run_failure_alert_sensor, dagster_instance, START)  # a restart sends nothing again
+    (body,) = webhook.bodies
+    assert body["alert"]["check"] == "features_deterministic" and body["alert"]["partition"] == key
+    assert body["alert"]["run_url"].endswith(f"/runs/{run.run_id}")
