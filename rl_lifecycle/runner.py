@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from rl_lifecycle.errors import UserInputError
@@ -47,16 +47,15 @@ class PartitionRun:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a job: the selected assets for one partition, or for a range of one market's consecutive windows."""
+    """One run of a job for one partition or a range of one market's consecutive windows: the selected
+    assets with their checks, or (no assets) the selected checks alone."""
 
     job_name: str
     asset_names: tuple[str, ...]
     partition_keys: tuple[str, ...]
     checks: tuple[tuple[str, str], ...] = ()  # (asset, check) run on their own, when no asset is selected
 
-    def check_keys(self):
-        from dagster import AssetCheckKey
-
+    def check_keys(self) -> frozenset[AssetCheckKey] | None:
         return frozenset(AssetCheckKey(AssetKey(asset), name) for asset, name in self.checks) if self.checks else None
 
     def tags(self) -> dict[str, str]:
