@@ -7,10 +7,13 @@ consecutive windows per run (their backfill policy), so a backfill pays run star
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -246,11 +249,42 @@ def code_location(instance: DagsterInstance) -> Iterator[CodeLocationLauncher]:
     from rl_lifecycle.instance import REPO_ROOT
 
     target = WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])
-    with WorkspaceProcessContext(instance, target, code_server_log_level="WARNING") as process_context:
+    # The code server and the run workers it starts write their own console logs; they go to a file
+    # under DAGSTER_HOME, this terminal shows one line per partition (and the errors) instead.
+    with _children_output_to(_run_log_path(instance)):
+        process_context = WorkspaceProcessContext(instance, target, code_server_log_level="WARNING")
+    with process_context:
         context = process_context.create_request_context()
         location = context.get_code_location(LOCATION_NAME)
         (repository_name,) = location.get_repositories()
         yield CodeLocationLauncher(context, location, repository_name)
+
+
+def _run_log_path(instance: DagsterInstance) -> Path | None:
+    root = instance.root_directory
+    return Path(root) / "logs" / "runs.log" if root else None
+
+
+@contextmanager
+def _children_output_to(path: Path | None) -> Iterator[None]:
+    """Processes started inside inherit stdout and stderr pointing at `path` (appended to)."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def _run_lanes(instance, launcher: CodeLocationLauncher, lanes: list[list[PlannedRun]], run_config: dict,
