@@ -200,3 +200,10 @@ def test_first_writes_and_merges_store_the_same_bytes(btc, ta_v2):
     merged = upsert_snapshots(btc, BTC, ta_v2.fingerprint, frame)  # overlaps: ON CONFLICT merge
     assert (merged.inserted, merged.updated, merged.unchanged) == (372, 0, 372)
     assert read_snapshots(btc, BTC, ta_v2, MARCH.start, MARCH.end).digest() == frame.digest()
+
+
+def test_reading_a_range_without_snapshots_gives_an_empty_frame(btc, ta_v2):
+    register_feature_set(btc, ta_v2)
+    frame = read_snapshots(btc, BTC, ta_v2, MARCH.start, MARCH.end)  # nothing materialized yet
+    assert len(frame) == 0
+    assert frame.values.shape == (0, len(ta_v2.feature_names)) and frame.missing.shape == frame.values.shape

@@ -236,7 +236,7 @@ def read_snapshots(
     ).format(p=market.pair, i=market.interval, f=feature_set_id(conn, spec.fingerprint) or -1,
              s=pg_timestamp(start_us), e=pg_timestamp(end_us))
     rows = bc.copy_out(conn, query, _fields(k))
-    missing = np.unpackbits(rows["missing_mask"].reshape(len(rows), -1), axis=1, count=k, bitorder="little")
+    missing = np.unpackbits(rows["missing_mask"].reshape(len(rows), _mask_bytes(k)), axis=1, count=k, bitorder="little")
     return FeatureFrame(
         ts=bc.pg_to_us(rows["ts"].astype(np.int64)),
         values=np.ascontiguousarray(rows["vector"].reshape(len(rows), k), dtype=np.float64),
