@@ -254,6 +254,21 @@ def _core_work_seconds(url: str, market: Market, windows: list) -> float:
         return time.perf_counter() - start
 
 
+@contextmanager
+def _environment(values: dict[str, str]):
+    """These environment variables set inside, the previous values (or their absence) restored after."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def bench_backfill(server_url: str, first: str = "2015-01-01", last: str = "2024-12-01") -> dict:
     """`backfill.overhead_ratio`: wall time of a backfill of the market data assets with every check,
     launched through the code location as `rl-lifecycle materialize` does, over the sum of the core's
@@ -274,10 +289,8 @@ def bench_backfill(server_url: str, first: str = "2015-01-01", last: str = "2024
         from dagster import DagsterInstance
 
         shutil.copyfile(REPO_ROOT / "dagster.yaml", Path(home, "dagster.yaml"))  # the deployed instance config
-        previous = os.environ.get("RL_DATABASE_URL")
-        os.environ["RL_DATABASE_URL"] = url  # the code server and its runs inherit it
-        os.environ[STORAGE_URL_ENV] = dagster_storage_url(url)
-        try:
+        # the code server and its runs inherit the environment: point both at the scratch database
+        with _environment({"RL_DATABASE_URL": url, STORAGE_URL_ENV: dagster_storage_url(url)}):
             with psycopg.connect(url, autocommit=True) as conn:
                 add_market(conn, market, source="synthetic", seed=7)
             with DagsterInstance.from_config(home) as instance:
@@ -286,11 +299,6 @@ def bench_backfill(server_url: str, first: str = "2015-01-01", last: str = "2024
                 runs = materialize(instance, ["candles", "feature_snapshots", "training_dataset"],
                                    [f"{market.key}|{w.key}" for w in windows])
                 backfill_s = time.perf_counter() - start
-        finally:
-            if previous is None:
-                os.environ.pop("RL_DATABASE_URL", None)
-            else:
-                os.environ["RL_DATABASE_URL"] = previous
     ok = all(r.ok for r in runs) and len(runs) == len(windows)
     ratio = backfill_s / core_s
     return {

@@ -293,9 +293,12 @@ def materialize(
     """Materialize assets (with their blocking checks) on the PostgreSQL-backed Dagster instance."""
     keys = _partition_keys(partition, market, windows)
     settings = load_settings()
-    runs = run_partitions(settings, open_database(settings), assets, keys)
+    _exit_on_failure(run_partitions(settings, open_database(settings), assets, keys), "succeeded")
+
+
+def _exit_on_failure(runs, verb: str) -> None:
     failed = [r for r in runs if not r.ok]
-    typer.echo(f"{len(runs) - len(failed)}/{len(runs)} partitions succeeded")
+    typer.echo(f"{len(runs) - len(failed)}/{len(runs)} partitions {verb}")
     if failed:
         raise typer.Exit(1)
 
@@ -312,11 +315,7 @@ def check(
 
     keys = _partition_keys(partition, market, windows)
     settings = load_settings()
-    runs = check_partitions(settings, open_database(settings), checks, keys)
-    failed = [r for r in runs if not r.ok]
-    typer.echo(f"{len(runs) - len(failed)}/{len(runs)} partitions passed")
-    if failed:
-        raise typer.Exit(1)
+    _exit_on_failure(check_partitions(settings, open_database(settings), checks, keys), "passed")
 
 
 # -- models -------------------------------------------------------------------------------------

@@ -67,10 +67,6 @@ def log_event(log: logging.Logger, event: str, level: int = logging.INFO, **fiel
 
 
 # -- the figures ------------------------------------------------------------------------------------
-def _table_exists(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{name}",)).fetchone()[0]
-
-
 def _markets(conn: psycopg.Connection):
     from rl_lifecycle.registry import list_markets
 
@@ -103,7 +99,7 @@ def _freshness(conn: psycopg.Connection, now: datetime) -> list[Metric]:
             if age is None:
                 continue
             features.add_metric([market.key, name], age)
-            for feature, ratio in missing_ratios(conn, market, fs_id, names).items():
+            for feature, ratio in recent_missing_ratios(conn, market, fs_id, names, MISSING_SAMPLE_ROWS).items():
                 missing.add_metric([market.key, name, feature], ratio)
     return [candles, features, missing]
 
@@ -124,12 +120,6 @@ def _feature_sets_of(conn: psycopg.Connection, market) -> list[tuple[int, str, l
             for i, name, _version, names, fp in rows]
 
 
-def missing_ratios(conn: psycopg.Connection, market, feature_set_id: int, feature_names: list[str],
-                   rows: int = MISSING_SAMPLE_ROWS) -> dict[str, float]:
-    """Per feature: the share of the newest `rows` snapshots whose missing bit is set."""
-    return recent_missing_ratios(conn, market, feature_set_id, feature_names, rows)
-
-
 def _decisions(conn: psycopg.Connection, now: datetime) -> list[Metric]:
     decisions = CounterMetricFamily("rl_decisions", "Paper decisions recorded in rl_decisions.",
                                     labels=["market", "action"])
@@ -143,25 +133,23 @@ def _decisions(conn: psycopg.Connection, now: datetime) -> list[Metric]:
     markets = [m.key for m in _markets(conn)]
     counts: dict[tuple[str, str], float] = {(m, a): 0.0 for m in markets for a in DECISION_ACTIONS}
     ratios: dict[str, float] = {m: 0.0 for m in markets}
-    hold_counts: list[tuple[str, str, float]] = []
     histograms: dict[str, tuple[list[float], float, float]] = {}
-    if _table_exists(conn, "rl_decisions"):
-        for market, action, n in conn.execute("SELECT market, action, count(*) FROM rl_decisions GROUP BY 1, 2"):
-            counts[(market, action)] = float(n)
-        hold_counts = [(m, r, float(n)) for m, r, n in conn.execute(
-            "SELECT market, reason, count(*) FROM rl_decisions, unnest(reason_codes) AS reason "
-            "WHERE action = 'hold' GROUP BY 1, 2 ORDER BY 1, 2")]
-        for market, total, held in conn.execute(
-            "SELECT market, count(*), count(*) FILTER (WHERE 'OOD' = ANY(reason_codes)) FROM rl_decisions "
-            "WHERE created_at > %s GROUP BY 1", (now - OOD_WINDOW,),
-        ):
-            ratios[market] = float(held) / float(total) if total else 0.0
-        bucket_sql = ", ".join(f"count(*) FILTER (WHERE latency_ms <= {float(b)})" for b in LATENCY_BUCKETS_MS)
-        for market, *values in conn.execute(
-            f"SELECT market, {bucket_sql}, count(latency_ms), coalesce(sum(latency_ms), 0) FROM rl_decisions GROUP BY 1"
-        ):
-            *cumulative, total, total_ms = values
-            histograms[market] = ([float(c) for c in cumulative], float(total), float(total_ms) / 1000.0)
+    for market, action, n in conn.execute("SELECT market, action, count(*) FROM rl_decisions GROUP BY 1, 2"):
+        counts[(market, action)] = float(n)
+    hold_counts = [(m, r, float(n)) for m, r, n in conn.execute(
+        "SELECT market, reason, count(*) FROM rl_decisions, unnest(reason_codes) AS reason "
+        "WHERE action = 'hold' GROUP BY 1, 2 ORDER BY 1, 2")]
+    for market, total, held in conn.execute(
+        "SELECT market, count(*), count(*) FILTER (WHERE 'OOD' = ANY(reason_codes)) FROM rl_decisions "
+        "WHERE created_at > %s GROUP BY 1", (now - OOD_WINDOW,),
+    ):
+        ratios[market] = float(held) / float(total) if total else 0.0
+    bucket_sql = ", ".join(f"count(*) FILTER (WHERE latency_ms <= {float(b)})" for b in LATENCY_BUCKETS_MS)
+    for market, *values in conn.execute(
+        f"SELECT market, {bucket_sql}, count(latency_ms), coalesce(sum(latency_ms), 0) FROM rl_decisions GROUP BY 1"
+    ):
+        *cumulative, total, total_ms = values
+        histograms[market] = ([float(c) for c in cumulative], float(total), float(total_ms) / 1000.0)
     for (market, action), n in sorted(counts.items()):
         decisions.add_metric([market, action], n)
     for market, reason, n in hold_counts:
@@ -216,20 +204,18 @@ def _alerts(conn: psycopg.Connection) -> list[Metric]:
     open_ = GaugeMetricFamily("rl_alerts_open", "Alerts not resolved by a later passing check or run.", labels=["kind"])
     undelivered = GaugeMetricFamily("rl_alerts_undelivered", "Alerts the webhook has not accepted (yet).")
     open_counts = {"check_failed": 0.0, "run_failed": 0.0}
-    pending = 0.0
-    if _table_exists(conn, "alerts"):
-        for asset, check, n in conn.execute(
-            "SELECT coalesce(asset, ''), coalesce(check_name, ''), count(*) FROM alerts "
-            "WHERE kind = 'check_failed' GROUP BY 1, 2 ORDER BY 1, 2"
-        ):
-            checks.add_metric([asset, check], float(n))
-        for job, n in conn.execute(
-            "SELECT coalesce(job_name, ''), count(*) FROM alerts WHERE kind = 'run_failed' GROUP BY 1 ORDER BY 1"
-        ):
-            runs.add_metric([job], float(n))
-        for kind, n in conn.execute("SELECT kind, count(*) FROM alerts WHERE resolved_at IS NULL GROUP BY 1"):
-            open_counts[kind] = float(n)
-        pending = float(conn.execute("SELECT count(*) FROM alerts WHERE delivered_at IS NULL").fetchone()[0])
+    for asset, check, n in conn.execute(
+        "SELECT coalesce(asset, ''), coalesce(check_name, ''), count(*) FROM alerts "
+        "WHERE kind = 'check_failed' GROUP BY 1, 2 ORDER BY 1, 2"
+    ):
+        checks.add_metric([asset, check], float(n))
+    for job, n in conn.execute(
+        "SELECT coalesce(job_name, ''), count(*) FROM alerts WHERE kind = 'run_failed' GROUP BY 1 ORDER BY 1"
+    ):
+        runs.add_metric([job], float(n))
+    for kind, n in conn.execute("SELECT kind, count(*) FROM alerts WHERE resolved_at IS NULL GROUP BY 1"):
+        open_counts[kind] = float(n)
+    pending = float(conn.execute("SELECT count(*) FROM alerts WHERE delivered_at IS NULL").fetchone()[0])
     for kind, n in sorted(open_counts.items()):
         open_.add_metric([kind], n)
     undelivered.add_metric([], pending)
@@ -326,13 +312,6 @@ def log_metrics(conn: psycopg.Connection, log: logging.Logger | None = None) -> 
 
 
 # -- rollout switches -------------------------------------------------------------------------------
-def paper_decisions_enabled() -> bool:
-    """RL_PAPER_DECISIONS_ENABLED (default false): the paper_decisions schedule decides each interval."""
-    from rl_lifecycle.settings import load_settings
-
-    return load_settings().paper_decisions_enabled
-
-
 @dataclass(frozen=True)
 class Switch:
     stage: int  # the rollout stage (seed plan): switch them on in this order
@@ -365,7 +344,7 @@ def rollout_switches() -> list[Switch]:
                "set instead"),
         Switch(2, "TA feature set", "RL_FEATURE_SET", settings.feature_set, "ta_v2", explicit("RL_FEATURE_SET"),
                "the selected feature set; rollback: RL_FEATURE_SET=core_v1"),
-        Switch(2, "paper decisions", "RL_PAPER_DECISIONS_ENABLED", on(paper_decisions_enabled()), "false",
+        Switch(2, "paper decisions", "RL_PAPER_DECISIONS_ENABLED", on(settings.paper_decisions_enabled), "false",
                explicit("RL_PAPER_DECISIONS_ENABLED"), "one paper decision per market per interval (never routes orders)"),
         Switch(3, "walk-forward gates", "RL_STRICT_BACKTEST", on(settings.strict_backtest), "true",
                explicit("RL_STRICT_BACKTEST"), "strict fold backtests for the promotion gates; keep true outside tests"),
@@ -379,8 +358,6 @@ def rollout_switches() -> list[Switch]:
 
 # -- `rl-lifecycle status` --------------------------------------------------------------------------
 def _last_decision(conn: psycopg.Connection, market: str) -> dict | None:
-    if not _table_exists(conn, "rl_decisions"):
-        return None
     row = conn.execute(
         "SELECT action, reason_codes, latency_ms, created_at FROM rl_decisions WHERE market = %s "
         "ORDER BY created_at DESC LIMIT 1", (market,),

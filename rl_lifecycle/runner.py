@@ -105,16 +105,23 @@ def windows_per_run(asset_names: Sequence[str]) -> int:
 
 def jobs_for(asset_names: Sequence[str]) -> list[tuple[str, list[str]]]:
     """(job, its selected assets) in dependency order; unknown assets are refused by name."""
-    from rl_lifecycle.definitions import ALL_ASSETS, JOBS, defs
+    from rl_lifecycle.definitions import ALL_ASSETS
 
     known = {a.key.to_user_string() for a in ALL_ASSETS}
     unknown = [n for n in asset_names if n not in known]
     if unknown:
         raise UserInputError(f"unknown asset(s) {', '.join(unknown)}; known assets: {', '.join(sorted(known))}")
+    return _per_job(asset_names, lambda name: name)
+
+
+def _per_job(selection: Sequence[str], asset_of: Callable[[str], str]) -> list[tuple[str, list]]:
+    """The selection split by the job holding each item's asset, jobs in dependency order."""
+    from rl_lifecycle.definitions import JOBS, defs
+
     phases = []
     for job in JOBS:
         in_job = {k.to_user_string() for k in defs.resolve_job_def(job.name).asset_layer.executable_asset_keys}
-        selected = [n for n in asset_names if n in in_job]
+        selected = [item for item in selection if asset_of(item) in in_job]
         if selected:
             phases.append((job.name, selected))
     return phases
@@ -122,19 +129,13 @@ def jobs_for(asset_names: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 def checks_for(check_names: Sequence[str]) -> list[tuple[str, list[tuple[str, str]]]]:
     """(job, its selected (asset, check) pairs) in dependency order; unknown checks are refused by name."""
-    from rl_lifecycle.definitions import ALL_CHECKS, JOBS, defs
+    from rl_lifecycle.definitions import ALL_CHECKS
 
     asset_of = {key.name: key.asset_key.to_user_string() for c in ALL_CHECKS for key in c.check_keys}
     unknown = [n for n in check_names if n not in asset_of]
     if unknown:
         raise UserInputError(f"unknown check(s) {', '.join(unknown)}; known checks: {', '.join(sorted(asset_of))}")
-    phases = []
-    for job in JOBS:
-        in_job = {k.to_user_string() for k in defs.resolve_job_def(job.name).asset_layer.executable_asset_keys}
-        selected = [(asset_of[n], n) for n in check_names if asset_of[n] in in_job]
-        if selected:
-            phases.append((job.name, selected))
-    return phases
+    return [(job, [(asset_of[n], n) for n in names]) for job, names in _per_job(check_names, asset_of.__getitem__)]
 
 
 def materialize(
@@ -362,9 +363,12 @@ def partition_results(instance: DagsterInstance, run_id: str, planned: PlannedRu
     ]
 
 
-def _root_message(error) -> str:
-    """The innermost cause of a step failure: what the user's code raised, not Dagster's wrapper."""
+def root_cause(error):
+    """The innermost cause of a step failure's error info: what the user's code raised, not Dagster's wrapper."""
     while getattr(error, "cause", None) is not None:
         error = error.cause
-    return error.message.strip()
+    return error
 
+
+def _root_message(error) -> str:
+    return root_cause(error).message.strip()

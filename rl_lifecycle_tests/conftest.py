@@ -122,3 +122,23 @@ def dagster_instance(dagster_database_url, rl_env, tmp_path: Path):
         for key in instance.get_dynamic_partitions("market"):
             instance.delete_dynamic_partition("market", key)
         yield instance
+
+
+@pytest.fixture
+def nondeterministic_features(monkeypatch) -> None:
+    """The canonical pipeline, in this process only, nudges the last row's first value by one ulp:
+    a pipeline whose output depends on the process. A freshly spawned interpreter (the determinism
+    check's) computes the true bytes, so runs must execute in this process to see the fault."""
+    import numpy as np
+
+    import rl_lifecycle.features.service as service
+
+    real = service.compute_features
+
+    def nondeterministic(*args, **kwargs):
+        frame = real(*args, **kwargs)
+        values = np.array(frame.values, copy=True)
+        values[-1, 0] = np.nextafter(values[-1, 0], np.inf)
+        return type(frame)(frame.ts, values, frame.is_warm, frame.missing, frame.feature_names)
+
+    monkeypatch.setattr(service, "compute_features", nondeterministic)

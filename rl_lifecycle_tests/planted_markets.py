@@ -17,36 +17,23 @@ Both are deterministic functions of their arguments (numpy's PCG64 with a fixed 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from rl_lifecycle.candles.frame import CandleArrays
+from rl_lifecycle.windows import to_us
+
 HOUR_US = 3_600_000_000
 
 
-@dataclass(frozen=True)
-class Candles:
-    ts: np.ndarray  # bar open times, epoch microseconds (int64)
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    volume: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-
 def _bar_times(start: str, end: str, interval_us: int) -> np.ndarray:
-    first = int(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp()) * 1_000_000
-    last = int(datetime.fromisoformat(end).replace(tzinfo=UTC).timestamp()) * 1_000_000
-    return np.arange(first, last, interval_us, dtype=np.int64)
+    return np.arange(to_us(start), to_us(end), interval_us, dtype=np.int64)
 
 
 def _from_log_closes(ts: np.ndarray, log_close: np.ndarray, rng: np.random.Generator, price: float,
-                     wick: float) -> Candles:
+                     wick: float) -> CandleArrays:
     """Candles whose closes follow `log_close`: open = previous close, wicks a little beyond the body."""
     close = price * np.exp(log_close)
     open_ = np.empty_like(close)
@@ -56,13 +43,13 @@ def _from_log_closes(ts: np.ndarray, log_close: np.ndarray, rng: np.random.Gener
     high = body_top * (1.0 + wick * rng.random(len(ts)))
     low = body_bottom * (1.0 - wick * rng.random(len(ts)))
     volume = 1_000.0 * rng.lognormal(0.0, 0.3, len(ts))
-    return Candles(ts, open_, high, low, close, volume)
+    return CandleArrays(ts, open_, high, low, close, volume)
 
 
 def oscillating_candles(
     start: str, end: str, *, period: float = 32.0, amplitude: float = 0.05, noise: float = 0.002,
     seed: int = 1, price: float = 100.0, interval_us: int = HOUR_US,
-) -> Candles:
+) -> CandleArrays:
     """Bars in [start, end) whose log close is `amplitude * sin(2 pi t / period)` plus a random walk of
     per-bar standard deviation `noise` (t counts bars from the start)."""
     ts = _bar_times(start, end, interval_us)
@@ -75,7 +62,7 @@ def oscillating_candles(
 
 def random_walk_candles(
     start: str, end: str, *, sigma: float = 0.01, seed: int = 2, price: float = 100.0, interval_us: int = HOUR_US,
-) -> Candles:
+) -> CandleArrays:
     """Bars in [start, end) whose log returns are i.i.d. N(0, sigma^2)."""
     ts = _bar_times(start, end, interval_us)
     rng = np.random.default_rng(seed)
@@ -83,7 +70,7 @@ def random_walk_candles(
     return _from_log_closes(ts, log_close, rng, price, wick=sigma / 2)
 
 
-def write_candle_csv(path: Path, candles: Candles) -> Path:
+def write_candle_csv(path: Path, candles: CandleArrays) -> Path:
     """A generic OHLCV CSV (`timestamp,open,high,low,close,volume`, ISO-8601 UTC times)."""
     stamps = [datetime.fromtimestamp(int(t) // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in candles.ts]
     lines = ["timestamp,open,high,low,close,volume"]

@@ -7,7 +7,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 from dagster import (
     AssetCheckResult,
@@ -324,8 +323,7 @@ def test_the_sensors_run_by_default():
 # -- the project's own graph: a broken feature snapshot ---------------------------------------------
 @pytest.mark.slow
 def test_a_broken_feature_snapshot_sends_exactly_one_post_naming_check_and_partition(conn, dagster_instance, webhook,
-                                                                                     monkeypatch):
-    import rl_lifecycle.features.service as service
+                                                                                     nondeterministic_features):
     from rl_lifecycle.candles.service import ingest_synthetic
     from rl_lifecycle.instance import sync_market_partitions
     from rl_lifecycle.markets import Market
@@ -337,15 +335,6 @@ def test_a_broken_feature_snapshot_sends_exactly_one_post_naming_check_and_parti
     add_market(conn, btc, source="synthetic", seed=7)
     sync_market_partitions(dagster_instance, [btc.key])
     ingest_synthetic(conn, btc, scheme.parse("2024-02-01").start, scheme.parse("2024-03-01").start, seed=7)
-    real = service.compute_features
-
-    def nondeterministic(*args, **kwargs):
-        frame = real(*args, **kwargs)
-        values = np.array(frame.values, copy=True)
-        values[-1, 0] = np.nextafter(values[-1, 0], np.inf)
-        return type(frame)(frame.ts, values, frame.is_warm, frame.missing, frame.feature_names)
-
-    monkeypatch.setattr(service, "compute_features", nondeterministic)
     (run,) = run_assets(dagster_instance, ["candles", "feature_snapshots", "training_dataset"],
                         ["BTCUSDT-1h|2024-03-01"], in_process=True)
     assert not run.ok

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from rl_lifecycle.candles.service import ingest_synthetic
@@ -51,20 +50,8 @@ def test_whole_graph_with_every_check(synthetic_btc, dagster_instance):
     assert after == before
 
 
-def test_a_failing_blocking_check_stops_downstream_and_names_the_difference(synthetic_btc, dagster_instance, monkeypatch):
-    import rl_lifecycle.features.service as service
-
-    real = service.compute_features
-
-    def nondeterministic(*args, **kwargs):
-        # Simulates a pipeline whose output depends on the process: only this process is patched,
-        # the check's freshly spawned interpreter computes the true bytes.
-        frame = real(*args, **kwargs)
-        values = np.array(frame.values, copy=True)
-        values[-1, 0] = np.nextafter(values[-1, 0], np.inf)
-        return type(frame)(frame.ts, values, frame.is_warm, frame.missing, frame.feature_names)
-
-    monkeypatch.setattr(service, "compute_features", nondeterministic)
+def test_a_failing_blocking_check_stops_downstream_and_names_the_difference(synthetic_btc, dagster_instance,
+                                                                            nondeterministic_features):
     # in this process: the fault is injected here, not in a run launched through the code location
     (run,) = materialize(dagster_instance, ALL, ["BTCUSDT-1h|2024-03-01"], in_process=True)
     assert not run.ok

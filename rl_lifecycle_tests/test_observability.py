@@ -97,10 +97,8 @@ def test_the_endpoint_reports_audit_alerts_and_decisions(conn, endpoint):
         assert m["rl_decision_latency_seconds_sum"][(("market", "BTCUSDT-1h"),)] == pytest.approx(0.7355)
 
 
-def test_decisions_report_zero_without_the_table(conn, monkeypatch):
+def test_decisions_report_zero_before_the_first_decision(conn):
     add_market(conn, BTC)
-    real = obs._table_exists
-    monkeypatch.setattr(obs, "_table_exists", lambda c, name: False if name == "rl_decisions" else real(c, name))
     records = {r["metric"]: r for r in obs.family_records(obs.collect_families(conn))}
     assert {s["value"] for s in records["rl_decisions"]["samples"]} == {0.0}
     assert len(records["rl_decisions"]["samples"]) == 4  # one per action

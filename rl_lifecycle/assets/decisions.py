@@ -23,8 +23,9 @@ from dagster import (
     schedule,
 )
 
-from rl_lifecycle.decisions.config import ENABLED_ENV, paper_decisions_enabled
+from rl_lifecycle.decisions.config import ENABLED_ENV
 from rl_lifecycle.resources import MlflowResource, PostgresResource
+from rl_lifecycle.settings import load_settings
 
 PAPER_DECISIONS = "paper_decisions"
 PAPER_MARKET_TAG = "paper_decisions/market"
@@ -65,14 +66,14 @@ def paper_decisions_job():
     cron_schedule="* * * * *",
     execution_timezone="UTC",
     job=paper_decisions_job,
-    default_status=DefaultScheduleStatus.RUNNING if paper_decisions_enabled() else DefaultScheduleStatus.STOPPED,
+    default_status=DefaultScheduleStatus.RUNNING if load_settings().paper_decisions_enabled else DefaultScheduleStatus.STOPPED,
     description="Every minute: one paper_decisions_job run per market whose newest bar has closed during its trading "
     f"hours and has no decision yet (run key = market + bar). Needs {ENABLED_ENV}=true.",
 )
 def paper_decisions(context: ScheduleEvaluationContext, database: PostgresResource):
     from rl_lifecycle.decisions.service import due_decisions
 
-    if not paper_decisions_enabled():
+    if not load_settings().paper_decisions_enabled:
         return SkipReason(DISABLED_REASON)
     at = context.scheduled_execution_time
     now_us = int(at.timestamp() * 1_000_000) if at is not None else None

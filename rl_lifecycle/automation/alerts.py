@@ -49,6 +49,7 @@ from rl_lifecycle.alerts import (
     run_alert,
 )
 from rl_lifecycle.resources import PostgresResource
+from rl_lifecycle.runner import root_cause
 
 CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
 PARTITION_TAG = "dagster/partition"
@@ -112,9 +113,7 @@ def _step_failures(instance: DagsterInstance, run: DagsterRun) -> list[tuple[str
     for record in _records(instance, run.run_id, DagsterEventType.STEP_FAILURE):
         event = record.event_log_entry.dagster_event
         error = getattr(getattr(event, "event_specific_data", None), "error", None)
-        root = error
-        while root is not None and root.cause is not None:  # the user's exception, not Dagster's wrapper
-            root = root.cause
+        root = root_cause(error) if error is not None else None
         message = (root.message if root else record.event_log_entry.message or "").strip().splitlines()
         failures.append((event.step_key if event else None, error.cls_name if error else None,
                          message[0] if message else "step failed"))

@@ -1,8 +1,7 @@
-"""Decision thresholds (YAML, validated) and the paper-decisions switch.
+"""Decision thresholds (YAML, validated).
 
 `load_decision_config()` reads `RL_DECISION_CONFIG` (a YAML file) or the shipped `decisions.yaml`.
-`paper_decisions_enabled()` reads `RL_PAPER_DECISIONS_ENABLED` (default false) through the settings
-when they carry it, else the environment with the settings' boolean rules.
+The paper-decisions switch is `Settings.paper_decisions_enabled` (RL_PAPER_DECISIONS_ENABLED).
 """
 
 from __future__ import annotations
@@ -61,9 +60,3 @@ def load_decision_config(path: str | Path | None = None) -> DecisionConfig:
 @lru_cache(maxsize=8)
 def _load(name: str, _stamp: int) -> DecisionConfig:
     return parse_decision_config(read_yaml(Path(name), "decision config"), name)
-
-
-def paper_decisions_enabled() -> bool:
-    from rl_lifecycle.settings import load_settings
-
-    return load_settings().paper_decisions_enabled

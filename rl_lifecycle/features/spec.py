@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import talib
 import talib.abstract
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from rl_lifecycle.config_files import read_yaml
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.settings import load_settings
 
@@ -371,14 +371,7 @@ def load_feature_set(name_or_path: str | Path, anchor: str | None = None) -> Fea
             raise _unknown_set(raw)
     else:
         path = Path(raw).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserInputError(f"feature set file {path} cannot be read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"feature set file {path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "feature set file")
     wanted = anchor or load_settings().window_cadence
     if isinstance(data, dict) and "anchor" not in data:
         data = {**data, "anchor": wanted}
