@@ -77,24 +77,59 @@ def load_candles(conn: psycopg.Connection, market: Market, start_us: int, end_us
     return load_candles_with_warmup(conn, market, start_us, end_us, warmup_rows=0)
 
 
+def _input_rows(market: Market, start_us: int, end_us: int, warmup_rows: int, columns: str) -> sql.Composable:
+    """The canonical input of [start, end): the last `warmup_rows` candles before start, then those in range."""
+    window = sql.SQL(
+        "SELECT " + columns + " FROM market_candles WHERE pair = {p} AND interval = {i} AND ts >= {s} AND ts < {e}"
+    ).format(p=market.pair, i=market.interval, s=pg_timestamp(start_us), e=pg_timestamp(end_us))
+    if warmup_rows <= 0:
+        return window
+    before = sql.SQL(
+        "SELECT " + columns + " FROM market_candles WHERE pair = {p} AND interval = {i} AND ts < {s} "
+        "ORDER BY ts DESC LIMIT {n}"
+    ).format(p=market.pair, i=market.interval, s=pg_timestamp(start_us), n=int(warmup_rows))
+    return sql.SQL("({}) UNION ALL ({})").format(before, window)
+
+
+_CANDLE_COLUMNS = "ts, open, high, low, close, volume"
+
+
 def load_candles_with_warmup(
     conn: psycopg.Connection, market: Market, start_us: int, end_us: int, warmup_rows: int
 ) -> CandleArrays:
     """Candles in [start, end) preceded by the last `warmup_rows` candles before start (fewer near history's start)."""
-    start, end = pg_timestamp(start_us), pg_timestamp(end_us)
-    window = sql.SQL(
-        "SELECT ts, open, high, low, close, volume FROM market_candles "
-        "WHERE pair = {p} AND interval = {i} AND ts >= {s} AND ts < {e}"
-    ).format(p=market.pair, i=market.interval, s=start, e=end)
-    if warmup_rows > 0:
-        before = sql.SQL(
-            "SELECT ts, open, high, low, close, volume FROM market_candles "
-            "WHERE pair = {p} AND interval = {i} AND ts < {s} ORDER BY ts DESC LIMIT {n}"
-        ).format(p=market.pair, i=market.interval, s=start, n=int(warmup_rows))
-        query = sql.SQL("SELECT * FROM (({}) UNION ALL ({})) c ORDER BY ts").format(before, window)
-    else:
-        query = sql.SQL("{} ORDER BY ts").format(window)
+    query = sql.SQL("SELECT * FROM ({}) c ORDER BY ts").format(
+        _input_rows(market, start_us, end_us, warmup_rows, _CANDLE_COLUMNS))
     return _to_arrays(bc.read_columns(conn, query, _FIELDS, order_by="ts"))
+
+
+@dataclass(frozen=True)
+class CandleInputChanges:
+    """The stamp of a canonical input and its candles written after a given write sequence number."""
+
+    stamp: CandleStamp
+    changed: CandleArrays
+
+
+def candle_input_changes(
+    conn: psycopg.Connection, market: Market, start_us: int, end_us: int, warmup_rows: int, since_seq: int | None
+) -> CandleInputChanges:
+    """One pass over the input of [start, end) (as `load_candles_with_warmup` reads it): its stamp, and its
+    candles whose write_seq exceeds `since_seq` (all of them when None).
+
+    Taken under the shared side of the market's write lock: no candle write is in flight, and a later
+    write takes a higher sequence number than any seen here, so nothing written is ever skipped.
+    """
+    newer = sql.SQL("{since}::bigint IS NULL OR write_seq > {since}").format(since=sql.Literal(since_seq))
+    query = sql.SQL(
+        "SELECT (extract(epoch FROM min(ts)) * 1000000)::bigint, count(*), max(write_seq), {arrays} FROM ({rows}) c"
+    ).format(arrays=bc.array_columns(_FIELDS, newer),
+             rows=_input_rows(market, start_us, end_us, warmup_rows, _CANDLE_COLUMNS + ", write_seq"))
+    with conn.transaction():
+        lock_market(conn, market, "candles", shared=True)
+        first, rows, seq, *payloads = conn.execute(query, binary=True).fetchone()
+    stamp = CandleStamp(None if first is None else int(first), int(rows), None if seq is None else int(seq))
+    return CandleInputChanges(stamp, _to_arrays(bc.decode_columns(payloads, _FIELDS, order_by="ts")))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@
 6. Every decision is appended to `rl_decisions`.
 
 Loaded champions (policy + statistics) are cached per process by (registry, market, version), so a
-schedule or a benchmark pays MLflow's download once per champion, not per decision.
+long-lived decider pays MLflow's download once per champion, not per decision; it also keeps each
+market's open-window candles (`CandleInputCache`) and reads only those written since its last decision.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.calendars import get_calendar
+from rl_lifecycle.candles.input_cache import CandleInputCache
 from rl_lifecycle.decisions import safety
 from rl_lifecycle.decisions.config import DecisionConfig, load_decision_config
 from rl_lifecycle.decisions.store import DecisionRecord, append_decision, paper_position
@@ -82,6 +84,7 @@ class ChampionCache:
 
 
 CHAMPIONS = ChampionCache()
+CANDLE_INPUTS = CandleInputCache()  # each market's open-window candles, refreshed by write_seq on every decision
 
 
 def load_champion(registry, market: Market, version: int) -> Champion:
@@ -163,12 +166,14 @@ def decide(
     config: DecisionConfig | None = None,
     feature_set: FeatureSetSpec | None = None,
     champions: ChampionCache | None = None,
+    candle_inputs: CandleInputCache | None = None,
     record: bool = True,
 ) -> Decision:
     """Decide for `market` as of `at` (default now) and append the decision to `rl_decisions`.
 
     `registry`: a ModelRegistry, or a callable returning one (opened only when the market has a champion).
-    `conn` must be autocommit (the decision is committed when this returns).
+    `conn` must be autocommit (the decision is committed when this returns). `champions` and
+    `candle_inputs` default to this process's caches, which a long-lived decider fills once.
     """
     started = time.perf_counter()
     market = market if isinstance(market, Market) else Market.parse(market)
@@ -177,6 +182,7 @@ def decide(
     config = config or load_decision_config()
     spec = feature_set or active_feature_set()
     champions = champions or CHAMPIONS
+    candle_inputs = candle_inputs or CANDLE_INPUTS
     reasons: set[str] = set()
     details: dict = {"feature_set": spec.name}
 
@@ -205,7 +211,7 @@ def decide(
         reasons.add(safety.MISSING_CRITICAL_FEATURES)
         details["missing_features"] = list(spec.feature_names)
     else:
-        frame = vectors_from_candles(conn, market, spec, newest, newest + 1)
+        frame = vectors_from_candles(conn, market, spec, newest, newest + 1, cache=candle_inputs)
         if len(frame) != 1 or int(frame.ts[0]) != newest:
             raise RuntimeError(f"{market.key}: the pipeline gave {len(frame)} rows for bar {iso(newest)}, expected 1")
         raw, missing = np.array(frame.values[0]), np.array(frame.missing[0])

@@ -21,6 +21,7 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.candles.frame import CandleArrays
+from rl_lifecycle.candles.input_cache import CandleInputCache
 from rl_lifecycle.candles.store import CandleStamp, load_candles_with_warmup, window_input_stamps
 from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
 from rl_lifecycle.features.spec import FeatureSetSpec
@@ -187,14 +188,19 @@ def _refresh_window(
 
 def vectors_from_candles(
     conn: psycopg.Connection, market: Market, spec: FeatureSetSpec, start_us: int, end_us: int,
-    *, scheme: WindowScheme | None = None,
+    *, scheme: WindowScheme | None = None, cache: CandleInputCache | None = None,
 ) -> FeatureFrame:
     """The canonical vectors for start <= ts < end computed from the candles alone: no snapshot read or written.
 
     The live path for the newest bars: one candle read (the anchor's warmup, then the candles up to
-    `end`) and the pipeline over it; the same rule gives the same bytes as the stored snapshots.
+    `end`) and the pipeline over it; the same rule gives the same bytes as the stored snapshots. With a
+    `cache` (a long-lived decider's), the read fetches only the candles written since its last one;
+    start and end must then lie in one window.
     """
     scheme = scheme or WindowScheme(spec.anchor)
-    anchor = scheme.containing(start_us).start
-    candles = load_candles_with_warmup(conn, market, anchor, end_us, spec.warmup)
+    window = scheme.containing(start_us)
+    if cache is None:
+        candles = load_candles_with_warmup(conn, market, window.start, end_us, spec.warmup)
+    else:
+        candles = cache.read(conn, market, window.start, window.end, end_us, spec.warmup)
     return compute_features(spec, candles, scheme, start_us, end_us)
