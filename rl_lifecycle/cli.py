@@ -574,6 +574,51 @@ def decide(
     typer.echo(json.dumps(decision.to_json()))
 
 
+paper_app = typer.Typer(no_args_is_help=True, help="The long-lived paper decider (paper only: no order is routed).")
+app.add_typer(paper_app, name="paper")
+
+
+@paper_app.command("run")
+def paper_run(
+    market: Annotated[list[str] | None, typer.Option(help="only these markets (repeatable); default every live market")] = None,
+    poll_seconds: Annotated[float, typer.Option(min=0.1, help="how often to look for newly closed bars")] = 1.0,
+    grace_seconds: Annotated[float, typer.Option(min=0.0, help="how long to wait for a closed bar's candle")] = 20.0,
+) -> None:
+    """Decide each live market once per closed bar, keeping champions and open-window candles loaded between
+    decisions; prints one JSON object per decision. Ctrl-C or SIGTERM stops it."""
+    import functools
+    import json
+    import logging
+    import signal
+    import threading
+
+    from rl_lifecycle.decisions.config import ENABLED_ENV
+    from rl_lifecycle.decisions.live import run_decider
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.registry import get_market
+
+    selected = [Market.parse(m).key for m in market or []] or None  # bad keys are refused before anything starts
+    if not load_settings().paper_decisions_enabled:
+        raise UserInputError(f"paper decisions are off: set {ENABLED_ENV}=true to run the decider (docs/runbook.md)")
+    url = open_database(load_settings())
+    if selected:
+        with connect(url) as conn:
+            for key in selected:
+                get_market(conn, Market.parse(key))  # an unregistered market is refused by name
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    typer.echo(f"paper decider on {', '.join(selected) if selected else 'every live market'}; Ctrl-C stops it",
+               err=True)
+    try:
+        state = run_decider(url, functools.cache(lambda: open_registry(url)), markets=selected,
+                            poll_seconds=poll_seconds, grace_seconds=grace_seconds, stop=stop,
+                            on_decision=lambda d: typer.echo(json.dumps(d.to_json())))
+    except KeyboardInterrupt:
+        return
+    typer.echo(f"stopped after {state.decisions} decisions ({state.failures} failed)", err=True)
+
+
 # -- metrics and status (observability) ---------------------------------------------------------
 metrics_app = typer.Typer(no_args_is_help=True, help="Prometheus metrics (every metric named rl_...).")
 app.add_typer(metrics_app, name="metrics")

@@ -11,7 +11,6 @@ from rl_lifecycle.candles.input_cache import CandleInputCache, merge_changes
 from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.candles.store import load_candles_with_warmup, upsert_candles
 from rl_lifecycle.candles.synthetic import synthetic_arrays
-from rl_lifecycle.db.binary_copy import pg_timestamp
 from rl_lifecycle.markets import Market
 from rl_lifecycle.windows import WindowScheme, from_us
 
@@ -116,5 +115,5 @@ def test_any_sequence_of_writes_reads_as_a_fresh_read(conn, operations):
             elif kind == "edit":
                 _edit(conn, ts, 1.001)
             else:
-                conn.execute("DELETE FROM market_candles WHERE ts = {}".format(pg_timestamp(ts).as_string(conn)))
+                conn.execute("DELETE FROM market_candles WHERE ts = %s", (from_us(ts),))
         assert _same(_read(cache, conn), _fresh(conn))

@@ -3,7 +3,8 @@
 The schedule ticks every minute and asks the core which markets are owed a decision (`due_decisions`:
 a bar their calendar expects has closed and nothing was decided since); each gets one run of
 `paper_decisions_job`, run key = market + bar, so a bar is never decided twice. The run decides as of
-its own start (the newest closed bar, staleness judged then) through `rl_lifecycle.decisions.service`.
+its own start (the newest closed bar, staleness judged then) through `rl_lifecycle.decisions.live.decide_if_due`,
+which skips a bar the long-lived decider (`rl-lifecycle paper run`) already took.
 
 Off by default: the schedule starts STOPPED, and it only requests runs while RL_PAPER_DECISIONS_ENABLED
 is true (set it where the daemon runs; with it set the schedule also starts RUNNING). Paper only.
@@ -37,15 +38,25 @@ DISABLED_REASON = (
 
 class PaperDecisionConfig(Config):
     market: str  # market key, e.g. BTCUSDT-1m
+    bar_ts: str | None = None  # the closed bar owed a decision (ISO); skipped if another decider took it
 
 
 @op(name="paper_decision", description="One paper decision for a market as of now (`rl-lifecycle decide`).")
 def paper_decision(context: OpExecutionContext, config: PaperDecisionConfig, database: PostgresResource,
                    mlflow: MlflowResource):
-    from rl_lifecycle.decisions.service import decide
+    from rl_lifecycle.decisions.live import decide_if_due
+    from rl_lifecycle.decisions.service import DueDecision, decide
+    from rl_lifecycle.windows import to_us
 
     with database.connect() as conn:
-        decision = decide(conn, config.market, registry=mlflow.registry)
+        if config.bar_ts is None:
+            decision = decide(conn, config.market, registry=mlflow.registry)
+        else:
+            decision = decide_if_due(conn, DueDecision(config.market, to_us(config.bar_ts)), registry=mlflow.registry)
+    if decision is None:
+        context.log.info(f"{config.market}: bar {config.bar_ts} was already decided (by `rl-lifecycle paper run`)")
+        yield Output(None, metadata={"market": config.market, "bar_ts": config.bar_ts, "skipped": True})
+        return
     out = decision.to_json()
     context.log.info(f"{config.market}: {out['action']} {', '.join(out['reason_codes']) or '(acted freely)'} "
                      f"in {out['latency_ms']} ms")
@@ -72,6 +83,7 @@ def paper_decisions_job():
 )
 def paper_decisions(context: ScheduleEvaluationContext, database: PostgresResource):
     from rl_lifecycle.decisions.service import due_decisions
+    from rl_lifecycle.windows import iso
 
     if not load_settings().paper_decisions_enabled:
         return SkipReason(DISABLED_REASON)
@@ -82,7 +94,8 @@ def paper_decisions(context: ScheduleEvaluationContext, database: PostgresResour
     if not due:
         return SkipReason("no market is owed a decision: no new bar closed in trading hours since the last ones")
     return [
-        RunRequest(run_key=d.run_key, run_config={"ops": {"paper_decision": {"config": {"market": d.market}}}},
+        RunRequest(run_key=d.run_key,
+                   run_config={"ops": {"paper_decision": {"config": {"market": d.market, "bar_ts": iso(d.bar_ts_us)}}}},
                    tags={PAPER_MARKET_TAG: d.market})
         for d in due
     ]

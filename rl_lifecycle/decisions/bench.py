@@ -30,8 +30,8 @@ def _p99(values: list[float]) -> float:
 
 def bench_decide(server_url: str, repeats: int = 200) -> dict:
     from rl_lifecycle.bench import scratch_database
-    from rl_lifecycle.candles.service import ingest_synthetic
     from rl_lifecycle.candles.input_cache import CandleInputCache
+    from rl_lifecycle.candles.service import ingest_synthetic
     from rl_lifecycle.candles.store import load_candles_with_warmup, upsert_candles
     from rl_lifecycle.candles.synthetic import synthetic_arrays
     from rl_lifecycle.datasets.builder import build_dataset

@@ -1,0 +1,137 @@
+"""The long-lived paper decider (`rl-lifecycle paper run`): one decision per market per closed bar, never twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from rl_lifecycle.candles.service import ingest_synthetic
+from rl_lifecycle.decisions import live, safety
+from rl_lifecycle.decisions.service import DueDecision
+from rl_lifecycle.decisions.store import decision_history
+from rl_lifecycle.markets import Market
+from rl_lifecycle.windows import iso, to_us
+from rl_lifecycle_tests.cli_helpers import run_cli
+
+HOUR = 3_600_000_000
+SECOND = 1_000_000
+
+
+def _market(interval: str = "1h") -> Market:
+    return Market(f"P{uuid.uuid4().hex[:10].upper()}", interval)
+
+
+def _no_registry():
+    raise AssertionError("no market here has a champion")
+
+
+@pytest.fixture
+def hourly(conn) -> Market:
+    market = _market()
+    ingest_synthetic(conn, market, to_us("2024-03-01"), to_us("2024-03-05T10:00:00"), seed=4)  # last bar 09:00
+    return market
+
+
+def test_a_bar_is_decided_once_when_its_candle_is_in_or_the_grace_is_over(conn, hourly):
+    closed = to_us("2024-03-05T10:00:00")  # the 09:00 bar closes
+    made = live.decide_due_once(conn, _no_registry, markets={hourly.key}, now_us=closed + 5 * SECOND)
+    assert [d.record.bar_ts_us for d in made] == [to_us("2024-03-05T09:00:00")]
+    assert made[0].record.reason_codes == (safety.NO_CHAMPION,)
+    assert live.decide_due_once(conn, _no_registry, markets={hourly.key}, now_us=closed + 30 * SECOND) == []
+    # the 10:00 bar closes without its candle: wait for it during the grace period, then decide anyway
+    late = closed + HOUR
+    assert live.decide_due_once(conn, _no_registry, markets={hourly.key}, now_us=late + 5 * SECOND,
+                                grace_seconds=20) == []
+    (stale,) = live.decide_due_once(conn, _no_registry, markets={hourly.key}, now_us=late + 25 * SECOND,
+                                    grace_seconds=20)
+    assert stale.record.bar_ts_us == to_us("2024-03-05T09:00:00") and stale.record.details["missed_bars"] == 1
+    assert len(decision_history(conn, hourly.key)) == 2
+
+
+def test_the_schedule_skips_a_bar_the_decider_took(conn, hourly, rl_env):
+    from rl_lifecycle.assets.decisions import paper_decisions_job
+    from rl_lifecycle.resources import MlflowResource, PostgresResource
+
+    bar = to_us("2024-03-05T09:00:00")
+    now = bar + HOUR + 2 * SECOND
+    (taken,) = live.decide_due_once(conn, _no_registry, markets={hourly.key}, now_us=now)
+    assert live.decide_if_due(conn, DueDecision(hourly.key, bar), registry=_no_registry, at_us=now) is None
+    database = PostgresResource(url=rl_env["RL_DATABASE_URL"])
+    result = paper_decisions_job.execute_in_process(
+        run_config={"ops": {"paper_decision": {"config": {"market": hourly.key, "bar_ts": iso(bar)}}}},
+        resources={"database": database, "mlflow": MlflowResource(database=database)})
+    assert result.success and result.output_for_node("paper_decision") is None
+    assert [d.id for d in decision_history(conn, hourly.key)] == [taken.record.id]
+
+
+def test_one_failing_market_does_not_stop_the_others(conn, hourly, monkeypatch):
+    broken = _market()
+    ingest_synthetic(conn, broken, to_us("2024-03-01"), to_us("2024-03-05T10:00:00"), seed=5)
+    real = live.decide_if_due
+
+    def fails_for_broken(conn, due, **options):
+        if due.market == broken.key:
+            raise RuntimeError("injected: this market's champion cannot load")
+        return real(conn, due, **options)
+
+    monkeypatch.setattr(live, "decide_if_due", fails_for_broken)
+    state = live.DeciderState()
+    made = live.decide_due_once(conn, _no_registry, markets={hourly.key, broken.key},
+                                now_us=to_us("2024-03-05T10:00:05"), state=state)
+    assert [d.record.market for d in made] == [hourly.key] and (state.decisions, state.failures) == (1, 1)
+    assert decision_history(conn, broken.key) == []
+
+
+def test_the_loop_decides_live_bars_until_stopped(conn, database_url):
+    market = _market("1m")
+    now = time.time_ns() // 1000
+    ingest_synthetic(conn, market, now - 3 * HOUR, safety.newest_closed_bar(now, market.interval_us) + 60 * SECOND,
+                     seed=6)
+    stop, made = threading.Event(), []
+    worker = threading.Thread(target=live.run_decider, args=(database_url, _no_registry), kwargs=dict(
+        markets=[market.key], poll_seconds=0.1, stop=stop, on_decision=lambda d: (made.append(d), stop.set())),
+        daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    stop.set()
+    worker.join(timeout=5)
+    assert not worker.is_alive() and len(made) == 1 and made[0].record.market == market.key
+
+
+def test_cli_refuses_when_paper_decisions_are_off_or_the_market_is_unknown(capsys, monkeypatch, rl_env):
+    monkeypatch.delenv("RL_PAPER_DECISIONS_ENABLED", raising=False)
+    code, out, err = run_cli(capsys, monkeypatch, "paper", "run")
+    assert code == 2 and "RL_PAPER_DECISIONS_ENABLED" in err
+    monkeypatch.setenv("RL_PAPER_DECISIONS_ENABLED", "true")
+    for args, message in ((("--market", "NOPEUSDT-1h"), "not registered"), (("--market", "BTCUSDT-7m"), "interval")):
+        code, out, err = run_cli(capsys, monkeypatch, "paper", "run", *args)
+        assert code == 2 and message in err, err
+
+
+def test_cli_prints_one_json_line_per_decision_and_stops_on_sigterm(conn, rl_env):
+    market = _market("1m")
+    now = time.time_ns() // 1000
+    ingest_synthetic(conn, market, now - 3 * HOUR, safety.newest_closed_bar(now, market.interval_us) + 60 * SECOND,
+                     seed=8)
+    env = {**os.environ, **rl_env, "RL_PAPER_DECISIONS_ENABLED": "true"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rl_lifecycle.cli", "paper", "run", "--market", market.key, "--poll-seconds", "0.2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        decision = json.loads(line)
+        assert decision["market"] == market.key and decision["reason_codes"] == [safety.NO_CHAMPION]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert "stopped after 1 decisions" in process.stderr.read()
+    finally:
+        process.kill()
+    assert to_us(decision["bar_ts"]) >= safety.newest_closed_bar(now, market.interval_us)
