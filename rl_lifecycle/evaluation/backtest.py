@@ -209,10 +209,12 @@ def bars_at_close(bar_type, instrument, candles: CandleArrays, interval_us: int)
 
 def _strategy_config(strategy_id: str):
     """Both strategies alike: no per-event and per-command log lines (Nautilus formats them even
-    when logging is bypassed)."""
+    when logging is bypassed); UUID client order ids (the default formats a datetime through pandas
+    for every order)."""
     from nautilus_trader.config import StrategyConfig
 
-    return StrategyConfig(strategy_id=strategy_id, log_events=False, log_commands=False)
+    return StrategyConfig(strategy_id=strategy_id, log_events=False, log_commands=False,
+                          use_uuid_client_order_ids=True)
 
 
 def _strategy_classes():
@@ -426,7 +428,8 @@ def build_engine(market: Market, candles: CandleArrays, cost_bps: float, startin
         # Pre-trade checks guard live accounts; here the strategy sizes every order itself.
         risk_engine=RiskEngineConfig(bypass=True),
         # Nautilus formats every account state for its log unless throttled, even with logging bypassed.
-        portfolio=PortfolioConfig(min_account_state_logging_interval_ms=_NEVER_MS),
+        # No unrealized P&L per bar either: the result values holdings at the last close itself.
+        portfolio=PortfolioConfig(min_account_state_logging_interval_ms=_NEVER_MS, bar_updates=False),
     ))
     try:
         engine.add_venue(
