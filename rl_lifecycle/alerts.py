@@ -83,6 +83,7 @@ class Alert:
     check: str | None = None
     severity: str | None = None
     job_name: str | None = None
+    failed_at: datetime | None = field(default=None, compare=False)  # when the failure happened
     id: int | None = field(default=None, compare=False)
     created_at: datetime | None = field(default=None, compare=False)
     delivered_at: datetime | None = field(default=None, compare=False)
@@ -114,26 +115,28 @@ def market_of_partition(partition: str | None) -> str | None:
 
 
 def check_alert(run_id: str, asset: str, check: str, partition: str | None, summary: str, *,
-                severity: str | None = None, job_name: str | None = None, ui_url: str = DEFAULT_UI_URL) -> Alert:
+                severity: str | None = None, job_name: str | None = None, ui_url: str = DEFAULT_UI_URL,
+                failed_at: datetime | None = None) -> Alert:
     """A failed asset check evaluation."""
     return Alert(
         kind=CHECK_FAILED, dedupe_key=f"check:{run_id}:{asset}:{check}:{partition or '-'}",
         summary=summary or f"check {check} failed", run_id=run_id, run_url=run_url(ui_url, run_id),
-        asset=asset, partition=partition, check=check, severity=severity, job_name=job_name,
+        asset=asset, partition=partition, check=check, severity=severity, job_name=job_name, failed_at=failed_at,
     )
 
 
 def run_alert(run_id: str, job_name: str | None, partition: str | None, summary: str, *,
-              assets: Sequence[str] = (), ui_url: str = DEFAULT_UI_URL) -> Alert:
+              assets: Sequence[str] = (), ui_url: str = DEFAULT_UI_URL, failed_at: datetime | None = None) -> Alert:
     """A failed run."""
     return Alert(
         kind=RUN_FAILED, dedupe_key=f"run:{run_id}", summary=summary or "run failed", run_id=run_id,
         run_url=run_url(ui_url, run_id), asset=", ".join(assets) or None, partition=partition, job_name=job_name,
+        failed_at=failed_at,
     )
 
 
 _COLUMNS = ("kind", "dedupe_key", "market", "asset", "partition_key", "check_name", "severity", "job_name",
-            "summary", "run_id", "run_url")
+            "summary", "run_id", "run_url", "failed_at")
 _READ = ("id, kind, dedupe_key, asset, partition_key, check_name, severity, job_name, summary, run_id, run_url, "
          "created_at, delivered_at, attempts, next_attempt_at, last_error, resolved_at")
 
@@ -154,7 +157,7 @@ def record_alert(conn: psycopg.Connection, alert: Alert) -> Alert | None:
     if alert.kind not in KINDS:
         raise ValueError(f"alert kind {alert.kind!r} is invalid; expected one of {KINDS}")
     values = (alert.kind, alert.dedupe_key, alert.market, alert.asset, alert.partition, alert.check,
-              alert.severity, alert.job_name, alert.summary[:4000], alert.run_id, alert.run_url)
+              alert.severity, alert.job_name, alert.summary[:4000], alert.run_id, alert.run_url, alert.failed_at)
     row = conn.execute(
         f"INSERT INTO alerts ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
         f"ON CONFLICT (dedupe_key) DO NOTHING RETURNING {_READ}",
@@ -185,24 +188,32 @@ def list_alerts(conn: psycopg.Connection, *, market: str | None = None, open_onl
     return [_from_row(r) for r in conn.execute(query + " ORDER BY id DESC LIMIT %s", (*params, int(limit))).fetchall()]
 
 
+# A pass resolves only failures that happened before it (unknown times: as before).
+_BEFORE_THE_PASS = "AND (failed_at IS NULL OR %(passed_at)s::timestamptz IS NULL OR failed_at < %(passed_at)s)"
+
+
 def resolve_check_alerts(conn: psycopg.Connection, asset: str, check: str, partition: str | None,
-                         by_run_id: str) -> int:
-    """A later evaluation of the check passed on this partition: its open alerts are resolved."""
+                         by_run_id: str, passed_at: datetime | None = None) -> int:
+    """An evaluation of the check passed on this partition at `passed_at`: the open alerts of earlier
+    failures are resolved."""
     return conn.execute(
-        """UPDATE alerts SET resolved_at = now(), resolved_by_run = %s
-           WHERE kind = %s AND resolved_at IS NULL AND asset = %s AND check_name = %s
-             AND partition_key IS NOT DISTINCT FROM %s AND run_id <> %s""",
-        (by_run_id, CHECK_FAILED, asset, check, partition, by_run_id),
+        """UPDATE alerts SET resolved_at = now(), resolved_by_run = %(run)s
+           WHERE kind = %(kind)s AND resolved_at IS NULL AND asset = %(asset)s AND check_name = %(check)s
+             AND partition_key IS NOT DISTINCT FROM %(partition)s AND run_id <> %(run)s """ + _BEFORE_THE_PASS,
+        {"run": by_run_id, "kind": CHECK_FAILED, "asset": asset, "check": check, "partition": partition,
+         "passed_at": passed_at},
     ).rowcount
 
 
-def resolve_run_alerts(conn: psycopg.Connection, job_name: str, partition: str | None, by_run_id: str) -> int:
-    """A later run of the same job on the same partition succeeded: its open run alerts are resolved."""
+def resolve_run_alerts(conn: psycopg.Connection, job_name: str, partition: str | None, by_run_id: str,
+                       passed_at: datetime | None = None) -> int:
+    """A run of the same job on the same partition succeeded at `passed_at`: the open alerts of runs that
+    failed before it are resolved."""
     return conn.execute(
-        """UPDATE alerts SET resolved_at = now(), resolved_by_run = %s
-           WHERE kind = %s AND resolved_at IS NULL AND job_name = %s
-             AND partition_key IS NOT DISTINCT FROM %s AND run_id <> %s""",
-        (by_run_id, RUN_FAILED, job_name, partition, by_run_id),
+        """UPDATE alerts SET resolved_at = now(), resolved_by_run = %(run)s
+           WHERE kind = %(kind)s AND resolved_at IS NULL AND job_name = %(job)s
+             AND partition_key IS NOT DISTINCT FROM %(partition)s AND run_id <> %(run)s """ + _BEFORE_THE_PASS,
+        {"run": by_run_id, "kind": RUN_FAILED, "job": job_name, "partition": partition, "passed_at": passed_at},
     ).rowcount
 
 

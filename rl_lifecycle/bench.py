@@ -313,8 +313,7 @@ def bench_backfill(server_url: str, first: str = "2015-01-01", last: str = "2024
 def bench_decisions(server_url: str) -> dict:
     from rl_lifecycle.decisions.bench import bench_decide
 
-    print("decide.latency_p99_ms ...", flush=True)
-    return bench_decide(server_url)
+    return bench_decide(server_url)  # prints its own progress line
 
 
 def _machine() -> str:

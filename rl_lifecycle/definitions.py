@@ -10,6 +10,7 @@ from rl_lifecycle.assets.evaluation import EVALUATION_CHECKS
 from rl_lifecycle.assets.models import MODEL_CHECKS
 from rl_lifecycle.automation.alerts import (
     alert_delivery_sensor,
+    alert_sweep_sensor,
     check_failure_alert_sensor,
     run_failure_alert_sensor,
 )
@@ -30,7 +31,7 @@ defs = Definitions(
     jobs=[*JOBS, rollback_job, paper_decisions_job],
     sensors=[
         market_partitions_sensor, inbox_sensor, live_feed_sensor, online_learning_sensor,
-        check_failure_alert_sensor, run_failure_alert_sensor, alert_delivery_sensor,
+        check_failure_alert_sensor, run_failure_alert_sensor, alert_delivery_sensor, alert_sweep_sensor,
     ],
     schedules=[latest_window_schedule, paper_decisions],
     # Steps run one after another in the run's process: a step process of its own costs ~3 s of

@@ -36,7 +36,9 @@ from rl_lifecycle.alerts import (
 )
 from rl_lifecycle.automation.alerts import (
     alert_delivery_sensor,
+    alert_sweep_sensor,
     check_failure_alert_sensor,
+    process_finished_run,
     run_failure_alert_sensor,
 )
 from rl_lifecycle.resources import PostgresResource
@@ -313,10 +315,45 @@ def test_the_delivery_sensor_retries_later_and_never_raises(conn, dagster_instan
     assert len(webhook.bodies) == 1
 
 
+def test_an_older_pass_seen_late_does_not_resolve_a_newer_failure(conn, dagster_instance, webhook):
+    STATE.update(blocking_passes=True, warn_passes=True)
+    older, _ = _run(dagster_instance, [toy_warn], assets=(toy_asset,))
+    STATE.update(warn_passes=False)
+    newer, _ = _run(dagster_instance, [toy_warn], assets=(toy_asset,))
+    # the sensors tick independently: the newer failure is processed before the older pass
+    for run_id in (newer, older):
+        process_finished_run(dagster_instance, dagster_instance.get_run_by_id(run_id), conn, failed=False)
+    (alert,) = list_alerts(conn)
+    assert alert.run_id == newer and alert.resolved_at is None
+    STATE.update(warn_passes=True)
+    fixed, _ = _run(dagster_instance, [toy_warn], assets=(toy_asset,))
+    process_finished_run(dagster_instance, dagster_instance.get_run_by_id(fixed), conn, failed=False)
+    assert list_alerts(conn, open_only=True) == []
+
+
+def test_the_sweep_records_what_the_run_sensors_missed_once_and_keeps_its_cursor_on_errors(
+        conn, dagster_instance, webhook):
+    STATE.update(blocking_passes=False, warn_passes=True)
+    run_id, _ = _run(dagster_instance, [toy_blocking])  # no run status sensor saw it (the database was down)
+    down = build_sensor_context(instance=dagster_instance, cursor=None,
+                                resources={"database": PostgresResource(url="postgresql://nobody@127.0.0.1:9/none")})
+    with pytest.raises(Exception, match="(?i)connect|refused"):
+        alert_sweep_sensor.evaluate_tick(down)
+    assert down.cursor is None and list_alerts(conn) == []
+    result, cursor = _evaluate(alert_sweep_sensor, dagster_instance, None)
+    assert "1 missed alert" in result.skip_message and cursor is not None
+    assert [a.dedupe_key for a in list_alerts(conn)] == [f"check:{run_id}:toy_asset:toy_blocking:BTCUSDT-1h"]
+    for again in (cursor, None):  # a later tick, or a restart without a cursor: nothing twice
+        result, _ = _evaluate(alert_sweep_sensor, dagster_instance, again)
+        assert "accounted for" in result.skip_message
+    _evaluate(run_failure_alert_sensor, dagster_instance, START)
+    assert len(list_alerts(conn)) == 1 and len(webhook.bodies) == 1
+
+
 def test_the_sensors_run_by_default():
     from dagster import DefaultSensorStatus
 
-    for s in (check_failure_alert_sensor, run_failure_alert_sensor, alert_delivery_sensor):
+    for s in (check_failure_alert_sensor, run_failure_alert_sensor, alert_delivery_sensor, alert_sweep_sensor):
         assert s.default_status == DefaultSensorStatus.RUNNING
 
 

@@ -11,8 +11,12 @@ Open-source Dagster has no asset-check alerting, so (see docs/dagster-notes, "Al
   then the check alerts already say it, and a broken check sends one alert, not two.
 - `alert_delivery_sensor`, a plain sensor: retries webhook POSTs that failed, with backoff, on later
   ticks (run status sensors are called only when a run finishes).
+- `alert_sweep_sensor`, a plain sensor: the safety net. A run status sensor's cursor moves past a run
+  even when its tick failed (PostgreSQL down as the run finished), so every few minutes this one
+  processes again every run that finished since its own cursor, which only moves when a tick
+  succeeds. Alerts already recorded are not recorded or sent again.
 
-All three are on by default (`DefaultSensorStatus.RUNNING`): they run whenever the daemon runs. The
+All four are on by default (`DefaultSensorStatus.RUNNING`): they run whenever the daemon runs. The
 run status sensors keep Dagster's own cursor; re-evaluating a run (an old cursor, a restart) inserts
 nothing new, because alerts are keyed by `dedupe_key` (see `rl_lifecycle.alerts`). Nothing here
 raises for a webhook problem; a database error fails the tick, and Dagster retries it from its cursor.
@@ -21,6 +25,7 @@ raises for a webhook problem; a database error fails the tick, and Dagster retri
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from dagster import (
     DagsterEventType,
@@ -29,6 +34,7 @@ from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
+    RunsFilter,
     RunStatusSensorContext,
     SensorEvaluationContext,
     SkipReason,
@@ -78,11 +84,20 @@ def _records(instance: DagsterInstance, run_id: str, of_type) -> list:
         cursor = page.cursor
 
 
-def check_evaluations(instance: DagsterInstance, run: DagsterRun) -> list:
-    """The run's AssetCheckEvaluation data, in event order."""
-    return [r.event_log_entry.dagster_event.asset_check_evaluation_data
+def _utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def check_evaluations(instance: DagsterInstance, run: DagsterRun) -> list[tuple[object, datetime]]:
+    """The run's AssetCheckEvaluation data with when each was recorded, in event order."""
+    return [(r.event_log_entry.dagster_event.asset_check_evaluation_data, _utc(r.event_log_entry.timestamp))
             for r in _records(instance, run.run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
             if r.event_log_entry.dagster_event is not None]
+
+
+def run_end_time(instance: DagsterInstance, run: DagsterRun) -> datetime | None:
+    record = instance.get_run_record_by_id(run.run_id)
+    return None if record is None else _utc(record.end_time)
 
 
 def _check_summary(evaluation) -> str:
@@ -93,16 +108,17 @@ def _check_summary(evaluation) -> str:
 
 
 def check_failure_alerts(instance: DagsterInstance, run: DagsterRun, config: AlertConfig) -> tuple[list[Alert], list, list]:
-    """(alerts for the failed evaluations, the failed evaluations, the passed evaluations) of the run."""
+    """(alerts for the failed evaluations, the failed evaluations, the passed evaluations) of the run;
+    evaluations as (evaluation, when) pairs."""
     failed, passed = [], []
-    for evaluation in check_evaluations(instance, run):
-        (passed if evaluation.passed else failed).append(evaluation)
+    for evaluation, at in check_evaluations(instance, run):
+        (passed if evaluation.passed else failed).append((evaluation, at))
     alerts = [
         check_alert(run.run_id, evaluation.asset_key.to_user_string(), evaluation.check_name,
                     evaluation.partition or run_partition(run), _check_summary(evaluation),
                     severity=str(getattr(evaluation.severity, "value", evaluation.severity)),
-                    job_name=run.job_name, ui_url=config.ui_url)
-        for evaluation in failed
+                    job_name=run.job_name, ui_url=config.ui_url, failed_at=at)
+        for evaluation, at in failed
     ]
     return alerts, failed, passed
 
@@ -134,7 +150,8 @@ def run_failure_alert(instance: DagsterInstance, run: DagsterRun, config: AlertC
     else:
         summary = failure_message or "the run failed before any step failed (see the run's logs)"
     assets = sorted(k.to_user_string() for k in (run.asset_selection or ()))
-    return run_alert(run.run_id, run.job_name, run_partition(run), summary, assets=assets, ui_url=config.ui_url)
+    return run_alert(run.run_id, run.job_name, run_partition(run), summary, assets=assets, ui_url=config.ui_url,
+                     failed_at=run_end_time(instance, run))
 
 
 # -- the work of one finished run -------------------------------------------------------------------
@@ -144,16 +161,16 @@ def process_finished_run(instance: DagsterInstance, run: DagsterRun, conn, *, fa
     config = config or load_alert_config()
     alerts, failed_checks, passed = check_failure_alerts(instance, run, config)
     if failed:
-        blocking = any(e.blocking for e in failed_checks)
+        blocking = any(e.blocking for e, _ in failed_checks)
         extra = run_failure_alert(instance, run, config, failure_message, blocking)
         if extra is not None:
             alerts.append(extra)
     new = [stored for stored in (record_alert(conn, a) for a in alerts) if stored is not None]
-    for evaluation in passed:
+    for evaluation, at in passed:
         resolve_check_alerts(conn, evaluation.asset_key.to_user_string(), evaluation.check_name,
-                             evaluation.partition or run_partition(run), run.run_id)
+                             evaluation.partition or run_partition(run), run.run_id, passed_at=at)
     if not failed:
-        resolve_run_alerts(conn, run.job_name, run_partition(run), run.run_id)
+        resolve_run_alerts(conn, run.job_name, run_partition(run), run.run_id, passed_at=run_end_time(instance, run))
     if new:
         deliver_safely(conn, config, keys=[a.dedupe_key for a in new])
     return new
@@ -204,3 +221,47 @@ def alert_delivery_sensor(context: SensorEvaluationContext, database: PostgresRe
         return SkipReason(report.skipped_reason)
     return SkipReason(f"delivered {len(report.delivered)}, failed {len(report.failed)} (retried with backoff)"
                       if report.delivered or report.failed else "no alert due for delivery")
+
+
+SWEEP_FIRST_LOOKBACK_HOURS = 24  # a sweep without a cursor (first start) looks this far back
+SWEEP_BATCH = 200
+
+
+def _run_failure_message(instance: DagsterInstance, run_id: str) -> str | None:
+    records = _records(instance, run_id, DagsterEventType.RUN_FAILURE)
+    return records[-1].event_log_entry.message if records else None
+
+
+def sweep_finished_runs(instance: DagsterInstance, conn, updated_after, config: AlertConfig | None = None):
+    """Process (again) up to SWEEP_BATCH runs that finished after `updated_after`, oldest first; returns
+    (new alerts, the last run's update time, or `updated_after` when there was none)."""
+    records = instance.get_run_records(
+        filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS], updated_after=updated_after),
+        limit=SWEEP_BATCH, order_by="update_timestamp", ascending=True)
+    new, last = [], updated_after
+    for record in records:
+        failed = record.dagster_run.status == DagsterRunStatus.FAILURE
+        message = _run_failure_message(instance, record.dagster_run.run_id) if failed else None
+        new += process_finished_run(instance, record.dagster_run, conn, failed=failed, failure_message=message,
+                                    config=config)
+        last = record.update_timestamp
+    return new, last
+
+
+@sensor(
+    minimum_interval_seconds=300,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Safety net of the alert sensors: re-processes every run finished since its cursor, which moves "
+                "only when a tick succeeds (e.g. alerts missed while PostgreSQL was down). Never alerts twice.",
+)
+def alert_sweep_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SkipReason:
+    from datetime import timedelta
+
+    since = (datetime.fromisoformat(context.cursor) if context.cursor
+             else datetime.now(UTC) - timedelta(hours=SWEEP_FIRST_LOOKBACK_HOURS))
+    with database.connect() as conn:  # a database error fails the tick and keeps the cursor
+        new, last = sweep_finished_runs(context.instance, conn, since)
+    context.update_cursor(last.isoformat())
+    if new:
+        context.log.info(f"{len(new)} alert(s) the run status sensors had missed: " + ", ".join(a.dedupe_key for a in new))
+    return SkipReason(f"{len(new)} missed alert(s) recorded" if new else "every finished run is accounted for")

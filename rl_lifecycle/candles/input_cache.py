@@ -28,7 +28,6 @@ _COLUMNS = ("ts", *VALUE_COLUMNS)
 class _Input:
     start_us: int  # the window's anchor
     end_us: int  # the window's end: the input held covers the whole window, reads take a prefix
-    warmup_rows: int
     candles: CandleArrays
     write_seq: int | None
 
@@ -72,7 +71,7 @@ class CandleInputCache:
             if held is not None and (held.start_us, held.end_us) != (window_start_us, window_end_us):
                 held = None  # another window: its input shares nothing worth keeping
             candles, seq = self._refresh(conn, market, window_start_us, window_end_us, warmup_rows, held)
-            self._held[key] = _Input(window_start_us, window_end_us, warmup_rows, candles, seq)
+            self._held[key] = _Input(window_start_us, window_end_us, candles, seq)
         return candles.slice(0, int(np.searchsorted(candles.ts, end_us, side="left")))
 
     def _refresh(self, conn, market, start_us, end_us, warmup_rows, held: _Input | None):
