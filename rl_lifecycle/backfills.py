@@ -21,7 +21,6 @@ from dagster import AssetKey, DagsterInstance
 from rl_lifecycle.assets.promotion import PROMOTION_MARKET_TAG
 from rl_lifecycle.errors import UserInputError
 
-UI_URL = "http://127.0.0.1:3000"
 SOURCE_TAG = "rl_lifecycle/source"
 
 
@@ -33,7 +32,9 @@ class SubmittedBackfill:
 
     @property
     def url(self) -> str:
-        return f"{UI_URL}/runs/b/{self.backfill_id}"
+        from rl_lifecycle.settings import load_settings
+
+        return f"{load_settings().dagster_ui_url.rstrip('/')}/runs/b/{self.backfill_id}"
 
 
 def check_assets(asset_names: Sequence[str]) -> list[str]:

@@ -162,6 +162,8 @@ def serve_dev(settings: Settings, database_url: str, port: int, host: str = "127
 
     home = prepare_dagster_env(settings, database_url)
     env = dev_child_env(settings)
+    # Run links in alerts point at this webserver unless RL_DAGSTER_UI_URL says otherwise.
+    env.setdefault("RL_DAGSTER_UI_URL", f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
     previous = {}
 
     def stop(signum, _frame):

@@ -22,6 +22,16 @@ def _targets(backfill) -> dict[str, list[str]]:
             for key in subset.asset_keys}
 
 
+def test_the_backfill_link_follows_the_ui_address(monkeypatch):
+    from rl_lifecycle.backfills import SubmittedBackfill
+
+    submitted = SubmittedBackfill("abc123", ("candles",), ("BTCUSDT-1h|2024-01-01",))
+    monkeypatch.delenv("RL_DAGSTER_UI_URL", raising=False)
+    assert submitted.url == "http://127.0.0.1:3000/runs/b/abc123"
+    monkeypatch.setenv("RL_DAGSTER_UI_URL", "https://dagster.example/")
+    assert submitted.url == "https://dagster.example/runs/b/abc123"
+
+
 def test_unknown_assets_are_refused_by_name():
     assert check_assets(["training_dataset", "candles"]) == ["candles", "training_dataset"]  # dependency order
     with pytest.raises(UserInputError, match="unknown asset.*nope"):

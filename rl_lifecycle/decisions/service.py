@@ -74,7 +74,9 @@ class ChampionCache:
             found = self._loaded.get(key)
         if found is None:
             found = load_champion(registry, market, version)
-            with self._lock:
+            with self._lock:  # a long-lived decider keeps one champion per market, not every one it saw
+                for stale in [k for k in self._loaded if k[:2] == key[:2]]:
+                    del self._loaded[stale]
                 self._loaded[key] = found
         return found
 
