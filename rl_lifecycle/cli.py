@@ -559,8 +559,10 @@ def audit(
 def decide(
     market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
     at: Annotated[str | None, typer.Option(help="decide as of this instant (ISO, UTC when naive); default now")] = None,
+    record: Annotated[bool, typer.Option(help="append the decision to rl_decisions (--no-record: only print it)")] = True,
 ) -> None:
-    """One paper decision: the champion acts on the newest closed bar, or holds with every reason; prints one JSON object."""
+    """One paper decision: the champion acts on the newest closed bar, or holds with every reason; prints one JSON
+    object and appends it to rl_decisions."""
     import json
 
     from rl_lifecycle.decisions.service import decide as decide_now
@@ -570,7 +572,7 @@ def decide(
     parsed, at_us = Market.parse(market), parse_at(at)  # bad input is refused before the database starts
     url = open_database(load_settings())
     with connect(url) as conn:
-        decision = decide_now(conn, parsed, registry=lambda: open_registry(url), at_us=at_us)
+        decision = decide_now(conn, parsed, registry=lambda: open_registry(url), at_us=at_us, record=record)
     typer.echo(json.dumps(decision.to_json()))
 
 

@@ -206,6 +206,11 @@ def test_cli_prints_exactly_one_json_object(capsys, monkeypatch, conn, champion_
     assert decision["action"] in FREE and decision["reason_codes"] == [] and decision["latency_ms"] > 0
     stored = decision_history(conn, champion_market.key, limit=1)[0]
     assert stored.id == decision["decision_id"] and stored.vector_sha256 == decision["vector_sha256"]
+    code, out, err = run_cli(capsys, monkeypatch, "decide", "--market", champion_market.key, "--at", iso(AT),
+                             "--no-record")
+    assert code == 0 and json.loads(out)["decision_id"] is None
+    assert json.loads(out)["vector_sha256"] == decision["vector_sha256"]
+    assert [d.id for d in decision_history(conn, champion_market.key)] == [stored.id]  # nothing appended
     for args, message in (
         (("--market", "BTC$USDT-1h"), "pair"),
         (("--market", "BTCUSDT-7m"), "interval"),

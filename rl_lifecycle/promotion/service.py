@@ -190,13 +190,13 @@ def manual_promote(
         if not override:
             if decided is None:
                 raise UserInputError(
-                    f"{market.key}: version {version} has no recorded gate decision; run the gates first or "
-                    "pass override"
+                    f"{market.key}: version {version} has no recorded gate decision; run the gates first "
+                    "(materialize promotion_decision) or pass --override (audited)"
                 )
             if decided.action == audit.REJECT or decided.gates_failed:
                 raise UserInputError(
                     f"{market.key}: version {version} failed its gates ({', '.join(decided.reason_codes)}); "
-                    "pass override to promote it anyway"
+                    "pass --override to promote it anyway (audited)"
                 )
         record = audit.append(conn, AuditRecord(
             market=market.key, action=audit.MANUAL_PROMOTE, actor=actor,
