@@ -108,6 +108,7 @@ def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, database
     version = decision["challenger_version"]
     assert version == edge_run.metadata["challenger_model"]["model_version"]
     assert decision["champion_after"] == f"v{version}"
+    assert (edge_run.metadata["fold_report"]["folds"], edge_run.metadata["fold_report"]["failed_folds"]) == (3, 0)
     assert current_champion(conn, edge.key) == version  # the audit, which decides who is champion
     assert registry.version(edge, "champion").version == version  # and the MLflow alias follows it
     assert all(g["passed"] for g in decision["gate_values"])

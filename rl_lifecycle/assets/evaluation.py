@@ -146,6 +146,9 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
         "psr": aggregates.get("psr"),
         "dsr": aggregates.get("dsr"),
         "missing_folds": str(aggregates.get("missing_folds", [])),
+        # the figures `rl_evaluation_folds` / `rl_evaluation_fold_failures` export, per partition in the UI
+        "folds": len(report.folds),
+        "failed_folds": sum(f.status != "ok" for f in report.folds),
     }
     if (png := equity_curves_png(report)) is not None:
         metadata["equity_curves"] = png_markdown(png, "equity per fold vs buy-and-hold and flat")
