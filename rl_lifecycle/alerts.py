@@ -101,6 +101,7 @@ class Alert:
             "kind": self.kind, "dedupe_key": self.dedupe_key, "asset": self.asset, "partition": self.partition,
             "check": self.check, "severity": self.severity, "job": self.job_name, "summary": self.summary,
             "run_id": self.run_id, "run_url": self.run_url, "id": self.id,
+            "failed_at": None if self.failed_at is None else self.failed_at.isoformat(),
         }
 
 
@@ -138,14 +139,15 @@ def run_alert(run_id: str, job_name: str | None, partition: str | None, summary:
 _COLUMNS = ("kind", "dedupe_key", "market", "asset", "partition_key", "check_name", "severity", "job_name",
             "summary", "run_id", "run_url", "failed_at")
 _READ = ("id, kind, dedupe_key, asset, partition_key, check_name, severity, job_name, summary, run_id, run_url, "
-         "created_at, delivered_at, attempts, next_attempt_at, last_error, resolved_at")
+         "failed_at, created_at, delivered_at, attempts, next_attempt_at, last_error, resolved_at")
 
 
 def _from_row(row) -> Alert:
     (id_, kind, key, asset, partition, check, severity, job, summary, run_id, url,
-     created, delivered, attempts, next_at, error, resolved) = row
+     failed_at, created, delivered, attempts, next_at, error, resolved) = row
     return Alert(kind=kind, dedupe_key=key, summary=summary, run_id=run_id, run_url=url, asset=asset,
-                 partition=partition, check=check, severity=severity, job_name=job, id=int(id_), created_at=created,
+                 partition=partition, check=check, severity=severity, job_name=job, failed_at=failed_at,
+                 id=int(id_), created_at=created,
                  delivered_at=delivered, attempts=int(attempts), next_attempt_at=next_at, last_error=error,
                  resolved_at=resolved)
 

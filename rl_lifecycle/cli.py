@@ -584,7 +584,8 @@ app.add_typer(paper_app, name="paper")
 def paper_run(
     market: Annotated[list[str] | None, typer.Option(help="only these markets (repeatable); default every live market")] = None,
     poll_seconds: Annotated[float, typer.Option(min=0.1, help="how often to look for newly closed bars")] = 1.0,
-    grace_seconds: Annotated[float, typer.Option(min=0.0, help="how long to wait for a closed bar's candle")] = 20.0,
+    grace_seconds: Annotated[float, typer.Option(
+        min=0.0, help="how long to wait for a closed bar's candle (at most half the market's interval)")] = 20.0,
 ) -> None:
     """Decide each live market once per closed bar, keeping champions and open-window candles loaded between
     decisions; prints one JSON object per decision. Ctrl-C or SIGTERM stops it."""
@@ -609,16 +610,14 @@ def paper_run(
                 get_market(conn, Market.parse(key))  # an unregistered market is refused by name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):  # finish the decision in hand, then stop
+        signal.signal(signum, lambda *_: stop.set())
     typer.echo(f"paper decider on {', '.join(selected) if selected else 'every live market'}; Ctrl-C stops it",
                err=True)
-    try:
-        state = run_decider(url, functools.cache(lambda: open_registry(url)), markets=selected,
-                            poll_seconds=poll_seconds, grace_seconds=grace_seconds, stop=stop,
-                            on_decision=lambda d: typer.echo(json.dumps(d.to_json())))
-    except KeyboardInterrupt:
-        return
-    typer.echo(f"stopped after {state.decisions} decisions ({state.failures} failed)", err=True)
+    state = run_decider(url, functools.cache(lambda: open_registry(url)), markets=selected,
+                        poll_seconds=poll_seconds, grace_seconds=grace_seconds, stop=stop,
+                        on_decision=lambda d: typer.echo(json.dumps(d.to_json())))
+    typer.echo(f"stopped after {state.decisions} decision(s), {state.failures} failed attempt(s)", err=True)
 
 
 # -- metrics and status (observability) ---------------------------------------------------------

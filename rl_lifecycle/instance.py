@@ -149,6 +149,12 @@ def stop_process_groups(procs: list, grace_s: float = DEV_STOP_GRACE_S) -> None:
         proc.wait()
 
 
+def _browsable(host: str) -> str:
+    """The address a browser uses for a server listening on `host` (wildcards: this machine; IPv6 in brackets)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 def serve_dev(settings: Settings, database_url: str, port: int, host: str = "127.0.0.1", echo=print) -> int:
     """Run the Dagster webserver and daemon until one exits or SIGINT/SIGTERM/SIGHUP arrives.
 
@@ -163,7 +169,7 @@ def serve_dev(settings: Settings, database_url: str, port: int, host: str = "127
     home = prepare_dagster_env(settings, database_url)
     env = dev_child_env(settings)
     # Run links in alerts point at this webserver unless RL_DAGSTER_UI_URL says otherwise.
-    env.setdefault("RL_DAGSTER_UI_URL", f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+    env.setdefault("RL_DAGSTER_UI_URL", f"http://{_browsable(host)}:{port}")
     previous = {}
 
     def stop(signum, _frame):

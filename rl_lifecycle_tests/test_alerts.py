@@ -31,6 +31,7 @@ from rl_lifecycle.alerts import (
     list_alerts,
     load_alert_config,
     record_alert,
+    resolve_run_alerts,
     run_alert,
     slack_body,
 )
@@ -40,6 +41,7 @@ from rl_lifecycle.automation.alerts import (
     check_failure_alert_sensor,
     process_finished_run,
     run_failure_alert_sensor,
+    run_partition,
 )
 from rl_lifecycle.resources import PostgresResource
 
@@ -348,6 +350,36 @@ def test_the_sweep_records_what_the_run_sensors_missed_once_and_keeps_its_cursor
         assert "accounted for" in result.skip_message
     _evaluate(run_failure_alert_sensor, dagster_instance, START)
     assert len(list_alerts(conn)) == 1 and len(webhook.bodies) == 1
+
+
+def test_the_sweep_looks_back_before_its_cursor(conn, dagster_instance, webhook):
+    from datetime import UTC, datetime, timedelta
+
+    STATE.update(blocking_passes=False, warn_passes=True)
+    run_id, _ = _run(dagster_instance, [toy_blocking])
+    stored_late = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()  # a cursor already past the run
+    result, cursor = _evaluate(alert_sweep_sensor, dagster_instance, stored_late)
+    assert "1 missed alert" in result.skip_message and cursor == stored_late
+    assert [a.run_id for a in list_alerts(conn)] == [run_id]
+
+
+def test_a_success_resolves_only_runs_that_failed_before_it_started(conn):
+    from datetime import UTC, datetime, timedelta
+
+    failed_at = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    record_alert(conn, run_alert("failed-run", "lifecycle_job", "BTCUSDT-1h|2024-01-01", "boom", failed_at=failed_at))
+    assert get_alert(conn, "run:failed-run").failed_at == failed_at
+    assert resolve_run_alerts(conn, "lifecycle_job", "BTCUSDT-1h|2024-01-01", "started-before",
+                              passed_at=failed_at - timedelta(minutes=5)) == 0
+    assert resolve_run_alerts(conn, "lifecycle_job", "BTCUSDT-1h|2024-01-01", "started-after",
+                              passed_at=failed_at + timedelta(seconds=1)) == 1
+
+
+def test_paper_decision_runs_are_alerted_per_market():
+    from dagster import DagsterRun
+
+    run = DagsterRun(job_name="paper_decisions_job", run_id="r1", tags={"paper_decisions/market": "BTCUSDT-1m"})
+    assert run_partition(run) == "BTCUSDT-1m"
 
 
 def test_the_sensors_run_by_default():

@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 
 from rl_lifecycle.candles.input_cache import CandleInputCache, merge_changes
 from rl_lifecycle.candles.service import ingest_synthetic
-from rl_lifecycle.candles.store import load_candles_with_warmup, upsert_candles
+from rl_lifecycle.candles.store import (
+    candle_input_changes,
+    load_candles_with_warmup,
+    upsert_candles,
+    window_input_stamps,
+)
 from rl_lifecycle.candles.synthetic import synthetic_arrays
 from rl_lifecycle.markets import Market
 from rl_lifecycle.windows import WindowScheme, from_us
@@ -77,6 +82,13 @@ def test_reads_take_the_prefix_up_to_end_and_a_new_window_starts_over(btc):
     assert cache.full_reads == 2
     with pytest.raises(ValueError, match="outside the window"):
         _read(cache, btc, MARCH.end + HOUR)
+
+
+def test_its_stamp_is_the_one_dataset_builds_compare(btc):
+    _edit(btc, MARCH.start + 3 * HOUR, 1.01)
+    for window in (FEB, MARCH):
+        (stamp,) = window_input_stamps(btc, BTC, [(window.start, window.end)], WARMUP)
+        assert candle_input_changes(btc, BTC, window.start, window.end, WARMUP, None).stamp == stamp
 
 
 def test_an_emptied_market_reads_empty(btc):

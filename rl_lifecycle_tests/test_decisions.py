@@ -251,7 +251,10 @@ def test_paper_decisions_schedule_is_gated_and_decides_once_per_market_per_bar(c
     assert crypto.key in due  # crypto is always live; fx only on weekdays
     saturday = to_us("2024-03-09T12:00:00")
     assert [d.market for d in due_decisions(conn, saturday)] == [crypto.key]
-    result = paper_decisions_job.execute_in_process(run_config=due[crypto.key].run_config, resources=resources)
+    run_config = due[crypto.key].run_config
+    assert run_config["ops"]["paper_decision"]["config"]["bar_ts"]
+    run_config["ops"]["paper_decision"]["config"]["grace_seconds"] = 0  # no candle will come: don't wait for it
+    result = paper_decisions_job.execute_in_process(run_config=run_config, resources=resources)
     assert result.success
     (made,) = decision_history(conn, crypto.key)
     assert made.action == "hold" and safety.NO_CHAMPION in made.reason_codes

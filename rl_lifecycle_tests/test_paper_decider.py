@@ -72,6 +72,50 @@ def test_the_schedule_skips_a_bar_the_decider_took(conn, hourly, rl_env):
     assert [d.id for d in decision_history(conn, hourly.key)] == [taken.record.id]
 
 
+def test_the_grace_is_capped_at_half_an_interval(conn):
+    minute = _market("1m")
+    ingest_synthetic(conn, minute, to_us("2024-03-05T09:00:00"), to_us("2024-03-05T09:10:00"), seed=4)
+    late = DueDecision(minute.key, to_us("2024-03-05T09:10:00"))  # its candle never comes
+    closed = late.bar_ts_us + 60 * SECOND
+    assert live.grace_us(minute, 90) == 30 * SECOND and live.grace_us(minute, 20) == 20 * SECOND
+    assert not live.is_ready(conn, late, closed + 29 * SECOND, grace_seconds=90)
+    assert live.is_ready(conn, late, closed + 30 * SECOND, grace_seconds=90)  # still inside the bar's slot
+
+
+def test_a_market_that_keeps_failing_is_retried_with_backoff(conn, hourly, monkeypatch):
+    calls = []
+
+    def fails(conn, due, **options):
+        calls.append(options["at_us"])
+        raise RuntimeError("injected: the champion's artifacts are gone")
+
+    monkeypatch.setattr(live, "decide_if_due", fails)
+    state, t0 = live.DeciderState(), to_us("2024-03-05T10:00:05")
+    for offset in (0, 0.5, 1.2, 2.0, 3.5):  # fails at 0 (retry in 1 s), 1.2 (in 2 s), 3.5
+        live.decide_due_once(conn, _no_registry, markets={hourly.key}, now_us=t0 + int(offset * SECOND),
+                             state=state, poll_seconds=1.0)
+    assert [(c - t0) / SECOND for c in calls] == [0, 1.2, 3.5] and state.failures == 3
+    monkeypatch.undo()
+    (made,) = live.decide_due_once(conn, _no_registry, markets={hourly.key}, now_us=t0 + 10 * SECOND, state=state)
+    assert made.record.market == hourly.key and state.failed_in_a_row == {}
+
+
+def test_a_run_launched_without_a_bar_decides_the_bar_closed_last_once(conn, hourly, rl_env):
+    from rl_lifecycle.assets.decisions import paper_decisions_job
+    from rl_lifecycle.resources import MlflowResource, PostgresResource
+
+    database = PostgresResource(url=rl_env["RL_DATABASE_URL"])
+    resources = {"database": database, "mlflow": MlflowResource(database=database)}
+    config = {"ops": {"paper_decision": {"config": {"market": hourly.key, "grace_seconds": 0}}}}
+    first = paper_decisions_job.execute_in_process(run_config=config, resources=resources)
+    second = paper_decisions_job.execute_in_process(run_config=config, resources=resources)
+    assert first.output_for_node("paper_decision")["market"] == hourly.key
+    if second.output_for_node("paper_decision") is None:  # the usual case: the same hour
+        assert len(decision_history(conn, hourly.key)) == 1
+    else:  # the hour turned between the two runs: a new bar, a new decision
+        assert len(decision_history(conn, hourly.key)) == 2
+
+
 def test_one_failing_market_does_not_stop_the_others(conn, hourly, monkeypatch):
     broken = _market()
     ingest_synthetic(conn, broken, to_us("2024-03-01"), to_us("2024-03-05T10:00:00"), seed=5)
@@ -131,7 +175,7 @@ def test_cli_prints_one_json_line_per_decision_and_stops_on_sigterm(conn, rl_env
         assert decision["market"] == market.key and decision["reason_codes"] == [safety.NO_CHAMPION]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-        assert "stopped after 1 decisions" in process.stderr.read()
+        assert "stopped after 1 decision(s)" in process.stderr.read()
     finally:
         process.kill()
     assert to_us(decision["bar_ts"]) >= safety.newest_closed_bar(now, market.interval_us)

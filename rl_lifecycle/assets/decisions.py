@@ -2,9 +2,9 @@
 
 The schedule ticks every minute and asks the core which markets are owed a decision (`due_decisions`:
 a bar their calendar expects has closed and nothing was decided since); each gets one run of
-`paper_decisions_job`, run key = market + bar, so a bar is never decided twice. The run decides as of
-its own start (the newest closed bar, staleness judged then) through `rl_lifecycle.decisions.live.decide_if_due`,
-which skips a bar the long-lived decider (`rl-lifecycle paper run`) already took.
+`paper_decisions_job`, run key = market + bar. The run waits for the bar's candle (at most the grace
+of `rl_lifecycle.decisions.live`), then decides as of that moment through `decide_if_due`, which skips
+a bar slot the long-lived decider (`rl-lifecycle paper run`) already took: one decision per closed bar.
 
 Off by default: the schedule starts STOPPED, and it only requests runs while RL_PAPER_DECISIONS_ENABLED
 is true (set it where the daemon runs; with it set the schedule also starts RUNNING). Paper only.
@@ -27,6 +27,7 @@ from dagster import (
 from rl_lifecycle.decisions.config import ENABLED_ENV
 from rl_lifecycle.resources import MlflowResource, PostgresResource
 from rl_lifecycle.settings import load_settings
+from rl_lifecycle.windows import iso
 
 PAPER_DECISIONS = "paper_decisions"
 PAPER_MARKET_TAG = "paper_decisions/market"
@@ -39,23 +40,30 @@ DISABLED_REASON = (
 class PaperDecisionConfig(Config):
     market: str  # market key, e.g. BTCUSDT-1m
     bar_ts: str | None = None  # the closed bar owed a decision (ISO); skipped if another decider took it
+    grace_seconds: float = 20.0  # wait this long at most for the bar's candle (capped at half an interval)
 
 
 @op(name="paper_decision", description="One paper decision for a market as of now (`rl-lifecycle decide`).")
 def paper_decision(context: OpExecutionContext, config: PaperDecisionConfig, database: PostgresResource,
                    mlflow: MlflowResource):
-    from rl_lifecycle.decisions.live import decide_if_due
-    from rl_lifecycle.decisions.service import DueDecision, decide
+    import time
+
+    from rl_lifecycle.decisions.live import decide_if_due, wait_until_ready
+    from rl_lifecycle.decisions.safety import newest_closed_bar
+    from rl_lifecycle.decisions.service import DueDecision
+    from rl_lifecycle.markets import Market
     from rl_lifecycle.windows import to_us
 
+    market = Market.parse(config.market)
+    # launched by hand without a bar: the bar closed last; either way one decision per closed-bar slot
+    bar = to_us(config.bar_ts) if config.bar_ts else newest_closed_bar(time.time_ns() // 1000, market.interval_us)
+    due = DueDecision(market.key, bar)
     with database.connect() as conn:
-        if config.bar_ts is None:
-            decision = decide(conn, config.market, registry=mlflow.registry)
-        else:
-            decision = decide_if_due(conn, DueDecision(config.market, to_us(config.bar_ts)), registry=mlflow.registry)
+        wait_until_ready(conn, due, config.grace_seconds)  # the bar's candle, or the grace (as `paper run` waits)
+        decision = decide_if_due(conn, due, registry=mlflow.registry)
     if decision is None:
-        context.log.info(f"{config.market}: bar {config.bar_ts} was already decided (by `rl-lifecycle paper run`)")
-        yield Output(None, metadata={"market": config.market, "bar_ts": config.bar_ts, "skipped": True})
+        context.log.info(f"{market.key}: the bar opened at {iso(bar)} was already decided (e.g. by `rl-lifecycle paper run`)")
+        yield Output(None, metadata={"market": market.key, "bar_ts": iso(bar), "skipped": True})
         return
     out = decision.to_json()
     context.log.info(f"{config.market}: {out['action']} {', '.join(out['reason_codes']) or '(acted freely)'} "
@@ -83,7 +91,6 @@ def paper_decisions_job():
 )
 def paper_decisions(context: ScheduleEvaluationContext, database: PostgresResource):
     from rl_lifecycle.decisions.service import due_decisions
-    from rl_lifecycle.windows import iso
 
     if not load_settings().paper_decisions_enabled:
         return SkipReason(DISABLED_REASON)

@@ -25,8 +25,9 @@ raises for a webhook problem; a database error fails the tick, and Dagster retri
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import psycopg
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -54,6 +55,7 @@ from rl_lifecycle.alerts import (
     resolve_run_alerts,
     run_alert,
 )
+from rl_lifecycle.assets.decisions import PAPER_MARKET_TAG
 from rl_lifecycle.resources import PostgresResource
 from rl_lifecycle.runner import root_cause
 
@@ -66,9 +68,12 @@ logger = logging.getLogger("rl_lifecycle.alerts")
 
 # -- reading a run ----------------------------------------------------------------------------------
 def run_partition(run: DagsterRun) -> str | None:
+    """The run's partition (or range); for unpartitioned paper decisions, their market."""
     tags = run.tags or {}
     if tags.get(PARTITION_TAG):
         return tags[PARTITION_TAG]
+    if tags.get(PAPER_MARKET_TAG):
+        return tags[PAPER_MARKET_TAG]
     if tags.get(RANGE_START_TAG) and tags.get(RANGE_END_TAG):
         return f"{tags[RANGE_START_TAG]}...{tags[RANGE_END_TAG]}"
     return None
@@ -95,9 +100,10 @@ def check_evaluations(instance: DagsterInstance, run: DagsterRun) -> list[tuple[
             if r.event_log_entry.dagster_event is not None]
 
 
-def run_end_time(instance: DagsterInstance, run: DagsterRun) -> datetime | None:
+def run_times(instance: DagsterInstance, run: DagsterRun) -> tuple[datetime | None, datetime | None]:
+    """(start, end) of the run."""
     record = instance.get_run_record_by_id(run.run_id)
-    return None if record is None else _utc(record.end_time)
+    return (None, None) if record is None else (_utc(record.start_time), _utc(record.end_time))
 
 
 def _check_summary(evaluation) -> str:
@@ -151,7 +157,7 @@ def run_failure_alert(instance: DagsterInstance, run: DagsterRun, config: AlertC
         summary = failure_message or "the run failed before any step failed (see the run's logs)"
     assets = sorted(k.to_user_string() for k in (run.asset_selection or ()))
     return run_alert(run.run_id, run.job_name, run_partition(run), summary, assets=assets, ui_url=config.ui_url,
-                     failed_at=run_end_time(instance, run))
+                     failed_at=run_times(instance, run)[1])
 
 
 # -- the work of one finished run -------------------------------------------------------------------
@@ -169,8 +175,8 @@ def process_finished_run(instance: DagsterInstance, run: DagsterRun, conn, *, fa
     for evaluation, at in passed:
         resolve_check_alerts(conn, evaluation.asset_key.to_user_string(), evaluation.check_name,
                              evaluation.partition or run_partition(run), run.run_id, passed_at=at)
-    if not failed:
-        resolve_run_alerts(conn, run.job_name, run_partition(run), run.run_id, passed_at=run_end_time(instance, run))
+    if not failed:  # resolves runs that had failed before this one started
+        resolve_run_alerts(conn, run.job_name, run_partition(run), run.run_id, passed_at=run_times(instance, run)[0])
     if new:
         deliver_safely(conn, config, keys=[a.dedupe_key for a in new])
     return new
@@ -223,7 +229,10 @@ def alert_delivery_sensor(context: SensorEvaluationContext, database: PostgresRe
                       if report.delivered or report.failed else "no alert due for delivery")
 
 
-SWEEP_FIRST_LOOKBACK_HOURS = 24  # a sweep without a cursor (first start) looks this far back
+SWEEP_FIRST_LOOKBACK = timedelta(hours=24)  # a sweep without a cursor (first start) looks this far back
+# Runs are stamped when their worker creates the event, not when it is stored: look back this much before
+# the cursor so a run stored late (slow database, skewed clocks) is still seen. Recording is idempotent.
+SWEEP_OVERLAP = timedelta(minutes=10)
 SWEEP_BATCH = 200
 
 
@@ -232,19 +241,28 @@ def _run_failure_message(instance: DagsterInstance, run_id: str) -> str | None:
     return records[-1].event_log_entry.message if records else None
 
 
-def sweep_finished_runs(instance: DagsterInstance, conn, updated_after, config: AlertConfig | None = None):
-    """Process (again) up to SWEEP_BATCH runs that finished after `updated_after`, oldest first; returns
-    (new alerts, the last run's update time, or `updated_after` when there was none)."""
+def sweep_finished_runs(instance: DagsterInstance, conn, updated_after: datetime, config: AlertConfig | None = None):
+    """Process (again) up to SWEEP_BATCH runs finished after `updated_after` minus the overlap, oldest first.
+
+    Returns (new alerts, the latest update time seen, never before `updated_after`). A database error
+    propagates (the caller keeps its cursor); a run that cannot be processed otherwise is logged and passed.
+    """
     records = instance.get_run_records(
-        filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS], updated_after=updated_after),
+        filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS],
+                           updated_after=updated_after - SWEEP_OVERLAP),
         limit=SWEEP_BATCH, order_by="update_timestamp", ascending=True)
     new, last = [], updated_after
     for record in records:
-        failed = record.dagster_run.status == DagsterRunStatus.FAILURE
-        message = _run_failure_message(instance, record.dagster_run.run_id) if failed else None
-        new += process_finished_run(instance, record.dagster_run, conn, failed=failed, failure_message=message,
-                                    config=config)
-        last = record.update_timestamp
+        run = record.dagster_run
+        failed = run.status == DagsterRunStatus.FAILURE
+        try:
+            message = _run_failure_message(instance, run.run_id) if failed else None
+            new += process_finished_run(instance, run, conn, failed=failed, failure_message=message, config=config)
+        except psycopg.Error:
+            raise
+        except Exception:  # noqa: BLE001 - one unreadable run must not stall every later one
+            logger.exception("alert sweep: run %s could not be processed; passed over", run.run_id)
+        last = max(last, record.update_timestamp.replace(tzinfo=record.update_timestamp.tzinfo or UTC))
     return new, last
 
 
@@ -255,10 +273,7 @@ def sweep_finished_runs(instance: DagsterInstance, conn, updated_after, config: 
                 "only when a tick succeeds (e.g. alerts missed while PostgreSQL was down). Never alerts twice.",
 )
 def alert_sweep_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SkipReason:
-    from datetime import timedelta
-
-    since = (datetime.fromisoformat(context.cursor) if context.cursor
-             else datetime.now(UTC) - timedelta(hours=SWEEP_FIRST_LOOKBACK_HOURS))
+    since = datetime.fromisoformat(context.cursor) if context.cursor else datetime.now(UTC) - SWEEP_FIRST_LOOKBACK
     with database.connect() as conn:  # a database error fails the tick and keeps the cursor
         new, last = sweep_finished_runs(context.instance, conn, since)
     context.update_cursor(last.isoformat())

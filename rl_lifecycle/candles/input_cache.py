@@ -6,7 +6,10 @@ decides again and again (`rl-lifecycle paper run`, a benchmark) keeps them here 
 pass over the input's index range that returns its stamp (first ts, rows, highest write_seq) and only the
 candles written since the last read. Every candle write takes a new write_seq (sql/0004), so inserts and
 corrections arrive as changes; a deletion or a shifted warmup shows as a stamp the merged rows do not
-match, and the input is then read whole. The result is always equal to `load_candles_with_warmup`.
+match, and the input is then read whole. The result is always equal to `load_candles_with_warmup`,
+given what the whole project keeps to: every candle write goes through `upsert_candles` (it holds the
+market's write lock, so sequence numbers are committed in order), and a database dropped and recreated
+under the same name is met with a fresh cache (the long-lived decider starts one per connection).
 """
 
 from __future__ import annotations

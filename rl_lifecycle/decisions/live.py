@@ -2,12 +2,15 @@
 
 `rl-lifecycle paper run` runs `run_decider`. Unlike a Dagster run per decision (the `paper_decisions`
 schedule), it keeps the champions and each market's open-window candles loaded between decisions, so a
-1m market's decision reads one new candle instead of the month (docs/benchmarks.md). Both deciders may
-run at once: `decide_if_due` serialises them per market and never decides a bar twice.
+1m market's decision reads one new candle instead of the month (docs/benchmarks.md). Both deciders wait
+for a bar the same way (`is_ready`) and decide through `decide_if_due`: a per-market lock under which
+a closed bar's slot gets one decision, whichever decider comes first.
 
-A bar is decided once its candle is stored, or `grace_seconds` after it closed whether it arrived or not
-(the decision then holds with STALE_FEATURES when the data is late enough). One market failing is logged
-and retried at the next poll; it never stops the others, and a lost database is reconnected with backoff.
+A bar is ready once its candle is stored, or a grace period after it closed whether the candle arrived or
+not (the decision then acts on the newest candle there is, and holds with STALE_FEATURES when that is too
+old). The grace is capped at half the market's interval, so a late feed still gets its decision in the
+same interval. A market whose decision fails is retried with backoff and never stops the others; a lost
+database is reconnected with backoff (and the candle cache starts over).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from rl_lifecycle.candles.input_cache import CandleInputCache
 from rl_lifecycle.decisions.service import (
-    CHAMPIONS,
     ChampionCache,
     Decision,
     DueDecision,
@@ -33,6 +36,9 @@ from rl_lifecycle.decisions.store import last_decision_as_of
 from rl_lifecycle.markets import Market
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_GRACE_SECONDS = 20.0
+MAX_RETRY_SECONDS = 300.0
 
 
 def decide_if_due(conn: psycopg.Connection, due: DueDecision, **decide_options) -> Decision | None:
@@ -49,22 +55,60 @@ def decide_if_due(conn: psycopg.Connection, due: DueDecision, **decide_options) 
         return decide(conn, market, **decide_options)
 
 
-@dataclass
-class DeciderState:
-    """What the loop carries between polls."""
-
-    champions: ChampionCache = field(default_factory=lambda: CHAMPIONS)
-    decisions: int = 0
-    failures: int = 0
+def grace_us(market: Market, grace_seconds: float) -> int:
+    """The wait for a closed bar's candle: at most half an interval, so it always expires within the bar's slot."""
+    return int(min(grace_seconds * 1_000_000, market.interval_us // 2))
 
 
-def _ready(conn: psycopg.Connection, due: DueDecision, now_us: int, grace_us: int) -> bool:
-    """The bar's candle is stored, or the grace period after its close is over."""
+def is_ready(conn: psycopg.Connection, due: DueDecision, now_us: int, grace_seconds: float) -> bool:
+    """The bar's candle is stored, or the grace after its close is over."""
     market = Market.parse(due.market)
-    if now_us >= due.bar_ts_us + market.interval_us + grace_us:
+    if now_us >= due.bar_ts_us + market.interval_us + grace_us(market, grace_seconds):
         return True
     newest = newest_candle_ts(conn, market, now_us)
     return newest is not None and newest >= due.bar_ts_us
+
+
+def wait_until_ready(conn: psycopg.Connection, due: DueDecision, grace_seconds: float = DEFAULT_GRACE_SECONDS,
+                     poll_seconds: float = 0.5) -> None:
+    """Block until `is_ready` (at most the grace): how a schedule run waits for the bar it was started for."""
+    while not is_ready(conn, due, time.time_ns() // 1000, grace_seconds):
+        time.sleep(poll_seconds)
+
+
+def ready_decisions(conn: psycopg.Connection, now_us: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
+                    markets: set[str] | None = None) -> list[DueDecision]:
+    """The (selected) markets owed a decision whose bar is ready."""
+    return [due for due in due_decisions(conn, now_us)
+            if (markets is None or due.market in markets) and is_ready(conn, due, now_us, grace_seconds)]
+
+
+@dataclass
+class DeciderState:
+    """What the loop carries between polls: its caches, counts and the markets waiting to be retried."""
+
+    champions: ChampionCache = field(default_factory=ChampionCache)
+    candle_inputs: CandleInputCache = field(default_factory=CandleInputCache)
+    decisions: int = 0
+    failures: int = 0
+    retry_at_us: dict[str, int] = field(default_factory=dict)
+    failed_in_a_row: dict[str, int] = field(default_factory=dict)
+
+    def failed(self, market: str, now_us: int, poll_seconds: float) -> float:
+        """Count a failure; returns the seconds until the market is tried again (doubling, capped)."""
+        self.failures += 1
+        n = self.failed_in_a_row[market] = self.failed_in_a_row.get(market, 0) + 1
+        wait = min(max(poll_seconds, 1.0) * 2 ** (n - 1), MAX_RETRY_SECONDS)
+        self.retry_at_us[market] = now_us + int(wait * 1_000_000)
+        return wait
+
+    def succeeded(self, market: str) -> None:
+        self.failed_in_a_row.pop(market, None)
+        self.retry_at_us.pop(market, None)
+
+
+def _connection_lost(conn: psycopg.Connection) -> bool:
+    return conn.closed or conn.broken
 
 
 def decide_due_once(
@@ -72,28 +116,30 @@ def decide_due_once(
     registry: Callable[[], object],
     *,
     markets: set[str] | None = None,
-    grace_seconds: float = 20.0,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
     now_us: int | None = None,
     on_decision: Callable[[Decision], None] = lambda _: None,
     state: DeciderState | None = None,
+    poll_seconds: float = 1.0,
 ) -> list[Decision]:
     """One poll: decide every (selected) market owed a decision whose bar is ready."""
     state = state or DeciderState()
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     made = []
-    for due in due_decisions(conn, now_us):
-        if markets is not None and due.market not in markets:
+    for due in ready_decisions(conn, now_us, grace_seconds, markets):
+        if state.retry_at_us.get(due.market, 0) > now_us:
             continue
         try:
-            if not _ready(conn, due, now_us, int(grace_seconds * 1_000_000)):
-                continue
-            decision = decide_if_due(conn, due, registry=registry, champions=state.champions, at_us=now_us)
-        except psycopg.OperationalError:
-            raise  # the connection is gone: the caller reconnects
+            decision = decide_if_due(conn, due, registry=registry, champions=state.champions,
+                                     candle_inputs=state.candle_inputs, at_us=now_us)
         except Exception as exc:  # noqa: BLE001 - one market's failure must not stop the others
-            state.failures += 1
-            logger.error("paper decision for %s failed: %s: %s", due.market, type(exc).__name__, exc)
+            if isinstance(exc, psycopg.Error) and _connection_lost(conn):
+                raise  # the caller reconnects
+            wait = state.failed(due.market, now_us, poll_seconds)
+            logger.error("paper decision for %s failed (retry in %.0f s): %s: %s", due.market, wait,
+                         type(exc).__name__, exc)
             continue
+        state.succeeded(due.market)
         if decision is not None:
             state.decisions += 1
             made.append(decision)
@@ -107,7 +153,7 @@ def run_decider(
     *,
     markets: Iterable[str] | None = None,
     poll_seconds: float = 1.0,
-    grace_seconds: float = 20.0,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
     on_decision: Callable[[Decision], None] = lambda _: None,
     stop: threading.Event | None = None,
 ) -> DeciderState:
@@ -120,10 +166,21 @@ def run_decider(
             with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
                 backoff = poll_seconds
                 while not stop.is_set():
-                    decide_due_once(conn, registry, markets=selected, grace_seconds=grace_seconds,
-                                    on_decision=on_decision, state=state)
+                    try:
+                        decide_due_once(conn, registry, markets=selected, grace_seconds=grace_seconds,
+                                        on_decision=on_decision, state=state, poll_seconds=poll_seconds)
+                    except Exception as exc:  # noqa: BLE001 - a poll that fails (not one market) is retried
+                        if isinstance(exc, psycopg.Error) and _connection_lost(conn):
+                            raise
+                        logger.exception("paper decider poll failed; retrying in %.0f s", backoff)
+                        stop.wait(backoff)
+                        backoff = min(backoff * 2, 60.0)
+                        continue
+                    backoff = poll_seconds
                     stop.wait(poll_seconds)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
+            # A new connection may reach another database under the same name: start the candles over.
+            state.candle_inputs.clear()
             logger.error("paper decider lost the database (%s); retrying in %.0f s", exc, backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 60.0)

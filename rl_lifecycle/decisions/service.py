@@ -174,7 +174,8 @@ def decide(
     """Decide for `market` as of `at` (default now) and append the decision to `rl_decisions`.
 
     `registry`: a ModelRegistry, or a callable returning one (opened only when the market has a champion).
-    `conn` must be autocommit (the decision is committed when this returns). `champions` and
+    `conn` is autocommit (the decision is committed when this returns) or inside a transaction its caller
+    commits (`decide_if_due`). `champions` and
     `candle_inputs` default to this process's caches, which a long-lived decider fills once.
     """
     started = time.perf_counter()
