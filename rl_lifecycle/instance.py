@@ -16,7 +16,8 @@ STORAGE_URL_ENV = "RL_DAGSTER_STORAGE_URL"
 
 
 def prepare_dagster_env(settings: Settings, database_url: str) -> Path:
-    """Point DAGSTER_HOME at $RL_HOME/dagster holding the repo's dagster.yaml; set the storage URL."""
+    """Point DAGSTER_HOME at $RL_HOME/dagster holding the repo's dagster.yaml; set the storage URL and an
+    absolute RL_HOME for every process started from here."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     source = REPO_ROOT / "dagster.yaml"
@@ -25,6 +26,9 @@ def prepare_dagster_env(settings: Settings, database_url: str) -> Path:
         shutil.copyfile(source, target)
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ[STORAGE_URL_ENV] = dagster_storage_url(database_url)
+    # Code servers, the daemon and run workers start in DAGSTER_HOME: a relative RL_HOME (the default
+    # `.rl_lifecycle`) would name another state dir there, with another embedded database.
+    os.environ["RL_HOME"] = str(settings.home)
     return home
 
 

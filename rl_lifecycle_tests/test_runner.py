@@ -69,3 +69,22 @@ def test_a_backfill_range_is_one_code_location_run_with_every_window_recorded(co
     assert stored.remote_job_origin.location_name == "rl_lifecycle"
     assert stored.job_code_origin is not None
     assert stored.tags["dagster/asset_partition_range_start"] == keys[0]
+
+
+def test_processes_started_in_dagster_home_share_the_state_dir(tmp_path, monkeypatch):
+    """Code servers, the daemon and run workers start in DAGSTER_HOME: a relative RL_HOME must not name
+    another state dir (and another embedded database) there."""
+    import os
+
+    from rl_lifecycle.instance import prepare_dagster_env
+    from rl_lifecycle.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RL_HOME", ".rl_state")  # relative, like the default `.rl_lifecycle`
+    for name in ("DAGSTER_HOME", "RL_DAGSTER_STORAGE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    dagster_home = prepare_dagster_env(settings, "postgresql://u@localhost/db")
+    assert os.environ["RL_HOME"] == str(tmp_path / ".rl_state")
+    monkeypatch.chdir(dagster_home)  # where a child process starts
+    assert load_settings().pgdata == settings.pgdata == tmp_path / ".rl_state" / "pgdata"
