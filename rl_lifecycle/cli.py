@@ -163,6 +163,8 @@ def ingest(
     parquet: Annotated[Path | None, typer.Option(help="Parquet file with OHLCV columns")] = None,
     ts_column: Annotated[str | None, typer.Option(help="name of the time column, when detection is ambiguous")] = None,
     ts_format: Annotated[str | None, typer.Option(help="strptime format, or epoch_s/epoch_ms/epoch_us/epoch_ns")] = None,
+    ts_timezone: Annotated[str | None, typer.Option(
+        help="IANA zone of date-times written without an offset, e.g. America/New_York [default: UTC]")] = None,
     quarantine: Annotated[bool, typer.Option("--quarantine", help="store good rows; bad rows go to candles_quarantine")] = False,
     calendar: Annotated[str | None, typer.Option(help="for a market not registered yet: " + _CALENDAR_HELP + " [default: crypto]")] = None,
 ) -> None:
@@ -197,10 +199,15 @@ def ingest(
     path = csv or parquet
     if not path.exists():
         raise UserInputError(f"file {path} does not exist")
+    if ts_timezone is not None:
+        from rl_lifecycle.candles.importer import check_timezone
+
+        ts_timezone = check_timezone(ts_timezone)
     url = open_database(settings)
     with connect(url) as conn:
         result = ingest_file(
-            conn, parsed, path, ts_column=ts_column, ts_format=ts_format, quarantine=quarantine, calendar=calendar,
+            conn, parsed, path, ts_column=ts_column, ts_format=ts_format, ts_timezone=ts_timezone,
+            quarantine=quarantine, calendar=calendar,
             first_window=_first_window(),
         )
     report = result.report

@@ -251,6 +251,39 @@ def test_ts_format_epoch_unit_override(tmp_path: Path) -> None:
     assert ts_list(read_candle_file(tmp_path / "e.csv", ts_format="epoch_ms")) == [T0]
 
 
+def test_ts_timezone_reads_wall_clock_times_of_an_exchange(tmp_path: Path) -> None:
+    # New York: UTC-5 in January, UTC-4 after the March DST change
+    text = ohlcv_text("time,open,high,low,close,volume", ["2024-01-02 09:30:00", "2024-03-11 09:30:00", "2024-03-12"])
+    raw = read_candle_file(write(tmp_path, "ny.csv", text), ts_timezone="America/New_York")
+    assert ts_list(raw) == [utc(2024, 1, 2, 14, 30), utc(2024, 3, 11, 13, 30), utc(2024, 3, 12, 4)]
+    assert "local time America/New_York" in raw.source
+    naive = read_candle_file(tmp_path / "ny.csv")  # without it, naive values are UTC as before
+    assert ts_list(naive)[0] == utc(2024, 1, 2, 9, 30)
+
+
+def test_ts_timezone_makes_a_wall_clock_time_lost_to_dst_a_bad_row(tmp_path: Path) -> None:
+    text = ohlcv_text("time,open,high,low,close,volume", ["2024-03-10 01:00", "2024-03-10 02:00", "2024-03-10 03:00"])
+    report = validate_candles(read_candle_file(write(tmp_path, "dst.csv", text), ts_timezone="America/New_York"), "1h")
+    assert report.bad.get_column("row").to_list() == [3]  # 02:00 did not exist that night
+    assert report.bad.get_column("reasons").item(0)[0].startswith("unparseable timestamp '2024-03-10 02:00'")
+
+
+@pytest.mark.parametrize(
+    ("stamps", "options", "message"),
+    [
+        (["2024-01-02 09:30Z"], {}, "has one"),
+        (["2024-01-02T09:30:00+01:00"], {}, "has one"),
+        (["2024/01/02 09:30 +0100"], {"ts_format": "%Y/%m/%d %H:%M %z"}, "reads one"),
+        (["1704067200000"], {}, "epoch values are UTC already"),
+        (["2024-01-02 09:30"], {"ts_timezone": "Mars/Olympus_Mons"}, "not an IANA time zone"),
+    ],
+)
+def test_ts_timezone_is_refused_where_it_cannot_apply(tmp_path: Path, stamps, options, message) -> None:
+    path = write(tmp_path, "tz.csv", ohlcv_text("time,open,high,low,close,volume", stamps))
+    with pytest.raises(UserInputError, match=message):
+        read_candle_file(path, **{"ts_timezone": "Europe/London", **options})
+
+
 # ---------------------------------------------------------------------------------- file-level errors
 
 

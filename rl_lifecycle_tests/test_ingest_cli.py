@@ -99,3 +99,15 @@ def test_non_finite_values_are_quarantined_with_their_reason(capsys, monkeypatch
     assert [r[0] for r in rows] == [6, 7, 8, 9]
     assert rows[0][1]["open"] == "nan" and rows[1][1]["high"] == "inf" and rows[2][1]["close"] == "inf"
     assert all(r[2] for r in rows)  # every row carries its reason
+
+
+def test_local_exchange_times_are_stored_in_utc(capsys, monkeypatch, rl_env, conn, tmp_path):
+    path = _write(tmp_path, GOOD_ROWS)
+    code, _, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path),
+                           "--ts-timezone", "Mars/Olympus")
+    assert code == 2 and "not an IANA time zone" in err and _candles(conn) == 0
+    code, out, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(path),
+                             "--ts-timezone", "Europe/Berlin")
+    assert code == 0, err
+    first = conn.execute("SELECT min(ts) AT TIME ZONE 'UTC' FROM market_candles").fetchone()[0]
+    assert first.isoformat() == "2024-02-29T23:00:00"  # 00:00 in Berlin (UTC+1 in winter)

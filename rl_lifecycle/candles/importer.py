@@ -92,12 +92,13 @@ class RawCandles:
 
 
 def read_candle_file(
-    path: str | Path, *, ts_column: str | None = None, ts_format: str | None = None
+    path: str | Path, *, ts_column: str | None = None, ts_format: str | None = None, ts_timezone: str | None = None
 ) -> RawCandles:
     """Read a CSV/Parquet candle file; file-level problems raise UserInputError, row-level ones become nulls.
 
     `ts_column` names the time column (case-insensitive); `ts_format` is a strptime format
-    (`%d.%m.%Y %H:%M:%S.%f`) or one of `epoch_s|epoch_ms|epoch_us|epoch_ns`.
+    (`%d.%m.%Y %H:%M:%S.%f`) or one of `epoch_s|epoch_ms|epoch_us|epoch_ns`; `ts_timezone` is the IANA
+    zone of date-times written without an offset (default UTC), e.g. an exchange's local time.
     """
     file = Path(path)
     if not file.exists():
@@ -108,6 +109,8 @@ def read_candle_file(
         raise UserInputError(f"candle file {str(file)!r} is empty")
     if ts_format is not None and not ts_format.strip():
         raise UserInputError("--ts-format is empty; pass a strptime format or epoch_s|epoch_ms|epoch_us|epoch_ns")
+    if ts_timezone is not None:
+        ts_timezone = check_timezone(ts_timezone)
 
     kind = _file_kind(file)
     if kind == "parquet":
@@ -123,7 +126,8 @@ def read_candle_file(
         table, names, rows, layout = _read_csv_table(file, data)
 
     roles = _resolve_columns(file, table, names, ts_column)
-    frame, unparsed, ts_desc = _build_frame(file, table, roles, rows, ts_format, drop_blank=kind != "parquet")
+    frame, unparsed, ts_desc = _build_frame(file, table, roles, rows, ts_format, ts_timezone,
+                                            drop_blank=kind != "parquet")
     if frame.height == 0:
         raise UserInputError(f"candle file {str(file)!r} has no data rows")
     ts_names = [names[table.columns.index(c)].strip() or "<unnamed>" for c in roles["ts"]]
@@ -325,7 +329,7 @@ def _detect_ts_columns(table: pl.DataFrame, norm: list[str]) -> list[str]:
 
 def _build_frame(
     file: Path, table: pl.DataFrame, roles: dict[str, list[str]], rows: pl.Expr, ts_format: str | None,
-    *, drop_blank: bool,
+    ts_timezone: str | None, *, drop_blank: bool,
 ) -> tuple[pl.DataFrame, pl.DataFrame, str]:
     ts_cols = roles["ts"]
     ts_source = (
@@ -345,7 +349,7 @@ def _build_frame(
         )
         base = base.filter(~blank)
 
-    ts, ts_desc = parse_timestamps(base.get_column("_ts_src"), ts_format, _file=file)
+    ts, ts_desc = parse_timestamps(base.get_column("_ts_src"), ts_format, ts_timezone=ts_timezone, _file=file)
     wide = base.with_columns(
         ts.alias("ts"),
         *[_number(pl.col(f"_{c}_src"), base.schema[f"_{c}_src"]).alias(c) for c in VALUE_COLUMNS],
@@ -389,15 +393,58 @@ def _number(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
 # ---------------------------------------------------------------------------------------- timestamps
 
 
+def check_timezone(name: str) -> str:
+    """An IANA time zone name (`America/New_York`, `Europe/London`, `UTC`), or UserInputError."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UserInputError(f"--ts-timezone {name!r} is not an IANA time zone (e.g. America/New_York, "
+                             "Europe/London, UTC)") from None
+    return name.strip()
+
+
+# An explicit offset after a time of day: `...09:30Z`, `09:30:00+01:00`, `09:30 UTC`, `09:30:00.5-0500`.
+_OFFSET_AFTER_TIME = r"(?i)\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)\s*$"
+
+
 def parse_timestamps(
-    values: pl.Series, ts_format: str | None = None, *, _file: Path | None = None
+    values: pl.Series, ts_format: str | None = None, *, ts_timezone: str | None = None, _file: Path | None = None
 ) -> tuple[pl.Series, str]:
     """Parse a time column to Datetime(us, UTC) (null where unparseable) and describe the format used.
 
     Strings: ISO-like (`T` or space, optional fraction, `Z`/offset converted to UTC), day- or
     month-first dates with 4-digit years, date-only, or epoch numbers (unit by magnitude).
     Numbers: epoch, unit by magnitude. Datetimes: naive means UTC. `ts_format` overrides detection.
+    With `ts_timezone`, date-times without an offset are that zone's wall-clock times; a wall-clock time
+    that does not exist or occurs twice there (a DST change) is unparseable, so validation names its row.
     """
+    ts, description = _parse_timestamps_as_utc(values, ts_format, _file)
+    if ts_timezone is None or ts_timezone == "UTC":
+        return ts, description
+    where = f"candle file {str(_file)!r}: " if _file else ""
+    if description.startswith("epoch") or ts_format in EPOCH_FORMATS:
+        raise UserInputError(f"{where}--ts-timezone is for local date-times; epoch values are UTC already")
+    if isinstance(values.dtype, pl.Datetime) and values.dtype.time_zone:
+        raise UserInputError(f"{where}--ts-timezone: the time column carries its own zone ({values.dtype.time_zone})")
+    if ts_format and ("%z" in ts_format or "%Z" in ts_format):
+        raise UserInputError(f"{where}--ts-timezone is for date-times without an offset; --ts-format {ts_format!r} "
+                             "reads one")
+    if values.dtype == pl.String:
+        with_offset = values.filter(values.str.contains(_OFFSET_AFTER_TIME))
+        if len(with_offset):
+            raise UserInputError(f"{where}--ts-timezone is for date-times without an offset, but {with_offset[0]!r} "
+                                 "has one")
+    local = (ts.dt.replace_time_zone(None)
+             .dt.replace_time_zone(ts_timezone, ambiguous="null", non_existent="null")
+             .dt.convert_time_zone("UTC"))
+    return local.alias("ts"), f"{description}, local time {ts_timezone}"
+
+
+def _parse_timestamps_as_utc(
+    values: pl.Series, ts_format: str | None, _file: Path | None
+) -> tuple[pl.Series, str]:
     where = f"candle file {str(_file)!r}: " if _file else ""
     dtype = values.dtype
     frame = values.rename("v").to_frame()

@@ -196,6 +196,7 @@ def ingest_file(
     *,
     ts_column: str | None = None,
     ts_format: str | None = None,
+    ts_timezone: str | None = None,
     quarantine: bool = False,
     calendar: str | None = None,
     first_window: Window | None = None,
@@ -213,7 +214,7 @@ def ingest_file(
 
     _refuse_synthetic_market(conn, market)
     calendar_name = _ingest_calendar(conn, market, calendar)
-    raw = read_candle_file(path, ts_column=ts_column, ts_format=ts_format)
+    raw = read_candle_file(path, ts_column=ts_column, ts_format=ts_format, ts_timezone=ts_timezone)
     report = validate_candles(raw, market.interval, get_calendar(calendar_name))
     rows_read = raw.frame.height
     if not report.ok and not quarantine:
