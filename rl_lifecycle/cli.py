@@ -269,6 +269,13 @@ def _check_windows_exist(keys: list[str]) -> None:
 
 
 # -- materialize -------------------------------------------------------------------------------
+# The partitions a command acts on: --partition (repeatable), or --market with --windows FIRST..LAST.
+PartitionOption = Annotated[list[str] | None, typer.Option(
+    help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")]
+RangeMarketOption = Annotated[str | None, typer.Option(help="market key for a range of windows")]
+WindowsOption = Annotated[str | None, typer.Option(help="FIRST..LAST window keys, e.g. 2024-01-01..2024-06-01")]
+
+
 def _partition_keys(partition: list[str] | None, market: str | None, windows: str | None) -> list[str]:
     from rl_lifecycle.partitions import WINDOW_SCHEME, parse_partition_key
 
@@ -293,9 +300,9 @@ def _partition_keys(partition: list[str] | None, market: str | None, windows: st
 @app.command()
 def materialize(
     assets: Annotated[list[str], typer.Argument(help="asset keys, e.g. candles feature_snapshots")],
-    partition: Annotated[list[str] | None, typer.Option(help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")] = None,
-    market: Annotated[str | None, typer.Option(help="market key for a range of windows")] = None,
-    windows: Annotated[str | None, typer.Option(help="FIRST..LAST window keys, e.g. 2024-01-01..2024-06-01")] = None,
+    partition: PartitionOption = None,
+    market: RangeMarketOption = None,
+    windows: WindowsOption = None,
 ) -> None:
     """Materialize assets (with their blocking checks) on the PostgreSQL-backed Dagster instance."""
     keys = _partition_keys(partition, market, windows)
@@ -313,9 +320,9 @@ def _exit_on_failure(runs, verb: str) -> None:
 @app.command()
 def check(
     checks: Annotated[list[str], typer.Argument(help="check names, e.g. features_deterministic dataset_reproducible")],
-    partition: Annotated[list[str] | None, typer.Option(help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")] = None,
-    market: Annotated[str | None, typer.Option(help="market key for a range of windows")] = None,
-    windows: Annotated[str | None, typer.Option(help="FIRST..LAST window keys, e.g. 2024-01-01..2024-06-01")] = None,
+    partition: PartitionOption = None,
+    market: RangeMarketOption = None,
+    windows: WindowsOption = None,
 ) -> None:
     """Evaluate asset checks on their own against what is stored (like the UI's "Execute check"); exit 1 if one fails."""
     from rl_lifecycle.operations import check_partitions

@@ -46,24 +46,18 @@ class PaperDecisionConfig(Config):
 @op(name="paper_decision", description="One paper decision for a market as of now (`rl-lifecycle decide`).")
 def paper_decision(context: OpExecutionContext, config: PaperDecisionConfig, database: PostgresResource,
                    mlflow: MlflowResource):
-    import time
-
-    from rl_lifecycle.decisions.live import decide_if_due, wait_until_ready
-    from rl_lifecycle.decisions.safety import newest_closed_bar
-    from rl_lifecycle.decisions.service import DueDecision
+    from rl_lifecycle.decisions.live import decide_bar
     from rl_lifecycle.markets import Market
     from rl_lifecycle.windows import to_us
 
     market = Market.parse(config.market)
-    # launched by hand without a bar: the bar closed last; either way one decision per closed-bar slot
-    bar = to_us(config.bar_ts) if config.bar_ts else newest_closed_bar(time.time_ns() // 1000, market.interval_us)
-    due = DueDecision(market.key, bar)
     with database.connect() as conn:
-        wait_until_ready(conn, due, config.grace_seconds)  # the bar's candle, or the grace (as `paper run` waits)
-        decision = decide_if_due(conn, due, registry=mlflow.registry)
+        due, decision = decide_bar(conn, market, to_us(config.bar_ts) if config.bar_ts else None,
+                                   config.grace_seconds, registry=mlflow.registry)
     if decision is None:
-        context.log.info(f"{market.key}: the bar opened at {iso(bar)} was already decided (e.g. by `rl-lifecycle paper run`)")
-        yield Output(None, metadata={"market": market.key, "bar_ts": iso(bar), "skipped": True})
+        bar = iso(due.bar_ts_us)
+        context.log.info(f"{market.key}: the bar opened at {bar} was already decided (e.g. by `rl-lifecycle paper run`)")
+        yield Output(None, metadata={"market": market.key, "bar_ts": bar, "skipped": True})
         return
     out = decision.to_json()
     context.log.info(f"{config.market}: {out['action']} {', '.join(out['reason_codes']) or '(acted freely)'} "

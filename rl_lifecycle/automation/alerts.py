@@ -183,6 +183,11 @@ def process_finished_run(instance: DagsterInstance, run: DagsterRun, conn, *, fa
 
 
 # -- sensors ----------------------------------------------------------------------------------------
+def _log_new(context, source: str, new: list[Alert]) -> None:
+    if new:
+        context.log.info(f"{len(new)} alert(s) for {source}: " + ", ".join(a.dedupe_key for a in new))
+
+
 @run_status_sensor(
     run_status=DagsterRunStatus.SUCCESS,
     monitor_all_code_locations=True,
@@ -194,9 +199,7 @@ def process_finished_run(instance: DagsterInstance, run: DagsterRun, conn, *, fa
 def check_failure_alert_sensor(context: RunStatusSensorContext, database: PostgresResource) -> None:
     with database.connect() as conn:
         new = process_finished_run(context.instance, context.dagster_run, conn, failed=False)
-    if new:
-        context.log.info(f"{len(new)} alert(s) for run {context.dagster_run.run_id}: "
-                         + ", ".join(a.dedupe_key for a in new))
+    _log_new(context, f"run {context.dagster_run.run_id}", new)
 
 
 @run_failure_sensor(
@@ -210,9 +213,7 @@ def run_failure_alert_sensor(context: RunFailureSensorContext, database: Postgre
     message = context.failure_event.message if context.failure_event else None
     with database.connect() as conn:
         new = process_finished_run(context.instance, context.dagster_run, conn, failed=True, failure_message=message)
-    if new:
-        context.log.info(f"{len(new)} alert(s) for run {context.dagster_run.run_id}: "
-                         + ", ".join(a.dedupe_key for a in new))
+    _log_new(context, f"run {context.dagster_run.run_id}", new)
 
 
 @sensor(
@@ -277,6 +278,5 @@ def alert_sweep_sensor(context: SensorEvaluationContext, database: PostgresResou
     with database.connect() as conn:  # a database error fails the tick and keeps the cursor
         new, last = sweep_finished_runs(context.instance, conn, since)
     context.update_cursor(last.isoformat())
-    if new:
-        context.log.info(f"{len(new)} alert(s) the run status sensors had missed: " + ", ".join(a.dedupe_key for a in new))
+    _log_new(context, "runs the run status sensors had missed", new)
     return SkipReason(f"{len(new)} missed alert(s) recorded" if new else "every finished run is accounted for")

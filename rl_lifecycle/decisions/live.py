@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from rl_lifecycle.candles.input_cache import CandleInputCache
+from rl_lifecycle.decisions import safety
 from rl_lifecycle.decisions.service import (
     ChampionCache,
     Decision,
@@ -74,6 +75,17 @@ def wait_until_ready(conn: psycopg.Connection, due: DueDecision, grace_seconds: 
     """Block until `is_ready` (at most the grace): how a schedule run waits for the bar it was started for."""
     while not is_ready(conn, due, time.time_ns() // 1000, grace_seconds):
         time.sleep(poll_seconds)
+
+
+def decide_bar(conn: psycopg.Connection, market: Market, bar_ts_us: int | None = None,
+               grace_seconds: float = DEFAULT_GRACE_SECONDS, **decide_options) -> tuple[DueDecision, Decision | None]:
+    """What one schedule run does: wait for the bar it was started for (default: the bar closed last) as
+    `paper run` waits, then decide unless another decider took its slot (None)."""
+    if bar_ts_us is None:
+        bar_ts_us = safety.newest_closed_bar(time.time_ns() // 1000, market.interval_us)
+    due = DueDecision(market.key, bar_ts_us)
+    wait_until_ready(conn, due, grace_seconds)
+    return due, decide_if_due(conn, due, **decide_options)
 
 
 def ready_decisions(conn: psycopg.Connection, now_us: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,

@@ -207,20 +207,15 @@ def absolute_gates(report: ReportSummary, policy: GatePolicy) -> list[GateResult
         _gate(FOLD_FAILED, len(report.folds) - len(done), policy.max_failed_folds, "<=",
               "failed or missing folds in the challenger's report"),
     ]
-    if policy.min_excess_return_over_flat is not None:
-        gates.append(_gate(
-            NOT_BETTER_THAN_FLAT,
-            strict_median(f.metric("total_return") - f.baseline("flat", "total_return") for f in done),
-            policy.min_excess_return_over_flat, ">",
-            "median fold total return minus the flat baseline's",
-        ))
-    if policy.min_excess_return_over_buy_and_hold is not None:
-        gates.append(_gate(
-            NOT_BETTER_THAN_BUY_AND_HOLD,
-            strict_median(f.metric("total_return") - f.baseline("buy_and_hold", "total_return") for f in done),
-            policy.min_excess_return_over_buy_and_hold, ">",
-            "median fold total return minus buy-and-hold's, both after fees",
-        ))
+    for code, baseline, threshold, text in (
+        (NOT_BETTER_THAN_FLAT, "flat", policy.min_excess_return_over_flat,
+         "median fold total return minus the flat baseline's"),
+        (NOT_BETTER_THAN_BUY_AND_HOLD, "buy_and_hold", policy.min_excess_return_over_buy_and_hold,
+         "median fold total return minus buy-and-hold's, both after fees"),
+    ):
+        if threshold is not None:
+            excess = strict_median(f.metric("total_return") - f.baseline(baseline, "total_return") for f in done)
+            gates.append(_gate(code, excess, threshold, ">", text))
     if policy.min_trades_per_fold is not None:
         gates.append(_gate(TOO_FEW_TRADES, strict_extreme((f.metric("trades") for f in done), np.min),
                            policy.min_trades_per_fold, ">=", "fewest trades in a completed fold"))
