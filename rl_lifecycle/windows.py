@@ -1,11 +1,14 @@
-"""Time windows: the `window` partition dimension and the anchor of the canonical feature rule.
+"""Time: the one clock, bar arithmetic, and windows (the `window` partition dimension and the anchor of
+the canonical feature rule).
 
 Timestamps in the core are int64 microseconds since the Unix epoch, UTC, candle open time.
-A window is the half-open range [start, end); `anchor(t)` is the start of the window holding t.
+A bar opened at t is closed at t + interval. A window is the half-open range [start, end);
+`anchor(t)` is the start of the window holding t.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -31,6 +34,21 @@ def to_us(moment: datetime | date | str) -> int:
         delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return (moment - _EPOCH).days * DAY_US
+
+
+def utc_now_us() -> int:
+    """The wall clock, epoch microseconds UTC: the one clock of the core."""
+    return time.time_ns() // 1000
+
+
+def closed_bars_end(at_us: int, interval_us: int) -> int:
+    """Exclusive end of the bars closed by `at`: every bar opened before it has closed (open + interval <= at)."""
+    return (int(at_us) // interval_us) * interval_us
+
+
+def newest_closed_bar(at_us: int, interval_us: int) -> int:
+    """Open time of the newest bar closed by `at` (its close, open + interval, is <= at)."""
+    return closed_bars_end(at_us, interval_us) - interval_us
 
 
 def from_us(value: int) -> datetime:
@@ -96,6 +114,10 @@ class WindowScheme:
 
     def previous(self, window: Window) -> Window:
         return self.containing(window.start - 1)
+
+    def latest_ended(self, at_us: int) -> Window:
+        """The newest window that has ended by `at` (end <= at): never the current, still-open one."""
+        return self.previous(self.containing(at_us))
 
     def range(self, first: str, last: str) -> list[Window]:
         """Windows from key `first` to key `last`, both included."""

@@ -6,7 +6,7 @@ import sys
 
 
 def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    from rl_lifecycle.cli import main
+    from rl_lifecycle.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["rl-lifecycle", *args])
     code = 0

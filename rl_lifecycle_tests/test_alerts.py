@@ -20,7 +20,7 @@ from dagster import (
 )
 from dagster._core.definitions.run_status_sensor_definition import RunStatusSensorCursor
 
-from rl_lifecycle.alerts import (
+from rl_lifecycle.ops.alerts import (
     CHECK_FAILED,
     RUN_FAILED,
     AlertConfig,
@@ -35,7 +35,7 @@ from rl_lifecycle.alerts import (
     run_alert,
     slack_body,
 )
-from rl_lifecycle.automation.alerts import (
+from rl_lifecycle.orchestration.automation.alerts import (
     alert_delivery_sensor,
     alert_sweep_sensor,
     check_failure_alert_sensor,
@@ -43,7 +43,8 @@ from rl_lifecycle.automation.alerts import (
     run_failure_alert_sensor,
     run_partition,
 )
-from rl_lifecycle.resources import PostgresResource
+from rl_lifecycle.orchestration.definitions import defs
+from rl_lifecycle.orchestration.resources import PostgresResource
 
 
 # -- a local webhook --------------------------------------------------------------------------------
@@ -394,17 +395,17 @@ def test_the_sensors_run_by_default():
 def test_a_broken_feature_snapshot_sends_exactly_one_post_naming_check_and_partition(conn, dagster_instance, webhook,
                                                                                      nondeterministic_features):
     from rl_lifecycle.candles.service import ingest_synthetic
-    from rl_lifecycle.instance import sync_market_partitions
-    from rl_lifecycle.markets import Market
-    from rl_lifecycle.registry import add_market
-    from rl_lifecycle.runner import materialize as run_assets
+    from rl_lifecycle.markets.keys import Market
+    from rl_lifecycle.markets.table import add_market
+    from rl_lifecycle.orchestration.launcher import materialize as run_assets
+    from rl_lifecycle.orchestration.partitions import sync_market_partitions
     from rl_lifecycle.windows import WindowScheme
 
     btc, scheme = Market("BTCUSDT", "1h"), WindowScheme("monthly")
     add_market(conn, btc, source="synthetic", seed=7)
     sync_market_partitions(dagster_instance, [btc.key])
     ingest_synthetic(conn, btc, scheme.parse("2024-02-01").start, scheme.parse("2024-03-01").start, seed=7)
-    (run,) = run_assets(dagster_instance, ["candles", "feature_snapshots", "training_dataset"],
+    (run,) = run_assets(dagster_instance, defs, ["candles", "feature_snapshots", "training_dataset"],
                         ["BTCUSDT-1h|2024-03-01"], in_process=True)
     assert not run.ok
     failures = dagster_instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_FAILURE).records
@@ -432,24 +433,24 @@ def test_a_corrupted_stored_snapshot_fails_its_check_run_alone_and_alerts_once(c
     features_deterministic` for that partition (a run launched through the code location) fails, and
     exactly one POST names the check and the partition."""
     from rl_lifecycle.candles.service import ingest_synthetic
-    from rl_lifecycle.instance import sync_market_partitions
-    from rl_lifecycle.markets import Market
-    from rl_lifecycle.registry import add_market
-    from rl_lifecycle.runner import materialize as run_assets
-    from rl_lifecycle.runner import run_checks
+    from rl_lifecycle.markets.keys import Market
+    from rl_lifecycle.markets.table import add_market
+    from rl_lifecycle.orchestration.launcher import materialize as run_assets
+    from rl_lifecycle.orchestration.launcher import run_checks
+    from rl_lifecycle.orchestration.partitions import sync_market_partitions
     from rl_lifecycle.windows import WindowScheme
 
     btc, scheme, key = Market("BTCUSDT", "1h"), WindowScheme("monthly"), "BTCUSDT-1h|2024-03-01"
     add_market(conn, btc, source="synthetic", seed=7)
     sync_market_partitions(dagster_instance, [btc.key])
     ingest_synthetic(conn, btc, scheme.parse("2024-02-01").start, scheme.parse("2024-03-01").start, seed=7)
-    (stored,) = run_assets(dagster_instance, ["candles", "feature_snapshots"], [key])
+    (stored,) = run_assets(dagster_instance, defs, ["candles", "feature_snapshots"], [key])
     assert stored.ok, stored.errors
     # flip the lowest bit of one value of the window's last row
     conn.execute("""UPDATE rl_feature_snapshots SET vector = set_byte(vector, 0, get_byte(vector, 0) # 1)
                     WHERE ts = (SELECT max(ts) FROM rl_feature_snapshots)""")
 
-    (run,) = run_checks(dagster_instance, ["features_deterministic"], [key])
+    (run,) = run_checks(dagster_instance, defs, ["features_deterministic"], [key])
     assert run.materialized == [] and [(c.check, c.passed) for c in run.checks] == [("features_deterministic", False)]
     assert "2024-03-31T23:00" in run.checks[0].description
     assert dagster_instance.get_run_by_id(run.run_id).remote_job_origin is not None

@@ -6,11 +6,13 @@ import pytest
 from dagster import AssetKey
 from dagster._core.execution.backfill import BulkActionStatus
 
-from rl_lifecycle.backfills import check_assets, submit_backfill
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.instance import sync_market_partitions
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import add_market
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.orchestration.backfills import submit_backfill
+from rl_lifecycle.orchestration.definitions import defs
+from rl_lifecycle.orchestration.launcher import asset_selection
+from rl_lifecycle.orchestration.partitions import sync_market_partitions
 from rl_lifecycle_tests.cli_helpers import run_cli
 
 KEYS = ["BTCUSDT-1h|2024-01-01", "BTCUSDT-1h|2024-02-01", "BTCUSDT-1h|2024-03-01"]
@@ -23,7 +25,7 @@ def _targets(backfill) -> dict[str, list[str]]:
 
 
 def test_the_backfill_link_follows_the_ui_address(monkeypatch):
-    from rl_lifecycle.backfills import SubmittedBackfill
+    from rl_lifecycle.orchestration.backfills import SubmittedBackfill
 
     submitted = SubmittedBackfill("abc123", ("candles",), ("BTCUSDT-1h|2024-01-01",))
     monkeypatch.delenv("RL_DAGSTER_UI_URL", raising=False)
@@ -33,16 +35,16 @@ def test_the_backfill_link_follows_the_ui_address(monkeypatch):
 
 
 def test_unknown_assets_are_refused_by_name():
-    assert check_assets(["training_dataset", "candles"]) == ["candles", "training_dataset"]  # dependency order
+    assert asset_selection(defs, ["training_dataset", "candles"]) == ["candles", "training_dataset"]  # dependency order
     with pytest.raises(UserInputError, match="unknown asset.*nope"):
-        check_assets(["candles", "nope"])
+        asset_selection(defs, ["candles", "nope"])
 
 
 @pytest.mark.slow
 def test_a_backfill_is_stored_on_the_instance_with_its_assets_and_partitions(conn, dagster_instance):
     add_market(conn, Market("BTCUSDT", "1h"), source="synthetic", seed=7)
     sync_market_partitions(dagster_instance, ["BTCUSDT-1h"])
-    submitted = submit_backfill(dagster_instance, ["training_dataset", "feature_snapshots"], KEYS)
+    submitted = submit_backfill(dagster_instance, defs, ["training_dataset", "feature_snapshots"], KEYS)
     assert submitted.url == f"http://127.0.0.1:3000/runs/b/{submitted.backfill_id}"
     backfill = dagster_instance.get_backfill(submitted.backfill_id)
     assert backfill.backfill_id in {b.backfill_id for b in dagster_instance.get_backfills()}
@@ -55,12 +57,12 @@ def test_a_backfill_is_stored_on_the_instance_with_its_assets_and_partitions(con
 
 def test_a_market_without_a_partition_is_refused(dagster_instance):
     with pytest.raises(UserInputError, match="NOPEUSDT-1h is not a `market` partition"):
-        submit_backfill(dagster_instance, ["candles"], ["NOPEUSDT-1h|2024-01-01"])
+        submit_backfill(dagster_instance, defs, ["candles"], ["NOPEUSDT-1h|2024-01-01"])
 
 
 @pytest.mark.slow
 def test_the_cli_submits_a_backfill_and_refuses_bad_input_with_exit_2(rl_env, capsys, monkeypatch):
-    from rl_lifecycle.instance import STORAGE_URL_ENV, get_instance
+    from rl_lifecycle.orchestration.instance import STORAGE_URL_ENV, get_instance
     from rl_lifecycle.settings import load_settings
 
     # get_instance points these at the test's instance; let monkeypatch restore them afterwards
@@ -106,11 +108,11 @@ def test_the_daemon_runs_the_backfill_through_the_code_location(conn, dagster_in
     from dagster._core.workspace.load_target import WorkspaceFileTarget
     from dagster._daemon.backfill import execute_backfill_iteration
 
-    from rl_lifecycle.instance import REPO_ROOT
+    from rl_lifecycle.orchestration.instance import REPO_ROOT
 
     add_market(conn, Market("BTCUSDT", "1h"), source="synthetic", seed=7)
     sync_market_partitions(dagster_instance, ["BTCUSDT-1h"])
-    submitted = submit_backfill(dagster_instance, ["candles"], KEYS[:2])
+    submitted = submit_backfill(dagster_instance, defs, ["candles"], KEYS[:2])
     target = WorkspaceFileTarget(paths=[str(REPO_ROOT / "workspace.yaml")])
     with WorkspaceProcessContext(dagster_instance, target) as context:
         list(execute_backfill_iteration(context, logging.getLogger("backfill")))

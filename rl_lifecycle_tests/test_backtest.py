@@ -22,7 +22,7 @@ from rl_lifecycle.evaluation.backtest import (
     trade_pnls,
 )
 from rl_lifecycle.evaluation.policies import FeatureSignPolicy, FixedPositions
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import to_us
 
 MARKET = Market("BTCUSDT", "1h")

@@ -20,7 +20,7 @@ from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.candles.store import load_candles
 from rl_lifecycle.evaluation.backtest import FoldJob, run_fold_backtest, size_precision_for
 from rl_lifecycle.evaluation.policies import FixedPositions
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.trading import cost_fraction, step_rewards
 from rl_lifecycle.windows import to_us
 

@@ -8,11 +8,11 @@ import exchange_calendars as xcals
 import numpy as np
 import pytest
 
-from rl_lifecycle.calendars import Gap, get_calendar, normalize_calendar_name
 from rl_lifecycle.candles.service import summarize_window
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import add_market, get_market, set_market_calendar
+from rl_lifecycle.markets.calendars import Gap, get_calendar, normalize_calendar_name
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market, get_market, set_market_calendar
 from rl_lifecycle.windows import DAY_US, WindowScheme, iso, to_us
 from rl_lifecycle_tests.cli_helpers import run_cli
 

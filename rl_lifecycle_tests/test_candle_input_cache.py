@@ -16,7 +16,7 @@ from rl_lifecycle.candles.store import (
     window_input_stamps,
 )
 from rl_lifecycle.candles.synthetic import synthetic_arrays
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import WindowScheme, from_us
 
 BTC = Market("BTCUSDT", "1h")

@@ -12,8 +12,8 @@ from rl_lifecycle.candles.gaps import find_gaps
 from rl_lifecycle.candles.service import ingest_synthetic, load_window, summarize_window
 from rl_lifecycle.candles.store import load_candles, load_candles_with_warmup, upsert_candles
 from rl_lifecycle.candles.synthetic import synthetic_candles
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import add_market, get_market
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market, get_market
 from rl_lifecycle.windows import WindowScheme, to_us
 
 BTC = Market("BTCUSDT", "1h")

@@ -9,7 +9,7 @@ from rl_lifecycle.datasets.builder import build_dataset, read_dataset
 from rl_lifecycle.datasets.service import spec_ending_at
 from rl_lifecycle.features.spec import load_feature_set
 from rl_lifecycle.features.vectors import load_vectors, vectors_from_candles
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.env import MarketEnv, contiguous, observations
 from rl_lifecycle.windows import WindowScheme, to_us
 

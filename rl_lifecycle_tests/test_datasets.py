@@ -15,7 +15,7 @@ from rl_lifecycle.datasets.spec import DatasetSpec
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.service import materialize_window
 from rl_lifecycle.features.spec import load_feature_set
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import WindowScheme, from_us
 
 BTC = Market("BTCUSDT", "1h")

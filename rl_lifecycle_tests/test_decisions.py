@@ -22,13 +22,13 @@ from rl_lifecycle.decisions.store import decision_history
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import load_feature_set
 from rl_lifecycle.features.vectors import load_vectors
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
 from rl_lifecycle.models.service import train_challenger
 from rl_lifecycle.models.spec import load_model_spec
 from rl_lifecycle.models.tracking import open_registry
 from rl_lifecycle.promotion.service import manual_promote
-from rl_lifecycle.registry import add_market
-from rl_lifecycle.windows import WindowScheme, iso, to_us
+from rl_lifecycle.windows import WindowScheme, iso, newest_closed_bar, to_us
 from rl_lifecycle_tests.cli_helpers import run_cli
 
 SCHEME = WindowScheme("monthly")
@@ -77,7 +77,7 @@ def _canonical_sha(conn, market: Market, bar_ts: int) -> str:
 
 # -- pure rules ------------------------------------------------------------------------------------------
 def test_staleness_follows_the_market_calendar():
-    from rl_lifecycle.calendars import get_calendar
+    from rl_lifecycle.markets.calendars import get_calendar
 
     crypto, fx = get_calendar("crypto"), get_calendar("fx")
     friday_last = to_us("2024-03-08T21:00:00")  # FX closes Friday 17:00 New York = 22:00 UTC in winter
@@ -86,8 +86,8 @@ def test_staleness_follows_the_market_calendar():
     assert safety.missed_bars(crypto, HOUR, friday_last, sunday_noon) > 30
     assert safety.missed_bars(fx, HOUR, friday_last, to_us("2024-03-11T12:00:00")) > 2  # Monday: the week is open
     assert safety.missed_bars(crypto, HOUR, None, sunday_noon) is None and safety.is_stale(None, 2)
-    assert safety.newest_closed_bar(to_us("2024-03-08T21:59:59"), HOUR) == to_us("2024-03-08T20:00:00")
-    assert safety.newest_closed_bar(to_us("2024-03-08T22:00:00"), HOUR) == friday_last
+    assert newest_closed_bar(to_us("2024-03-08T21:59:59"), HOUR) == to_us("2024-03-08T20:00:00")
+    assert newest_closed_bar(to_us("2024-03-08T22:00:00"), HOUR) == friday_last
 
 
 def test_config_is_validated_by_name(tmp_path, monkeypatch):
@@ -225,9 +225,10 @@ def test_cli_prints_exactly_one_json_object(capsys, monkeypatch, conn, champion_
 def test_paper_decisions_schedule_is_gated_and_decides_once_per_market_per_bar(conn, rl_env, monkeypatch):
     from dagster import DefaultScheduleStatus, Definitions, SkipReason, build_schedule_context
 
-    from rl_lifecycle.assets.decisions import paper_decisions, paper_decisions_job
     from rl_lifecycle.decisions.service import due_decisions
-    from rl_lifecycle.resources import MlflowResource, PostgresResource
+    from rl_lifecycle.orchestration.automation.paper_decisions import paper_decisions
+    from rl_lifecycle.orchestration.jobs import paper_decisions_job
+    from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
 
     database = PostgresResource(url=rl_env["RL_DATABASE_URL"])
     resources = {"database": database, "mlflow": MlflowResource(database=database)}

@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 from dagster import AssetKey, Definitions, build_sensor_context
 
-from rl_lifecycle.definitions import JOBS, defs
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
-from rl_lifecycle.partitions import market_window_partitions, parse_partition_key, partition_key
-from rl_lifecycle.registry import add_market
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.orchestration.definitions import JOBS, defs
+from rl_lifecycle.orchestration.partitions import (
+    market_window_partitions,
+    multi_partition_key,
+    parse_partition_key,
+)
 
 
 def test_definitions_are_loadable():
@@ -23,7 +27,7 @@ def test_definitions_are_loadable():
 
 
 def test_partition_keys_read_market_then_window():
-    key = partition_key(Market("BTCUSDT", "1h"), "2024-03-01")
+    key = multi_partition_key(Market("BTCUSDT", "1h"), "2024-03-01")
     assert str(key) == "BTCUSDT-1h|2024-03-01"
     market, window = parse_partition_key("BTCUSDT-1h|2024-03-01")
     assert (market.key, window.key) == ("BTCUSDT-1h", "2024-03-01")
@@ -35,8 +39,8 @@ def test_partition_keys_read_market_then_window():
 
 
 def test_sensor_adds_registered_markets_to_the_partitions(conn, rl_env, dagster_instance):
-    from rl_lifecycle.resources import PostgresResource
-    from rl_lifecycle.sensors import market_partitions_sensor
+    from rl_lifecycle.orchestration.automation.markets import market_partitions_sensor
+    from rl_lifecycle.orchestration.resources import PostgresResource
 
     add_market(conn, Market("ETHUSDT", "4h"))
     context = build_sensor_context(instance=dagster_instance, resources={"database": PostgresResource(url=rl_env["RL_DATABASE_URL"])})
@@ -47,12 +51,12 @@ def test_sensor_adds_registered_markets_to_the_partitions(conn, rl_env, dagster_
 
 @pytest.mark.slow
 def test_partitioned_materialization_on_a_postgres_backed_instance(conn, rl_env, dagster_instance):
-    from rl_lifecycle.instance import sync_market_partitions
-    from rl_lifecycle.runner import materialize
+    from rl_lifecycle.orchestration.launcher import materialize
+    from rl_lifecycle.orchestration.partitions import sync_market_partitions
 
     add_market(conn, Market("BTCUSDT", "1h"), source="synthetic", seed=7)
     sync_market_partitions(dagster_instance, ["BTCUSDT-1h"])
-    (run,) = materialize(dagster_instance, ["candles"], ["BTCUSDT-1h|2024-03-01"])
+    (run,) = materialize(dagster_instance, defs, ["candles"], ["BTCUSDT-1h|2024-03-01"])
     assert run.ok and run.materialized == ["candles"]
     stored = dagster_instance.get_run_by_id(run.run_id)
     assert stored is not None and stored.tags["dagster/partition"] == "BTCUSDT-1h|2024-03-01"
@@ -63,12 +67,12 @@ def test_partitioned_materialization_on_a_postgres_backed_instance(conn, rl_env,
     assert conn.execute("SELECT count(*) FROM market_candles").fetchone()[0] == 31 * 24
     # Unknown assets are refused before any run is launched (unknown markets: see the next test).
     with pytest.raises(UserInputError, match="unknown asset"):
-        materialize(dagster_instance, ["nope"], ["BTCUSDT-1h|2024-03-01"])
+        materialize(dagster_instance, defs, ["nope"], ["BTCUSDT-1h|2024-03-01"])
 
 
 def test_unregistered_markets_are_refused_before_any_run(conn, rl_env, capsys, monkeypatch):
-    from rl_lifecycle.instance import STORAGE_URL_ENV, get_instance
-    from rl_lifecycle.operations import run_partitions
+    from rl_lifecycle.cli.runs import materialize_with_progress
+    from rl_lifecycle.orchestration.instance import STORAGE_URL_ENV, get_instance
     from rl_lifecycle.settings import load_settings
     from rl_lifecycle_tests.cli_helpers import run_cli
 
@@ -80,7 +84,7 @@ def test_unregistered_markets_are_refused_before_any_run(conn, rl_env, capsys, m
     with get_instance(settings, url) as instance:
         runs_before = instance.get_runs_count()
         with pytest.raises(UserInputError, match="not registered: ETHUSDT-4h;"):
-            run_partitions(settings, url, ["candles"], keys)
+            materialize_with_progress(settings, url, ["candles"], keys)
         code, out, err = run_cli(capsys, monkeypatch, "materialize", "candles", *(f"--partition={k}" for k in keys))
         assert code == 2
         assert err.startswith("error: market(s) not registered: ETHUSDT-4h;") and "BTCUSDT-1h" not in err
@@ -93,11 +97,11 @@ def test_unregistered_markets_are_refused_before_any_run(conn, rl_env, capsys, m
 
 @pytest.mark.slow
 def test_a_failing_partition_is_reported_not_raised(conn, rl_env, dagster_instance):
-    from rl_lifecycle.instance import sync_market_partitions
-    from rl_lifecycle.runner import materialize
+    from rl_lifecycle.orchestration.launcher import materialize
+    from rl_lifecycle.orchestration.partitions import sync_market_partitions
 
     add_market(conn, Market("EURUSD", "1h"))  # imported market without candles
     sync_market_partitions(dagster_instance, ["EURUSD-1h"])
-    (run,) = materialize(dagster_instance, ["candles"], ["EURUSD-1h|2024-03-01"])
+    (run,) = materialize(dagster_instance, defs, ["candles"], ["EURUSD-1h|2024-03-01"])
     assert not run.ok
     assert any("no candles stored for EURUSD-1h" in e for e in run.errors)

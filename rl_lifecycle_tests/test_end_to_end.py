@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from rl_lifecycle.candles.service import ingest_synthetic
-from rl_lifecycle.instance import sync_market_partitions
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import add_market
-from rl_lifecycle.runner import materialize
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.orchestration.definitions import defs
+from rl_lifecycle.orchestration.launcher import materialize
+from rl_lifecycle.orchestration.partitions import sync_market_partitions
 from rl_lifecycle.windows import WindowScheme
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def synthetic_btc(conn, dagster_instance):
 
 
 def test_whole_graph_with_every_check(synthetic_btc, dagster_instance):
-    (run,) = materialize(dagster_instance, ALL, ["BTCUSDT-1h|2024-03-01"])
+    (run,) = materialize(dagster_instance, defs, ALL, ["BTCUSDT-1h|2024-03-01"])
     assert run.ok, run.errors
     assert run.materialized == sorted(ALL)
     assert {c.check: c.passed for c in run.checks} == {
@@ -41,7 +42,7 @@ def test_whole_graph_with_every_check(synthetic_btc, dagster_instance):
     assert features["rows"] == 744 and features["warm_rows"] == 744
     # a second run changes no stored byte and rebuilds the dataset from the cache, same hash
     before = synthetic_btc.execute("SELECT sum(hashtext(encode(vector, 'hex'))), max(computed_at) FROM rl_feature_snapshots").fetchone()
-    (again,) = materialize(dagster_instance, ["feature_snapshots", "training_dataset"], ["BTCUSDT-1h|2024-03-01"])
+    (again,) = materialize(dagster_instance, defs, ["feature_snapshots", "training_dataset"], ["BTCUSDT-1h|2024-03-01"])
     assert again.ok
     assert again.metadata["feature_snapshots"]["unchanged"] == 744
     assert again.metadata["training_dataset"]["dataset_hash"] == dataset["dataset_hash"]
@@ -53,7 +54,7 @@ def test_whole_graph_with_every_check(synthetic_btc, dagster_instance):
 def test_a_failing_blocking_check_stops_downstream_and_names_the_difference(synthetic_btc, dagster_instance,
                                                                             nondeterministic_features):
     # in this process: the fault is injected here, not in a run launched through the code location
-    (run,) = materialize(dagster_instance, ALL, ["BTCUSDT-1h|2024-03-01"], in_process=True)
+    (run,) = materialize(dagster_instance, defs, ALL, ["BTCUSDT-1h|2024-03-01"], in_process=True)
     assert not run.ok
     assert "training_dataset" not in run.materialized
     failed = {c.check: c for c in run.checks if not c.passed}

@@ -14,7 +14,7 @@ from rl_lifecycle.evaluation.folds import FoldConfig
 from rl_lifecycle.evaluation.service import check_leak_free, evaluate_spec
 from rl_lifecycle.evaluation.store import read_report
 from rl_lifecycle.features.spec import load_feature_set
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.spec import load_model_spec
 from rl_lifecycle.windows import WindowScheme, to_us
 

@@ -21,7 +21,7 @@ from rl_lifecycle.evaluation.store import (
     specs_evaluated,
     write_report,
 )
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import to_us
 from rl_lifecycle_tests.test_backtest import RaisingPolicy
 

@@ -20,7 +20,7 @@ from rl_lifecycle.features.service import (
 )
 from rl_lifecycle.features.spec import load_feature_set
 from rl_lifecycle.features.store import read_snapshots, register_feature_set, upsert_snapshots, window_records
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import WindowScheme
 
 BTC = Market("BTCUSDT", "1h")

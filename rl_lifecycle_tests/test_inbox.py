@@ -15,16 +15,15 @@ from rl_lifecycle.candles.inbox import (
     IMPORTED,
     REJECTED,
     append_closed_bars,
-    closed_bars_end,
     process_inbox,
 )
 from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.candles.store import load_candles
 from rl_lifecycle.candles.synthetic import synthetic_arrays
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import add_market, get_market
-from rl_lifecycle.windows import WindowScheme, to_us
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market, get_market
+from rl_lifecycle.windows import WindowScheme, closed_bars_end, to_us, utc_now_us
 
 MONTHLY = WindowScheme("monthly")
 BTC = Market("BTCUSDT", "1h")
@@ -211,7 +210,7 @@ def test_append_closed_bars_appends_exactly_the_closed_bars(conn):
     record = get_market(conn, eth)
 
     now = to_us("2024-03-02T05:30:00")
-    assert closed_bars_end(eth, now) == to_us("2024-03-02T05:00:00")
+    assert closed_bars_end(now, eth.interval_us) == to_us("2024-03-02T05:00:00")
     assert append_closed_bars(conn, record, now) == 5  # 00:00 .. 04:00; the 05:00 bar is still open
     assert append_closed_bars(conn, record, now) == 0
     assert append_closed_bars(conn, record, to_us("2024-03-02T06:00:00")) == 1  # closes exactly at 06:00
@@ -229,7 +228,7 @@ def test_append_closed_bars_appends_exactly_the_closed_bars(conn):
 
 
 def _context(dagster_instance, rl_env):
-    from rl_lifecycle.resources import PostgresResource
+    from rl_lifecycle.orchestration.resources import PostgresResource
 
     return build_sensor_context(
         instance=dagster_instance, resources={"database": PostgresResource(url=rl_env["RL_DATABASE_URL"])}
@@ -245,7 +244,7 @@ def _record_like_the_daemon(instance, result: SensorResult) -> None:
 
 
 def test_inbox_sensor_skips_an_empty_inbox_and_observes_what_a_drop_wrote(conn, rl_env, dagster_instance):
-    from rl_lifecycle.automation.inbox import inbox_sensor
+    from rl_lifecycle.orchestration.automation.inbox import inbox_sensor
     from rl_lifecycle.settings import load_settings
 
     add_market(conn, BTC)
@@ -287,15 +286,15 @@ def test_inbox_sensor_skips_an_empty_inbox_and_observes_what_a_drop_wrote(conn, 
 
 
 def test_live_feed_sensor_appends_closed_bars_of_synthetic_markets(conn, rl_env, dagster_instance):
-    from rl_lifecycle.automation.inbox import live_feed_sensor
-    from rl_lifecycle.partitions import WINDOW_SCHEME
+    from rl_lifecycle.orchestration.automation.inbox import live_feed_sensor
+    from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
 
     skipped = live_feed_sensor(_context(dagster_instance, rl_env))
     assert isinstance(skipped, SkipReason) and "no synthetic market" in skipped.skip_message
 
     eth = Market("ETHUSDT", "1h")
     add_market(conn, eth, source="synthetic", seed=5)
-    closed_end = closed_bars_end(eth, time.time_ns() // 1000)
+    closed_end = closed_bars_end(utc_now_us(), eth.interval_us)
     ingest_synthetic(conn, eth, closed_end - 5 * eth.interval_us, closed_end - 2 * eth.interval_us, 5)
 
     result = live_feed_sensor(_context(dagster_instance, rl_env))
@@ -313,9 +312,9 @@ def test_inbox_sensor_through_dagster_tick_evaluation(conn, rl_env, dagster_inst
     """The path the daemon takes (evaluate_tick in a code location with these sensors added)."""
     from dagster import Definitions, partition_loading_context
 
-    from rl_lifecycle.automation.inbox import inbox_sensor, live_feed_sensor
-    from rl_lifecycle.definitions import defs
-    from rl_lifecycle.resources import PostgresResource
+    from rl_lifecycle.orchestration.automation.inbox import inbox_sensor, live_feed_sensor
+    from rl_lifecycle.orchestration.definitions import defs
+    from rl_lifecycle.orchestration.resources import PostgresResource
     from rl_lifecycle.settings import load_settings
 
     merged = Definitions.merge(defs, Definitions(sensors=[inbox_sensor, live_feed_sensor]))

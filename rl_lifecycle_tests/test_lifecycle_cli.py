@@ -66,7 +66,7 @@ def _assert_one_step_per_fold(mapping_keys: list[str]) -> None:
     from dagster import DagsterEventType
 
     from rl_lifecycle.db import resolve_database_url
-    from rl_lifecycle.instance import get_instance
+    from rl_lifecycle.orchestration.instance import get_instance
     from rl_lifecycle.settings import load_settings
 
     settings = load_settings()

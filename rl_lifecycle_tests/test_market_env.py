@@ -10,7 +10,7 @@ from rl_lifecycle.candles.synthetic import synthetic_arrays
 from rl_lifecycle.datasets.builder import DatasetContent
 from rl_lifecycle.features.pipeline import compute_features
 from rl_lifecycle.features.spec import load_feature_set
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.env import MarketEnv, contiguous, observations, segments
 from rl_lifecycle.models.spec import parse_model_spec
 from rl_lifecycle.trading import ACTION_POSITIONS, step_rewards

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import INTERVALS, Market, normalize_pair
+from rl_lifecycle.markets.keys import INTERVALS, Market, normalize_pair
 from rl_lifecycle_tests.cli_helpers import run_cli
 
 
@@ -56,7 +56,7 @@ def test_cli_refuses_bad_markets_with_exit_2_and_writes_nothing(capsys, monkeypa
 
 
 def test_cli_adds_and_lists_markets_and_keeps_partitions_in_step(capsys, monkeypatch, rl_env, conn, dagster_database_url):
-    from rl_lifecycle.instance import get_instance
+    from rl_lifecycle.orchestration.instance import get_instance
     from rl_lifecycle.settings import load_settings
 
     code, out, _ = run_cli(capsys, monkeypatch, "market", "add", "btc/usdt", "1h")

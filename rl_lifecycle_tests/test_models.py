@@ -13,7 +13,7 @@ from rl_lifecycle.datasets.builder import build_dataset
 from rl_lifecycle.datasets.service import spec_ending_at
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import load_feature_set
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.policy import Policy, load_registered_policy
 from rl_lifecycle.models.service import check_lineage, check_reproducible, train_challenger, training_data
 from rl_lifecycle.models.spec import load_model_spec

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import rl_lifecycle.observability as obs
-from rl_lifecycle.alerts import check_alert, record_alert, run_alert
-from rl_lifecycle.markets import Market
+import rl_lifecycle.ops.metrics as obs
+import rl_lifecycle.ops.status as status_of
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.ops.alerts import check_alert, record_alert, run_alert
 from rl_lifecycle.promotion.audit import AuditRecord, append
-from rl_lifecycle.registry import add_market
 
 BTC = Market("BTCUSDT", "1h")
 
@@ -175,8 +176,8 @@ SWITCH_ENVS = ("RL_FEATURE_SET", "RL_STRICT_BACKTEST", "RL_AUTO_PROMOTION", "RL_
 def test_rollout_switches_have_safe_defaults(monkeypatch):
     for name in SWITCH_ENVS:
         monkeypatch.delenv(name, raising=False)
-    switches = {s.name: s for s in obs.rollout_switches()}
-    assert [s.stage for s in obs.rollout_switches()] == sorted(s.stage for s in obs.rollout_switches())
+    switches = {s.name: s for s in status_of.rollout_switches()}
+    assert [s.stage for s in status_of.rollout_switches()] == sorted(s.stage for s in status_of.rollout_switches())
     assert {k: s.value for k, s in switches.items()} == {
         "snapshot storage": "on", "TA feature set": "ta_v2", "paper decisions": "false",
         "walk-forward gates": "true", "online learning": "false", "auto promotion": "false",
@@ -184,7 +185,7 @@ def test_rollout_switches_have_safe_defaults(monkeypatch):
     assert not any(s.explicit for s in switches.values())
     monkeypatch.setenv("RL_PAPER_DECISIONS_ENABLED", "yes")
     monkeypatch.setenv("RL_FEATURE_SET", "core_v1")
-    switches = {s.name: s for s in obs.rollout_switches()}
+    switches = {s.name: s for s in status_of.rollout_switches()}
     assert switches["paper decisions"].value == "true" and switches["paper decisions"].explicit
     assert "RL_FEATURE_SET=core_v1" in switches["TA feature set"].line()
 
@@ -203,13 +204,13 @@ def test_status_per_market(conn):
             return [ModelVersionInfo(market=market.key, version=2, aliases=("challenger",), run_id="r", source="s",
                                      tags={}, created_ms=0)]
 
-    (status,) = obs.market_status(conn, Registry())
+    (status,) = status_of.market_status(conn, Registry())
     assert status["market"] == "BTCUSDT-1h" and status["champion_version"] == 3
     assert status["challenger"]["version"] == 2
     assert status["challenger"]["last_gate_decision"] == {"action": "reject", "reason_codes": ["SHARPE_BELOW_MIN"]}
     assert status["open_alerts"] == 1 and status["latest_open_alerts"][0]["check"] == "features_deterministic"
     assert status["candle_freshness_seconds"] is None
-    text = "\n".join(obs.status_lines([status], obs.rollout_switches()))
+    text = "\n".join(status_of.status_lines([status], status_of.rollout_switches()))
     assert "champion        v3" in text and "features_deterministic" in text and "RL_AUTO_PROMOTION=" in text
     if status["last_decision"]:
         assert status["last_decision"]["reason_codes"] == ["OOD", "STALE_FEATURES"] and "OOD, STALE_FEATURES" in text
@@ -218,7 +219,7 @@ def test_status_per_market(conn):
 def test_status_and_metrics_commands(rl_env):
     from typer.testing import CliRunner
 
-    from rl_lifecycle.cli import app
+    from rl_lifecycle.cli.main import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["status", "--no-challengers"])

@@ -21,25 +21,28 @@ from dagster import (
     build_sensor_context,
 )
 
-from rl_lifecycle.automation.online import (
+from rl_lifecycle.candles.service import ingest_synthetic
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.online.planner import (
     DATA_JOB,
     LIFECYCLE_JOB,
     DatasetEvent,
     OnlineCursor,
-    current_cursor,
-    latest_closed_window,
     latest_complete_window,
-    latest_window_schedule,
-    online_learning_sensor,
     plan_latest_window_requests,
     plan_lifecycle_requests,
     window_complete,
 )
-from rl_lifecycle.candles.service import ingest_synthetic
-from rl_lifecycle.instance import sync_market_partitions
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import add_market
-from rl_lifecycle.resources import PostgresResource
+from rl_lifecycle.orchestration.automation.online import (
+    current_cursor,
+    latest_window_schedule,
+    online_learning_sensor,
+)
+from rl_lifecycle.orchestration.definitions import defs
+from rl_lifecycle.orchestration.jobs import lifecycle_job, market_data_job
+from rl_lifecycle.orchestration.partitions import sync_market_partitions
+from rl_lifecycle.orchestration.resources import PostgresResource
 from rl_lifecycle.windows import WindowScheme, to_us
 
 BTC = Market("BTCUSDT", "1h")
@@ -67,7 +70,7 @@ def _evaluate(instance: DagsterInstance, cursor: str | None):
     # and as the daemon evaluates it: run requests must resolve against the sensor's target jobs
     import dagster
 
-    from rl_lifecycle.definitions import defs
+    from rl_lifecycle.orchestration.definitions import defs
 
     with dagster.partition_loading_context(dynamic_partitions_store=instance):
         online_learning_sensor.evaluate_tick(build_sensor_context(
@@ -113,7 +116,7 @@ def test_lifecycle_plan_waits_for_running_runs_and_skips_failed_checks_and_open_
     assert [(r.job_name, r.partition, r.run_key) for r in requests] == [
         (LIFECYCLE_JOB, "BTCUSDT-1h|2024-02-01", "lifecycle:BTCUSDT-1h|2024-02-01:11"),
     ]
-    assert requests[0].tags == {"promotion/market": BTC.key}
+    assert requests[0].market == BTC.key  # the sensor tags its run with it (one decision per market at a time)
     assert cursor == 13  # stops before the run still going: event 14 is read again next tick
 
 
@@ -211,13 +214,13 @@ def test_a_new_training_dataset_of_a_completed_window_requests_the_lifecycle_job
 
 @pytest.mark.slow
 def test_a_real_data_run_leads_to_lifecycle_runs_and_never_to_another_data_run(conn, dagster_instance, enabled):
-    from rl_lifecycle.runner import materialize
+    from rl_lifecycle.orchestration.launcher import materialize
 
     add_market(conn, BTC, source="synthetic", seed=7)
     sync_market_partitions(dagster_instance, [BTC.key])
     cursor = current_cursor(dagster_instance).to_json()
     keys = ["BTCUSDT-1h|2024-01-01", "BTCUSDT-1h|2024-02-01", "BTCUSDT-1h|2024-03-01"]
-    runs = materialize(dagster_instance, ["candles", "feature_snapshots", "training_dataset"], keys, in_process=True)
+    runs = materialize(dagster_instance, defs, ["candles", "feature_snapshots", "training_dataset"], keys, in_process=True)
     assert all(r.ok for r in runs), [r.errors for r in runs]
     result, _ = _evaluate(dagster_instance, cursor)
     requests = _requests(result)
@@ -244,7 +247,8 @@ def test_the_schedule_targets_the_latest_closed_window_of_every_market(conn, dag
     assert {r.partition_key.split("|")[1] for r in requests} == {"2024-03-01"}
     assert latest_window_schedule.job_name == DATA_JOB
     # mid-window ticks still target the last closed window, never the open one
-    assert latest_closed_window(MONTHLY, to_us("2024-04-17T12:00")).key == "2024-03-01"
+    assert MONTHLY.latest_ended(to_us("2024-04-17T12:00")).key == "2024-03-01"
+    assert (market_data_job.name, lifecycle_job.name) == (DATA_JOB, LIFECYCLE_JOB)  # the plans name the real jobs
     assert [p.partition for p in plan_latest_window_requests([BTC.key], MONTHLY, to_us("2024-04-17"), "2000-01-01")] == [
         "BTCUSDT-1h|2024-03-01"
     ]

@@ -17,8 +17,8 @@ from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.decisions import live, safety
 from rl_lifecycle.decisions.service import DueDecision
 from rl_lifecycle.decisions.store import decision_history
-from rl_lifecycle.markets import Market
-from rl_lifecycle.windows import iso, to_us
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.windows import iso, newest_closed_bar, to_us
 from rl_lifecycle_tests.cli_helpers import run_cli
 
 HOUR = 3_600_000_000
@@ -57,8 +57,8 @@ def test_a_bar_is_decided_once_when_its_candle_is_in_or_the_grace_is_over(conn, 
 
 
 def test_the_schedule_skips_a_bar_the_decider_took(conn, hourly, rl_env):
-    from rl_lifecycle.assets.decisions import paper_decisions_job
-    from rl_lifecycle.resources import MlflowResource, PostgresResource
+    from rl_lifecycle.orchestration.jobs import paper_decisions_job
+    from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
 
     bar = to_us("2024-03-05T09:00:00")
     now = bar + HOUR + 2 * SECOND
@@ -101,8 +101,8 @@ def test_a_market_that_keeps_failing_is_retried_with_backoff(conn, hourly, monke
 
 
 def test_a_run_launched_without_a_bar_decides_the_bar_closed_last_once(conn, hourly, rl_env):
-    from rl_lifecycle.assets.decisions import paper_decisions_job
-    from rl_lifecycle.resources import MlflowResource, PostgresResource
+    from rl_lifecycle.orchestration.jobs import paper_decisions_job
+    from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
 
     database = PostgresResource(url=rl_env["RL_DATABASE_URL"])
     resources = {"database": database, "mlflow": MlflowResource(database=database)}
@@ -137,7 +137,7 @@ def test_one_failing_market_does_not_stop_the_others(conn, hourly, monkeypatch):
 def test_the_loop_decides_live_bars_until_stopped(conn, database_url):
     market = _market("1m")
     now = time.time_ns() // 1000
-    ingest_synthetic(conn, market, now - 3 * HOUR, safety.newest_closed_bar(now, market.interval_us) + 60 * SECOND,
+    ingest_synthetic(conn, market, now - 3 * HOUR, newest_closed_bar(now, market.interval_us) + 60 * SECOND,
                      seed=6)
     stop, made = threading.Event(), []
     worker = threading.Thread(target=live.run_decider, args=(database_url, _no_registry), kwargs=dict(
@@ -163,7 +163,7 @@ def test_cli_refuses_when_paper_decisions_are_off_or_the_market_is_unknown(capsy
 def test_cli_prints_one_json_line_per_decision_and_stops_on_sigterm(conn, rl_env):
     market = _market("1m")
     now = time.time_ns() // 1000
-    ingest_synthetic(conn, market, now - 3 * HOUR, safety.newest_closed_bar(now, market.interval_us) + 60 * SECOND,
+    ingest_synthetic(conn, market, now - 3 * HOUR, newest_closed_bar(now, market.interval_us) + 60 * SECOND,
                      seed=8)
     env = {**os.environ, **rl_env, "RL_PAPER_DECISIONS_ENABLED": "true"}
     process = subprocess.Popen(
@@ -178,4 +178,4 @@ def test_cli_prints_one_json_line_per_decision_and_stops_on_sigterm(conn, rl_env
         assert "stopped after 1 decision(s)" in process.stderr.read()
     finally:
         process.kill()
-    assert to_us(decision["bar_ts"]) >= safety.newest_closed_bar(now, market.interval_us)
+    assert to_us(decision["bar_ts"]) >= newest_closed_bar(now, market.interval_us)

@@ -17,7 +17,7 @@ from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.evaluation.folds import FoldConfig
 from rl_lifecycle.evaluation.report import FoldRecord
 from rl_lifecycle.evaluation.store import EvaluationReport, read_report, write_report
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.tracking import CHAMPION, open_registry, registered_model_name
 from rl_lifecycle.promotion import audit
 from rl_lifecycle.promotion.audit import AuditRecord, market_decision_lock

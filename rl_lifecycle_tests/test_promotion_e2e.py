@@ -21,9 +21,11 @@ import yaml
 
 from rl_lifecycle.candles.service import ingest_file
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.instance import sync_market_partitions
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.tracking import open_registry
+from rl_lifecycle.orchestration.definitions import defs
+from rl_lifecycle.orchestration.launcher import materialize
+from rl_lifecycle.orchestration.partitions import sync_market_partitions
 from rl_lifecycle.promotion.audit import current_champion, history
 from rl_lifecycle.promotion.gates import (
     ABSOLUTE_CODES,
@@ -33,7 +35,6 @@ from rl_lifecycle.promotion.gates import (
     NOT_BETTER_THAN_FLAT,
     PSR_BELOW_MIN,
 )
-from rl_lifecycle.runner import materialize
 from rl_lifecycle_tests.planted_markets import oscillating_candles, random_walk_candles, write_candle_csv
 
 pytestmark = pytest.mark.slow
@@ -86,12 +87,12 @@ def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, database
     sync_market_partitions(dagster_instance, [edge.key, walk.key])
     keys = [f"{edge.key}|{WINDOW}", f"{walk.key}|{WINDOW}"]
 
-    data = materialize(dagster_instance, DATA_ASSETS, keys)
+    data = materialize(dagster_instance, defs, DATA_ASSETS, keys)
     assert [r.ok for r in data] == [True, True], [r.errors for r in data]
 
     spec_path = tmp_path / "planted_edge_ppo.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
-    runs = materialize(dagster_instance, LIFECYCLE_ASSETS, keys,
+    runs = materialize(dagster_instance, defs, LIFECYCLE_ASSETS, keys,
                        run_config={"ops": {"challenger_model": {"config": {"spec": str(spec_path)}}}})
     assert [r.partition_key for r in runs] == keys
     assert all(r.ok for r in runs), [(r.partition_key, r.errors, [c for c in r.checks if not c.passed]) for r in runs]

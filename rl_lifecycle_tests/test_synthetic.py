@@ -17,7 +17,7 @@ from rl_lifecycle.candles.synthetic import (
     synthetic_regimes,
 )
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import to_us
 
 MINUTE = 60_000_000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_lifecycle.partitions import WINDOW_SCHEME, window_partitions
+from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME, window_partitions
 from rl_lifecycle.settings import DEFAULT_WINDOW_START, load_settings
 from rl_lifecycle.windows import DAY_US, WindowScheme, from_us
 from rl_lifecycle_tests.cli_helpers import run_cli
@@ -44,8 +44,8 @@ def _nothing_ran(rl_env) -> bool:
 @pytest.fixture
 def eurusd(conn):
     """EURUSD-1h registered (in the domain tables only: no Dagster instance is touched)."""
-    from rl_lifecycle.markets import Market
-    from rl_lifecycle.registry import add_market
+    from rl_lifecycle.markets.keys import Market
+    from rl_lifecycle.markets.table import add_market
 
     add_market(conn, Market("EURUSD", "1h"))
 
@@ -132,7 +132,7 @@ def test_the_refusal_follows_rl_window_start(tmp_path):
 
 # -- (c) the default start suits the data people have ------------------------------------------
 def test_default_window_start_covers_common_history_with_few_partitions(monkeypatch):
-    from rl_lifecycle.partitions import _window_partitions
+    from rl_lifecycle.orchestration.partitions import _window_partitions
 
     monkeypatch.delenv("RL_WINDOW_START", raising=False)
     monkeypatch.delenv("RL_WINDOW_CADENCE", raising=False)

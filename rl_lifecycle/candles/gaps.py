@@ -1,6 +1,6 @@
 """Gaps: runs of expected bars with no candle. Reported everywhere, never filled.
 
-Which bars are expected is the market's trading calendar's call (`rl_lifecycle.calendars`): a weekend
+Which bars are expected is the market's trading calendar's call (`rl_lifecycle.markets.calendars`): a weekend
 is no gap for fx, a holiday none for an exchange. The one implementation is `TradingCalendar.gaps`.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rl_lifecycle.calendars import Gap, TradingCalendar, get_calendar
+from rl_lifecycle.markets.calendars import Gap, TradingCalendar, get_calendar
 
 __all__ = ["Gap", "find_gaps"]
 

@@ -15,7 +15,7 @@ Files still being written are left alone: hidden names (`.x`), `.tmp`/`.part`/`.
 `.download` suffixes, and files modified less than `min_age_seconds` ago. Writers should write under a
 temporary name and rename, which is atomic on one filesystem.
 
-Plain Python: no Dagster here (the sensors in `rl_lifecycle.automation.inbox` adapt it).
+Plain Python: no Dagster here (the sensors in `rl_lifecycle.orchestration.automation.inbox` adapt it).
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ import polars as pl
 import psycopg
 
 from rl_lifecycle.candles.service import ingest_file, ingest_synthetic
+from rl_lifecycle.candles.store import newest_candle_ts
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import MarketRecord, list_markets
-from rl_lifecycle.windows import Window, WindowScheme, iso
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import MarketRecord, list_markets
+from rl_lifecycle.windows import Window, WindowScheme, closed_bars_end, iso
 
 IMPORTED_DIR = "imported"
 REJECTED_DIR = "rejected"
@@ -102,7 +103,7 @@ class FeedOutcome:
 
 
 def default_scheme() -> WindowScheme:
-    """The window scheme of `rl_lifecycle.partitions.WINDOW_SCHEME`, without importing Dagster."""
+    """The window scheme of `rl_lifecycle.orchestration.partitions.WINDOW_SCHEME`, without importing Dagster."""
     from rl_lifecycle.settings import load_settings
 
     return WindowScheme(load_settings().window_cadence)
@@ -337,20 +338,6 @@ def windows_of(ts_us: Iterable[int] | np.ndarray, scheme: WindowScheme) -> dict[
 # -------------------------------------------------------------------------------------- live feed
 
 
-def closed_bars_end(market: Market, now_us: int) -> int:
-    """Exclusive end of the closed bars at `now_us`: a bar is closed when open_time + interval <= now."""
-    return now_us - now_us % market.interval_us
-
-
-def last_stored_ts(conn: psycopg.Connection, market: Market) -> int | None:
-    row = conn.execute(
-        """SELECT (extract(epoch FROM max(ts)) * 1000000)::bigint FROM market_candles
-           WHERE pair = %s AND interval = %s""",
-        (market.pair, market.interval),
-    ).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
-
-
 def append_closed_bars(
     conn: psycopg.Connection, market_record: MarketRecord, now_us: int, *, max_bars: int | None = None,
     scheme: WindowScheme | None = None,
@@ -376,9 +363,9 @@ def feed_market(
             "`rl-lifecycle ingest` or the inbox, not the live feed"
         )
     scheme = scheme or default_scheme()
-    last = last_stored_ts(conn, market)
+    last = newest_candle_ts(conn, market)
     start = scheme.containing(now_us).start if last is None else last + market.interval_us
-    end = closed_bars_end(market, now_us)
+    end = closed_bars_end(now_us, market.interval_us)
     if max_bars is not None:
         end = min(end, start + max(0, max_bars) * market.interval_us)
     if end <= start:

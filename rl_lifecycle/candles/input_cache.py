@@ -22,7 +22,7 @@ import psycopg
 
 from rl_lifecycle.candles.frame import VALUE_COLUMNS, CandleArrays
 from rl_lifecycle.candles.store import CandleStamp, candle_input_changes
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 
 _COLUMNS = ("ts", *VALUE_COLUMNS)
 

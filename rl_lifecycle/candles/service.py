@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import psycopg
 
-from rl_lifecycle.calendars import TradingCalendar, get_calendar, normalize_calendar_name
 from rl_lifecycle.candles.gaps import Gap
 from rl_lifecycle.candles.store import CandleWriteStats, load_candles, upsert_candles
 from rl_lifecycle.candles.validation import ValidationReport
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
-from rl_lifecycle.registry import MarketRecord, add_market, registered_calendar
-from rl_lifecycle.windows import Window, WindowScheme, iso
+from rl_lifecycle.markets.calendars import TradingCalendar, get_calendar, normalize_calendar_name
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import MarketRecord, add_market, registered_calendar
+from rl_lifecycle.windows import Window, WindowScheme, iso, utc_now_us
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,9 @@ class WindowSummary:
         return sum(g.missing_bars for g in self.gaps)
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 def window_bounds_until_now(market: Market, window: Window, now: int | None = None) -> tuple[int, int]:
     """[start, end) of the window's closed bars: a bar still open has no close yet (and no features)."""
-    current = now_us() if now is None else now
+    current = utc_now_us() if now is None else now
     still_open = current - current % market.interval_us
     return window.start, min(window.end, still_open)
 

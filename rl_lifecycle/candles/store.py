@@ -12,7 +12,8 @@ from psycopg import sql
 from rl_lifecycle.candles.frame import VALUE_COLUMNS, CandleArrays
 from rl_lifecycle.db import binary_copy as bc
 from rl_lifecycle.db.binary_copy import pg_timestamp
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.windows import newest_closed_bar
 
 _FIELDS = [bc.timestamptz("ts"), *(bc.float8(c) for c in VALUE_COLUMNS)]
 
@@ -170,3 +171,33 @@ def window_input_stamps(
         lock_market(conn, market, "candles", shared=True)
         rows = conn.execute(query).fetchall()
     return [CandleStamp(None if first is None else int(first), int(n), seq) for _, first, n, seq in rows]
+
+
+# -- the newest candles (freshness, staleness, completed windows) ---------------------------------
+def newest_candle_ts(conn: psycopg.Connection, market: Market, closed_by_us: int | None = None) -> int | None:
+    """Open time (epoch us) of the market's newest stored candle, or of the newest closed by `closed_by_us`
+    (one backward index probe); None when there is none."""
+    bound = "" if closed_by_us is None else " AND ts <= to_timestamp(%s / 1000000.0)"
+    params = (market.pair, market.interval) + (() if closed_by_us is None else
+                                               (newest_closed_bar(closed_by_us, market.interval_us),))
+    row = conn.execute(
+        "SELECT (extract(epoch FROM ts) * 1000000)::bigint FROM market_candles WHERE pair = %s AND interval = %s"
+        + bound + " ORDER BY ts DESC LIMIT 1", params,
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+@dataclass(frozen=True)
+class CandleCoverage:
+    rows: int
+    first_ts: int  # epoch us, open time
+    last_ts: int
+
+
+def candle_coverage(conn: psycopg.Connection) -> dict[Market, CandleCoverage]:
+    """Per market with candles: how many, the first and the newest open time (epoch us)."""
+    rows = conn.execute(
+        """SELECT pair, interval, count(*), (extract(epoch FROM min(ts)) * 1000000)::bigint,
+                  (extract(epoch FROM max(ts)) * 1000000)::bigint FROM market_candles GROUP BY pair, interval"""
+    ).fetchall()
+    return {Market(p, i): CandleCoverage(int(n), int(first), int(last)) for p, i, n, first, last in rows}

@@ -31,8 +31,8 @@ import polars as pl
 
 from rl_lifecycle.candles.frame import CandleArrays, empty_candles
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import MINUTE_US as _MINUTE_US
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import MINUTE_US as _MINUTE_US
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import DAY_US as _DAY_US
 from rl_lifecycle.windows import iso, to_us
 

@@ -5,7 +5,7 @@ non-finite number; high < max(open, close); low > min(open, close); non-positive
 volume; open time not on the interval grid (epoch us % interval != 0, so 1d means 00:00 UTC);
 duplicate timestamps with conflicting values (every row of the group is rejected, since none can be
 trusted). Exact duplicates are harmless and kept once. Missing bars are reported as gaps, never filled;
-a bar is missing only when the market's trading calendar expects it (`rl_lifecycle.calendars`).
+a bar is missing only when the market's trading calendar expects it (`rl_lifecycle.markets.calendars`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from rl_lifecycle.calendars import TradingCalendar, get_calendar
 from rl_lifecycle.candles.frame import CANDLE_SCHEMA, PRICE_COLUMNS, VALUE_COLUMNS
 from rl_lifecycle.candles.gaps import Gap
 from rl_lifecycle.candles.importer import RAW_SCHEMA, RawCandles, parse_timestamps
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import INTERVALS, normalize_interval
+from rl_lifecycle.markets.calendars import TradingCalendar, get_calendar
+from rl_lifecycle.markets.keys import INTERVALS, normalize_interval
 
 __all__ = ["Gap", "ValidationReport", "validate_candles"]
 

@@ -14,7 +14,7 @@ from rl_lifecycle.datasets.spec import DatasetSpec
 from rl_lifecycle.db.binary_copy import pg_timestamp
 from rl_lifecycle.features.store import load_registered_feature_set
 from rl_lifecycle.features.vectors import load_vectors
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import Window, WindowScheme
 
 

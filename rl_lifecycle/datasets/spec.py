@@ -7,7 +7,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import CADENCES, Window, WindowScheme
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+
 from rl_lifecycle.db import embedded
 from rl_lifecycle.settings import Settings, load_settings
 
@@ -38,3 +40,14 @@ def dagster_storage_url(url: str) -> str:
 def yoyo_url(url: str) -> str:
     return "postgresql+psycopg" + plain_postgres_url(url)[len("postgresql") :]
 
+
+def connect(url: str) -> psycopg.Connection:
+    """An autocommit connection: the core opens its own transactions where it needs them."""
+    return psycopg.connect(url, autocommit=True)
+
+
+def server_versions(conn: psycopg.Connection) -> tuple[str, str | None]:
+    """The PostgreSQL server version and the timescaledb extension's (None when it is not installed)."""
+    version = conn.execute("SHOW server_version").fetchone()[0]
+    timescale = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return version, timescale[0] if timescale else None

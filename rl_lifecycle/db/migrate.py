@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psycopg
 
-from rl_lifecycle.db.connection import yoyo_url
+from rl_lifecycle.db.connection import resolve_database_url, yoyo_url
+from rl_lifecycle.settings import Settings
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 _MIGRATION_LOCK_KEY = 0x726C5F6D6967  # "rl_mig"
@@ -41,3 +42,10 @@ def pending_migrations(url: str) -> list[str]:
 
     backend = get_backend(yoyo_url(url))
     return [m.id for m in backend.to_apply(read_migrations(str(SQL_DIR)))]
+
+
+def open_database(settings: Settings) -> str:
+    """URL of the database in use (RL_DATABASE_URL, or the embedded server, started on demand), migrated."""
+    url = resolve_database_url(settings)
+    apply_migrations(url)
+    return url

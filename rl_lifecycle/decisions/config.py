@@ -16,8 +16,6 @@ from rl_lifecycle.config_files import read_yaml, validated
 from rl_lifecycle.errors import UserInputError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("decisions.yaml")
-CONFIG_ENV = "RL_DECISION_CONFIG"
-ENABLED_ENV = "RL_PAPER_DECISIONS_ENABLED"
 
 
 class DecisionConfig(BaseModel):

@@ -24,17 +24,17 @@ from dataclasses import dataclass, field
 import psycopg
 
 from rl_lifecycle.candles.input_cache import CandleInputCache
-from rl_lifecycle.decisions import safety
+from rl_lifecycle.candles.store import newest_candle_ts
 from rl_lifecycle.decisions.service import (
     ChampionCache,
     Decision,
     DueDecision,
     decide,
     due_decisions,
-    newest_candle_ts,
 )
 from rl_lifecycle.decisions.store import last_decision_as_of
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.windows import newest_closed_bar, utc_now_us
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +66,14 @@ def is_ready(conn: psycopg.Connection, due: DueDecision, now_us: int, grace_seco
     market = Market.parse(due.market)
     if now_us >= due.bar_ts_us + market.interval_us + grace_us(market, grace_seconds):
         return True
-    newest = newest_candle_ts(conn, market, now_us)
+    newest = newest_candle_ts(conn, market, closed_by_us=now_us)
     return newest is not None and newest >= due.bar_ts_us
 
 
 def wait_until_ready(conn: psycopg.Connection, due: DueDecision, grace_seconds: float = DEFAULT_GRACE_SECONDS,
                      poll_seconds: float = 0.5) -> None:
     """Block until `is_ready` (at most the grace): how a schedule run waits for the bar it was started for."""
-    while not is_ready(conn, due, time.time_ns() // 1000, grace_seconds):
+    while not is_ready(conn, due, utc_now_us(), grace_seconds):
         time.sleep(poll_seconds)
 
 
@@ -82,7 +82,7 @@ def decide_bar(conn: psycopg.Connection, market: Market, bar_ts_us: int | None =
     """What one schedule run does: wait for the bar it was started for (default: the bar closed last) as
     `paper run` waits, then decide unless another decider took its slot (None)."""
     if bar_ts_us is None:
-        bar_ts_us = safety.newest_closed_bar(time.time_ns() // 1000, market.interval_us)
+        bar_ts_us = newest_closed_bar(utc_now_us(), market.interval_us)
     due = DueDecision(market.key, bar_ts_us)
     wait_until_ready(conn, due, grace_seconds)
     return due, decide_if_due(conn, due, **decide_options)
@@ -136,7 +136,7 @@ def decide_due_once(
 ) -> list[Decision]:
     """One poll: decide every (selected) market owed a decision whose bar is ready."""
     state = state or DeciderState()
-    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    now_us = utc_now_us() if now_us is None else now_us
     made = []
     for due in ready_decisions(conn, now_us, grace_seconds, markets):
         if state.retry_at_us.get(due.market, 0) > now_us:

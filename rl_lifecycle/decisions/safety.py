@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rl_lifecycle.calendars import TradingCalendar
+from rl_lifecycle.markets.calendars import TradingCalendar
 from rl_lifecycle.models.statistics import FeatureStatistics
+from rl_lifecycle.windows import newest_closed_bar
 
 MISSING_CRITICAL_FEATURES = "MISSING_CRITICAL_FEATURES"
 OOD = "OOD"
@@ -17,11 +18,6 @@ FEATURE_SET_MISMATCH = "FEATURE_SET_MISMATCH"
 NO_CHAMPION = "NO_CHAMPION"
 # The order reasons are listed in (every applicable one is).
 REASON_CODES = (NO_CHAMPION, FEATURE_SET_MISMATCH, STALE_FEATURES, MISSING_CRITICAL_FEATURES, OOD)
-
-
-def newest_closed_bar(at_us: int, interval_us: int) -> int:
-    """Open time of the newest bar closed by `at` (its close, open + interval, is <= at)."""
-    return (int(at_us) // interval_us) * interval_us - interval_us
 
 
 def missed_bars(calendar: TradingCalendar, interval_us: int, newest_ts: int | None, at_us: int) -> int | None:

@@ -31,19 +31,20 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from rl_lifecycle.calendars import get_calendar
 from rl_lifecycle.candles.input_cache import CandleInputCache
+from rl_lifecycle.candles.store import newest_candle_ts
 from rl_lifecycle.decisions import safety
 from rl_lifecycle.decisions.config import DecisionConfig, load_decision_config
 from rl_lifecycle.decisions.store import DecisionRecord, append_decision, paper_position
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import FeatureSetSpec, active_feature_set
 from rl_lifecycle.features.vectors import vectors_from_candles
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.calendars import get_calendar
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import get_market
 from rl_lifecycle.promotion.audit import current_champion
-from rl_lifecycle.registry import get_market
 from rl_lifecycle.trading import POSITION_NAMES
-from rl_lifecycle.windows import iso, to_us
+from rl_lifecycle.windows import iso, newest_closed_bar, to_us, utc_now_us
 
 STATS_ARTIFACTS = "training_stats"  # models.service.STATS_ARTIFACTS: where training saves the statistics
 # `--at` may run ahead of this machine's clock by this much (clock skew), no more.
@@ -130,7 +131,7 @@ class Decision:
 
 def parse_at(raw: str | None, now_us: int | None = None) -> int:
     """`--at` as epoch microseconds (ISO date or datetime, naive = UTC); now when empty; the future is refused."""
-    now_us = _now_us() if now_us is None else now_us
+    now_us = utc_now_us() if now_us is None else now_us
     if raw is None or not str(raw).strip():
         return now_us
     try:
@@ -142,21 +143,6 @@ def parse_at(raw: str | None, now_us: int | None = None) -> int:
     if at_us > now_us + FUTURE_TOLERANCE_US:
         raise UserInputError(f"--at {raw!r} is in the future (now is {iso(now_us)}): decisions are made on closed bars")
     return at_us
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def newest_candle_ts(conn: psycopg.Connection, market: Market, at_us: int) -> int | None:
-    """Open time of the newest stored candle closed by `at` (one backward index probe)."""
-    from rl_lifecycle.windows import from_us
-
-    row = conn.execute(
-        "SELECT ts FROM market_candles WHERE pair = %s AND interval = %s AND ts <= %s ORDER BY ts DESC LIMIT 1",
-        (market.pair, market.interval, from_us(safety.newest_closed_bar(at_us, market.interval_us))),
-    ).fetchone()
-    return None if row is None else to_us(row[0])
 
 
 def decide(
@@ -181,7 +167,7 @@ def decide(
     started = time.perf_counter()
     market = market if isinstance(market, Market) else Market.parse(market)
     calendar = get_calendar(get_market(conn, market).calendar)  # unknown market: UserInputError
-    at_us = _now_us() if at_us is None else int(at_us)
+    at_us = utc_now_us() if at_us is None else int(at_us)
     config = config or load_decision_config()
     spec = feature_set or active_feature_set()
     champions = champions or CHAMPIONS
@@ -203,7 +189,7 @@ def decide(
             details["champion_fingerprint"] = champion.fingerprint
             details["champion_feature_set"] = champion.policy.spec.feature_set
 
-    newest = newest_candle_ts(conn, market, at_us)
+    newest = newest_candle_ts(conn, market, closed_by_us=at_us)
     missed = safety.missed_bars(calendar, market.interval_us, newest, at_us)
     details["missed_bars"] = missed
     if safety.is_stale(missed, config.stale_after_bars):
@@ -268,13 +254,13 @@ def due_decisions(conn: psycopg.Connection, now_us: int | None = None) -> list[D
     """Markets owed a decision at `now`: the bar that closed last is one their calendar expects (the market
     is live) and no decision was made since it closed. One per market per interval."""
     from rl_lifecycle.decisions.store import last_decision_as_of
-    from rl_lifecycle.registry import list_markets
+    from rl_lifecycle.markets.table import list_markets
 
-    now_us = _now_us() if now_us is None else int(now_us)
+    now_us = utc_now_us() if now_us is None else int(now_us)
     due = []
     for record in list_markets(conn):
         interval = record.market.interval_us
-        bar = safety.newest_closed_bar(now_us, interval)
+        bar = newest_closed_bar(now_us, interval)
         if not len(get_calendar(record.calendar).expected_bar_opens(bar, bar + 1, interval)):
             continue  # closed: a weekend, a night, a holiday
         last = last_decision_as_of(conn, record.market.key)

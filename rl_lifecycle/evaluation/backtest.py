@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 
 from rl_lifecycle.candles.frame import CandleArrays
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.trading import ActsOnVectors, rollout
 
 VENUE = "SIM"

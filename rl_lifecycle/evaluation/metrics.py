@@ -21,7 +21,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from rl_lifecycle.markets import INTERVALS
+from rl_lifecycle.markets.keys import INTERVALS
 from rl_lifecycle.trading import cost_fraction
 from rl_lifecycle.windows import DAY_US
 

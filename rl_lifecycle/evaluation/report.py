@@ -27,7 +27,7 @@ from rl_lifecycle.evaluation.metrics import (
     fold_metrics,
     simple_returns,
 )
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,18 @@ from rl_lifecycle.evaluation.store import (
     specs_evaluated,
     write_report,
 )
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy
-from rl_lifecycle.models.service import TrainingData, check_spec_matches_dataset, training_data
+from rl_lifecycle.models.service import (
+    TrainingData,
+    check_spec_matches_dataset,
+    partition_version,
+    registered_spec,
+    training_data,
+)
 from rl_lifecycle.models.spec import ModelSpec
+from rl_lifecycle.models.tracking import ModelRegistry
 from rl_lifecycle.models.trainer import train_policy
 from rl_lifecycle.trading import ACTION_POSITIONS
 from rl_lifecycle.windows import Window, iso
@@ -218,6 +225,17 @@ def partition_report(conn: psycopg.Connection, market: Market, model_spec_hash: 
 
 FOLD_TABLE_HEADERS = ("fold", "status", "test from", "test until", "return", "sharpe", "max dd", "trades",
                       "flat", "buy&hold")
+
+
+def challenger_report(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window,
+                      ) -> tuple[EvaluationReport | None, TrainingData | None]:
+    """The stored evaluation of the partition's challenger on its dataset, with that dataset (None, None:
+    no challenger, or not evaluated yet)."""
+    challenger = partition_version(registry, market, window)
+    if challenger is None:
+        return None, None
+    data = training_data(conn, market, window)
+    return partition_report(conn, market, registered_spec(registry, challenger).spec_hash, data.dataset.dataset_hash), data
 
 
 def fold_table(report: EvaluationReport) -> list[tuple]:

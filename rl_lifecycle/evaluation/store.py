@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from rl_lifecycle.evaluation.folds import FoldConfig
 from rl_lifecycle.evaluation.report import FoldRecord, json_safe
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import iso, to_us
 
 STATUSES = ("ok", "partial", "failed")

@@ -24,7 +24,7 @@ from rl_lifecycle.features.checks import (
 from rl_lifecycle.features.pipeline import FeatureFrame, compute_features
 from rl_lifecycle.features.spec import FeatureSetSpec
 from rl_lifecycle.features.store import SnapshotWriteStats, read_snapshots, write_window
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import Window, WindowScheme, iso
 
 

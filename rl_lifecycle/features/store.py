@@ -20,7 +20,7 @@ from rl_lifecycle.db.binary_copy import pg_timestamp
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.pipeline import FeatureFrame
 from rl_lifecycle.features.spec import PIPELINE_VERSION, TALIB_C_VERSION, FeatureSetSpec
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import Window
 
 
@@ -277,12 +277,30 @@ def restamp_window(conn: psycopg.Connection, market: Market, fingerprint: str, w
 
 
 # -- figures for monitoring (metrics, status): about the stored rows, never their vectors ----------
-def newest_snapshot_ts(conn: psycopg.Connection, market: Market, feature_set_id: int):
-    """The newest stored snapshot's timestamp (timestamptz) of a market and feature set, or None."""
-    return conn.execute(
-        "SELECT max(ts) FROM rl_feature_snapshots WHERE pair = %s AND interval = %s AND feature_set_id = %s",
+def newest_snapshot_ts(conn: psycopg.Connection, market: Market, feature_set_id: int) -> int | None:
+    """Open time (epoch us) of the newest stored snapshot of a market and feature set, or None."""
+    newest = conn.execute(
+        "SELECT (extract(epoch FROM max(ts)) * 1000000)::bigint FROM rl_feature_snapshots "
+        "WHERE pair = %s AND interval = %s AND feature_set_id = %s",
         (market.pair, market.interval, feature_set_id),
     ).fetchone()[0]
+    return None if newest is None else int(newest)
+
+
+def feature_sets_with_snapshots(conn: psycopg.Connection, market: Market) -> list[tuple[int, str, list[str]]]:
+    """(feature_set_id, label, feature names) of the feature sets with stored windows for the market."""
+    rows = conn.execute(
+        """SELECT fs.id, fs.name, fs.version, fs.feature_names, fs.fingerprint FROM feature_sets fs
+           WHERE fs.fingerprint IN (SELECT DISTINCT fingerprint FROM rl_feature_windows WHERE pair = %s AND interval = %s)
+           ORDER BY fs.name, fs.version, fs.registered_at""",
+        (market.pair, market.interval),
+    ).fetchall()
+    names_seen: dict[str, int] = {}
+    for _, name, *_rest in rows:
+        names_seen[name] = names_seen.get(name, 0) + 1
+    # a name registered under two fingerprints (a changed spec) is told apart by the fingerprint
+    return [(int(i), name if names_seen[name] == 1 else f"{name}@{fp[:12]}", list(names))
+            for i, name, _version, names, fp in rows]
 
 
 def recent_missing_ratios(conn: psycopg.Connection, market: Market, feature_set_id: int, feature_names: list[str],

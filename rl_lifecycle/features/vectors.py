@@ -33,7 +33,7 @@ from rl_lifecycle.features.store import (
     window_records,
     write_window,
 )
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import Window, WindowScheme
 
 

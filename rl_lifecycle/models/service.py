@@ -23,7 +23,7 @@ from rl_lifecycle.datasets.service import DatasetVersion, latest_version
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
 from rl_lifecycle.features.store import load_registered_feature_set
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market, partition_key
 from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy, actions_digest, load_registered_policy
 from rl_lifecycle.models.spec import ModelSpec, check_dataset_compatible
@@ -53,7 +53,7 @@ def training_data(conn: psycopg.Connection, market: Market, window: Window) -> T
     version = latest_version(conn, market, window)
     if version is None or not Path(version.storage_uri).exists():
         raise UserInputError(
-            f"no training dataset for {market.key}|{window.key}: materialize `training_dataset` for it first"
+            f"no training dataset for {partition_key(market, window)}: materialize `training_dataset` for it first"
         )
     features = load_registered_feature_set(conn, version.fingerprint)
     content = read_dataset(version.storage_uri, version.spec, features.feature_names)
@@ -98,7 +98,7 @@ def train_challenger(
     content = data.content
     lineage = {
         "market": market.key,
-        PARTITION_TAG: f"{market.key}|{window.key}",
+        PARTITION_TAG: partition_key(market, window),
         "dataset_hash": data.dataset.dataset_hash,
         "fingerprint": data.dataset.fingerprint,
         "feature_set": data.features.name,
@@ -109,7 +109,7 @@ def train_challenger(
         "train_end": iso(int(content.ts[-1])),
         "train_rows": str(len(content)),
     }
-    run_id = registry.start_run(market, f"{market.key}|{window.key} {spec.name}", {**lineage, **(run_tags or {})})
+    run_id = registry.start_run(market, f"{partition_key(market, window)} {spec.name}", {**lineage, **(run_tags or {})})
     try:
         registry.log_params(run_id, {**json.loads(spec.canonical_json()), "dataset_hash": data.dataset.dataset_hash})
         metrics = registry.metric_logger(run_id)
@@ -160,7 +160,7 @@ class ModelCheck:
 
 def partition_version(registry: ModelRegistry, market: Market, window: Window) -> ModelVersionInfo | None:
     """The newest version trained for this partition."""
-    key = f"{market.key}|{window.key}"
+    key = partition_key(market, window)
     return next((v for v in registry.versions(market) if v.tags.get(PARTITION_TAG) == key), None)
 
 
@@ -168,7 +168,7 @@ def check_lineage(conn: psycopg.Connection, registry: ModelRegistry, market: Mar
     """The version's tags name the dataset and fingerprint it was trained from, and its artifacts agree."""
     info = partition_version(registry, market, window)
     if info is None:
-        return ModelCheck(False, f"no model version trained for {market.key}|{window.key}", [])
+        return ModelCheck(False, f"no model version trained for {partition_key(market, window)}", [])
     data = training_data(conn, market, window)
     with tempfile.TemporaryDirectory(prefix="rl-lineage-") as tmp:
         policy = Policy.load(registry.download(info, Path(tmp)), info.version)
@@ -211,7 +211,7 @@ def check_reproducible(conn: psycopg.Connection, registry: ModelRegistry, market
     """The registered artifact, loaded in a fresh interpreter, takes byte-identical actions over the dataset."""
     info = partition_version(registry, market, window)
     if info is None:
-        return ModelCheck(False, f"no model version trained for {market.key}|{window.key}", [])
+        return ModelCheck(False, f"no model version trained for {partition_key(market, window)}", [])
     data = training_data(conn, market, window)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         replayed = pool.submit(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -22,7 +23,7 @@ from psycopg import sql
 
 from rl_lifecycle.db.connection import dagster_storage_url, plain_postgres_url
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -139,6 +140,27 @@ class ModelRegistry:
 
     def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def log_walkforward(self, run_id: str, aggregates: dict, equity_png: bytes | None = None) -> None:
+        """A challenger's walk-forward aggregates as `walkforward/...` metrics on its training run (nested dicts
+        flattened, non-numbers and NaN left out), and its equity curves as `plots/walkforward_equity.png`."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        flat = {}
+        for key, value in aggregates.items():
+            if isinstance(value, dict):
+                flat.update({f"walkforward/{key}_{k}": v for k, v in value.items()})
+            else:
+                flat[f"walkforward/{key}"] = value
+        metrics = [Metric(k, float(v), now, 0) for k, v in flat.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool) and v == v]
+        self.client.log_batch(run_id, metrics=metrics)
+        if equity_png is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "walkforward_equity.png"
+                path.write_bytes(equity_png)
+                self.client.log_artifact(run_id, str(path), "plots")
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)

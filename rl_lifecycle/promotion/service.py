@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import psycopg
 
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.markets import Market
+from rl_lifecycle.markets.keys import Market, partition_key
 from rl_lifecycle.models.tracking import CHAMPION, ModelRegistry, ModelVersionInfo, registered_model_name
 from rl_lifecycle.promotion import audit
 from rl_lifecycle.promotion.audit import AuditRecord, market_decision_lock
 from rl_lifecycle.promotion.gates import PENDING_MANUAL, PROMOTED, REJECTED, Decision, ReportSummary, evaluate
 from rl_lifecycle.promotion.policy import GatePolicy
+from rl_lifecycle.windows import Window
 
 PREVIOUS_CHAMPION = "previous_champion"
 _ACTION_OF_OUTCOME = {PROMOTED: audit.PROMOTE, REJECTED: audit.REJECT, PENDING_MANUAL: audit.PENDING}
@@ -256,26 +257,41 @@ class PartitionReports:
     champion_report: object | None
 
 
-def partition_reports(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window) -> PartitionReports:
-    """The stored reports a decision for `market|window` needs; refuses with what to materialize first."""
-    from rl_lifecycle.evaluation.service import partition_report
-    from rl_lifecycle.models.service import partition_version, registered_spec, training_data
+def contenders(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window,
+               ) -> dict[str, ModelVersionInfo]:
+    """Who a partition's walk-forward evaluates and its decision compares: the challenger trained there,
+    and the champion (the audit decides who that is) when it is another version."""
+    from rl_lifecycle.models.service import partition_version
 
-    key = f"{market.key}|{window.key}"
     challenger = partition_version(registry, market, window)
     if challenger is None:
-        raise UserInputError(f"no challenger trained for {key}: materialize challenger_model first")
+        raise UserInputError(f"no challenger trained for {partition_key(market, window)}: materialize challenger_model first")
+    found = {"challenger": challenger}
+    champion = audit.current_champion(conn, market.key)
+    if champion is not None and champion != challenger.version:
+        found["champion"] = registry.version(market, champion)
+    return found
+
+
+def partition_reports(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window,
+                      ) -> PartitionReports:
+    """The stored reports a decision for `market|window` needs; refuses with what to materialize first."""
+    from rl_lifecycle.evaluation.service import partition_report
+    from rl_lifecycle.models.service import registered_spec, training_data
+
+    key = partition_key(market, window)
+    versions = contenders(conn, registry, market, window)
+    challenger, champion = versions["challenger"], versions.get("champion")
     dataset_hash = training_data(conn, market, window).dataset.dataset_hash
     report = partition_report(conn, market, registered_spec(registry, challenger).spec_hash, dataset_hash)
     if report is None:
         raise UserInputError(f"no evaluation of v{challenger.version} on {key}: materialize fold_report first")
-    champion = audit.current_champion(conn, market.key)
     champion_report = None
-    if champion is not None and champion != challenger.version:
-        spec_hash = registered_spec(registry, registry.version(market, champion)).spec_hash
-        champion_report = partition_report(conn, market, spec_hash, dataset_hash)
+    if champion is not None:
+        champion_report = partition_report(conn, market, registered_spec(registry, champion).spec_hash, dataset_hash)
         if champion_report is None:
             raise UserInputError(
-                f"champion v{champion} of {market.key} has no evaluation on {key}'s folds: materialize fold_report again"
+                f"champion v{champion.version} of {market.key} has no evaluation on {key}'s folds: materialize fold_report again"
             )
-    return PartitionReports(challenger.version, report, champion, champion_report)
+    # the champion's version is recorded even when it is the challenger itself (re-deciding a champion)
+    return PartitionReports(challenger.version, report, audit.current_champion(conn, market.key), champion_report)

@@ -1,1 +1,0 @@
-"""Dagster assets: thin adapters from partitions to the core."""

@@ -1,1 +1,0 @@
-"""Dagster asset checks: the blocking leakage, determinism and dataset gates."""

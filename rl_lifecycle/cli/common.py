@@ -1,0 +1,100 @@
+"""What the command groups share: the partition options and keys, run outcomes, the audit actor, version
+labels and the text tables.
+
+Light on purpose (typer and the core's small modules): the orchestration package is imported inside the
+functions that need it, so `rl-lifecycle --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets.keys import Market, partition_key, split_partition_key
+from rl_lifecycle.settings import load_settings
+
+CALENDAR_HELP = "trading calendar: crypto (24/7), fx (24/5, New York 17:00) or an exchange code such as XNYS"
+
+# The partitions a command acts on: --partition (repeatable), or --market with --windows FIRST..LAST.
+PartitionOption = Annotated[list[str] | None, typer.Option(
+    help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")]
+RangeMarketOption = Annotated[str | None, typer.Option(help="market key for a range of windows")]
+WindowsOption = Annotated[str | None, typer.Option(help="FIRST..LAST window keys, e.g. 2024-01-01..2024-06-01")]
+
+
+def partition_keys(partition: list[str] | None, market: str | None, windows: str | None) -> list[str]:
+    """The `MARKET|WINDOW` keys of --partition and of --market with --windows, each window checked to exist."""
+    from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME, parse_partition_key
+
+    keys: list[str] = []
+    for key in partition or []:
+        m, w = parse_partition_key(key)
+        keys.append(partition_key(m, w))
+    if market or windows:
+        if not (market and windows):
+            raise UserInputError("--market and --windows go together, e.g. --market BTCUSDT-1h --windows 2024-01-01..2024-06-01")
+        first, sep, last = windows.partition("..")
+        if not sep:
+            raise UserInputError(f"--windows {windows!r} is invalid; expected FIRST..LAST such as 2024-01-01..2024-06-01")
+        m = Market.parse(market)
+        keys += [partition_key(m, w) for w in WINDOW_SCHEME.range(first, last)]
+    if not keys:
+        raise UserInputError("give --partition 'MARKET|WINDOW' or --market M --windows A..B")
+    check_windows_exist(keys)
+    return keys
+
+
+def check_windows_exist(keys: Sequence[str]) -> None:
+    """Refuse windows outside the `window` partitions (before RL_WINDOW_START, or after the current
+    window) before anything runs: Dagster would only fail the run with DagsterUnknownPartitionError."""
+    from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME, window_partitions
+
+    windows = sorted({split_partition_key(key)[1] for key in keys})
+    first, last = window_partitions.get_first_partition_key(), window_partitions.get_last_partition_key()
+    early = [w for w in windows if first is None or w < first]
+    late = [w for w in windows if last is None or w > last]
+    if early:
+        shown = early[0] if len(early) == 1 else f"{early[0]}..{early[-1]} ({len(early)} windows)"
+        raise UserInputError(
+            f"window {shown} is before the first window partition {first} "
+            f"(RL_WINDOW_START={load_settings().window_start}); nothing was run. To use this history, set "
+            f"RL_WINDOW_START={WINDOW_SCHEME.parse(early[0]).key} (the first window of your data) wherever "
+            "rl-lifecycle and `make dev` run, and restart `make dev`."
+        )
+    if late:
+        shown = late[0] if len(late) == 1 else f"{late[0]}..{late[-1]} ({len(late)} windows)"
+        raise UserInputError(
+            f"window {shown} is after the current window {last}: windows exist from {first} "
+            f"(RL_WINDOW_START) up to the current one; nothing was run."
+        )
+
+
+def exit_on_failure(runs, verb: str) -> None:
+    """`N/M partitions VERB`; exit 1 when a run failed."""
+    failed = [r for r in runs if not r.ok]
+    typer.echo(f"{len(runs) - len(failed)}/{len(runs)} partitions {verb}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def actor() -> str:
+    """Who acts, for the promotion audit: `cli:<user>`."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def v(version: int | None) -> str:
+    """A model version as `v3`, or `-` for none."""
+    return "-" if version is None else f"v{version}"
+
+
+def print_table(headers: Sequence, rows: Sequence[Sequence], indent: str = "  ") -> None:
+    """An aligned text table: each column as wide as its widest cell, left-aligned, two spaces apart."""
+    rows = [list(row) for row in rows]
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    for row in [list(headers), *rows]:
+        typer.echo(indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))

@@ -1,0 +1,93 @@
+"""The evaluation commands: `evaluate` a challenger walk-forward, `report show` a stored report.
+
+`evaluate` is a top-level command registered by `rl_lifecycle.cli.main`; `report_app` is its sub-app.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rl_lifecycle.cli.common import check_windows_exist, print_table
+from rl_lifecycle.db.connection import connect
+from rl_lifecycle.db.migrate import open_database
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets.keys import Market, partition_key
+from rl_lifecycle.settings import load_settings
+
+report_app = typer.Typer(no_args_is_help=True, help="Walk-forward evaluation reports.")
+
+
+def evaluate(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    window: Annotated[str, typer.Option(help="window key: evaluates that partition's challenger on its dataset")],
+    folds: Annotated[int, typer.Option(help="walk-forward folds")] = 3,
+    purge: Annotated[int | None, typer.Option(help="bars purged before each test range (default: the label horizon)")] = None,
+    embargo: Annotated[int, typer.Option(help="bars embargoed after each test range")] = 0,
+    test_size: Annotated[int | None, typer.Option(help="rows per test range (default: the largest that fits)")] = None,
+    workers: Annotated[int, typer.Option(help="fold steps at once (train + backtest), one process each")] = 2,
+) -> None:
+    """Walk-forward NautilusTrader evaluation (materializes `fold_report` with its checks)."""
+    from rl_lifecycle.evaluation.folds import FoldConfig
+    from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
+
+    parsed_market, parsed_window = Market.parse(market), WINDOW_SCHEME.parse(window)
+    key = partition_key(parsed_market, parsed_window)
+    check_windows_exist([key])
+    # refuse bad numbers before launching anything (the label horizon is checked against purge in the run)
+    FoldConfig.create(n_folds=folds, purge_bars=purge or 0, embargo_bars=embargo, test_size=test_size)
+    if workers < 1:
+        raise UserInputError(f"--workers {workers} is invalid: at least 1")
+    from rl_lifecycle.cli.runs import materialize_with_progress
+
+    settings = load_settings()
+    config = {"folds": folds, "purge": purge, "embargo": embargo, "test_size": test_size}
+    (result,) = materialize_with_progress(settings, open_database(settings), ["fold_report"], [key],
+                                          run_config={"ops": {"fold_report": {"config": config}},
+                                                      "execution": {"config": {"max_concurrent": workers}}})
+    if result.metadata.get("fold_report"):
+        _print_report(_report(parsed_market, result.metadata["fold_report"]["report_id"]))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@report_app.command("show")
+def report_show(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    report_id: Annotated[int | None, typer.Option("--id", help="report id (default: the market's latest)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+) -> None:
+    """An evaluation report: the fold table, or the whole report as JSON."""
+    import json
+
+    from rl_lifecycle.evaluation.service import report_json
+
+    report = _report(Market.parse(market), report_id)
+    if as_json:
+        typer.echo(json.dumps(report_json(report), indent=2))
+    else:
+        _print_report(report)
+
+
+def _report(market: Market, report_id: int | None):
+    """Report `report_id`, or the market's latest; refused when there is none for this market."""
+    from rl_lifecycle.evaluation.store import latest_report, read_report
+
+    with connect(open_database(load_settings())) as conn:
+        report = read_report(conn, report_id) if report_id is not None else latest_report(conn, market)
+    if report is None or report.market != market.key:
+        raise UserInputError(f"no evaluation report {'#' + str(report_id) + ' ' if report_id else ''}for {market.key}")
+    return report
+
+
+def _print_report(report) -> None:
+    from rl_lifecycle.evaluation.service import FOLD_TABLE_HEADERS, fold_table
+
+    agg = report.aggregates
+    typer.echo(f"report {report.id} {report.market} spec {report.spec.get('name')} ({report.model_spec_hash[:12]}) "
+               f"dataset {report.dataset_hash[:12]}: {report.status}; purge {report.fold_config.purge_bars}, "
+               f"embargo {report.fold_config.embargo_bars}, label horizon {report.label_horizon}")
+    print_table(FOLD_TABLE_HEADERS, fold_table(report))
+    shown = {k: agg.get(k) for k in ("psr", "dsr", "positive_share", "worst_fold") if k in agg}
+    typer.echo("  aggregates: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))

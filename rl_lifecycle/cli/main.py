@@ -1,0 +1,51 @@
+"""`rl-lifecycle`: the small CLI around the platform.
+
+Exit codes: 0 success, 1 a run or a blocking check failed, 2 bad input (nothing was written).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from rl_lifecycle.cli import data, database, decisions, evaluation, lifecycle, markets, models, ops, promotion
+from rl_lifecycle.errors import UserInputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+
+# Top-level commands, in the order `--help` lists them; each group module holds its commands as plain
+# functions (their names, parameters and docstrings are the CLI) and its sub-apps.
+app.command("ingest")(data.ingest)
+app.command("materialize")(data.materialize)
+app.command("check")(data.check)
+app.command("train")(models.train)
+app.command("evaluate")(evaluation.evaluate)
+app.command("promote")(promotion.promote)
+app.command("rollback")(promotion.rollback)
+app.command("audit")(promotion.audit)
+app.command("decide")(decisions.decide)
+app.command("status")(ops.status)
+app.command("backfill")(data.backfill)
+app.command("run")(lifecycle.run)
+app.command("dev")(lifecycle.dev)
+
+app.add_typer(database.db_app, name="db")
+app.add_typer(markets.market_app, name="market")
+app.add_typer(models.models_app, name="models")
+app.add_typer(models.mlflow_app, name="mlflow")
+app.add_typer(evaluation.report_app, name="report")
+app.add_typer(decisions.paper_app, name="paper")
+app.add_typer(ops.metrics_app, name="metrics")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

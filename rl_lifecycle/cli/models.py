@@ -1,0 +1,88 @@
+"""The model commands: `train` a challenger, `models list` the registered versions, `mlflow ui`.
+
+`train` is a top-level command registered by `rl_lifecycle.cli.main`; `models_app` and `mlflow_app` are
+its sub-apps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rl_lifecycle.cli.common import check_windows_exist
+from rl_lifecycle.db.migrate import open_database
+from rl_lifecycle.markets.keys import Market, partition_key
+from rl_lifecycle.settings import load_settings
+
+models_app = typer.Typer(no_args_is_help=True, help="Registered policies (MLflow model `rl-<market>`).")
+mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow tracking and registry on the project's PostgreSQL.")
+
+
+def train(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    window: Annotated[str, typer.Option(help="window key, e.g. 2024-06-01: trains on that partition's training dataset")],
+    spec: Annotated[str, typer.Option(help="model spec: a name under rl_lifecycle/models/specs/ or a YAML file")] = "ppo_small",
+) -> None:
+    """Train a challenger (materializes `challenger_model` with its checks; the run shows in the UI)."""
+    from rl_lifecycle.models.spec import load_model_spec
+    from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
+
+    parsed_market, parsed_window = Market.parse(market), WINDOW_SCHEME.parse(window)
+    key = partition_key(parsed_market, parsed_window)
+    check_windows_exist([key])
+    model_spec = load_model_spec(spec)  # a bad spec is refused before anything runs
+    from rl_lifecycle.cli.runs import materialize_with_progress
+
+    settings = load_settings()
+    run_config = {"ops": {"challenger_model": {"config": {"spec": str(Path(spec).resolve()) if Path(spec).is_file() else spec}}}}
+    (result,) = materialize_with_progress(settings, open_database(settings), ["challenger_model"], [key],
+                                          run_config=run_config)
+    trained = result.metadata.get("challenger_model", {})
+    if trained:
+        typer.echo(f"{parsed_market.key}: {model_spec.name} registered as version {trained['model_version']} "
+                   f"(weights {str(trained['weights_hash'])[:12]}, dataset {str(trained['dataset_hash'])[:12]})")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list, newest first")] = False,
+) -> None:
+    """Model versions of a market: version, aliases, weights, dataset, feature set, created."""
+    import json
+
+    from rl_lifecycle.models.tracking import open_registry
+
+    parsed = Market.parse(market)
+    versions = [v.summary() for v in open_registry(open_database(load_settings())).versions(parsed)]
+    if as_json:
+        typer.echo(json.dumps(versions, indent=2))
+        return
+    if not versions:
+        typer.echo(f"{parsed.key} has no model versions; train one with `rl-lifecycle train --market {parsed.key} --window W`")
+        return
+    typer.echo(f"{'version':>7}  {'aliases':<20} {'weights':<12} {'dataset':<12} {'feature set':<12} {'fingerprint':<12} created")
+    for v in versions:
+        typer.echo(f"{v['version']:>7}  {','.join(v['aliases']) or '-':<20} {str(v['weights_hash'])[:12]:<12} "
+                   f"{str(v['dataset_hash'])[:12]:<12} {str(v['feature_set']):<12} {str(v['fingerprint'])[:12]:<12} {v['created']}")
+
+
+@mlflow_app.command("ui")
+def mlflow_ui(
+    port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI on the project's tracking database and artifact root."""
+    from rl_lifecycle.models.tracking import open_registry
+
+    registry = open_registry(open_database(load_settings()))
+    typer.echo(f"MLflow UI on http://{host}:{port} (backend: its own database on the project's PostgreSQL)")
+    mlflow = Path(sys.executable).with_name("mlflow")
+    os.execv(str(mlflow), [str(mlflow), "server", "--backend-store-uri", registry.tracking_uri,
+                           "--default-artifact-root", registry.artifacts_uri, "--host", host, "--port", str(port)])

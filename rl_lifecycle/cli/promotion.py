@@ -1,0 +1,86 @@
+"""The champion by hand: `promote`, `rollback`, and the promotion `audit`.
+
+Top-level commands, registered on the root app by `rl_lifecycle.cli.main`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rl_lifecycle.cli.common import actor, v
+from rl_lifecycle.db.connection import connect
+from rl_lifecycle.db.migrate import open_database
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.settings import load_settings
+
+
+def promote(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    version: Annotated[int, typer.Option(help="model version to make champion")],
+    reason: Annotated[str, typer.Option(help="why, for the audit")],
+    override: Annotated[bool, typer.Option(help="promote even though its gates failed or never ran (audited)")] = False,
+) -> None:
+    """Promote a model version to champion by hand (a pending_manual decision, or an override)."""
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.promotion.service import manual_promote
+
+    url = open_database(load_settings())
+    with connect(url) as conn:
+        result = manual_promote(conn, open_registry(url), Market.parse(market), version, reason, actor(), override=override)
+    _print_promotion(result)
+
+
+def rollback(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    reason: Annotated[str, typer.Option(help="why, for the audit")],
+    to_version: Annotated[int | None, typer.Option(help="version to restore (default: the previous champion)")] = None,
+) -> None:
+    """Restore the previous champion (or --to-version), whatever feature set it was trained on."""
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.promotion.service import rollback as rollback_champion
+
+    url = open_database(load_settings())
+    with connect(url) as conn:
+        result = rollback_champion(conn, open_registry(url), Market.parse(market), reason, actor(), to_version=to_version)
+    _print_promotion(result)
+
+
+def _print_promotion(result) -> None:
+    record = result.record
+    typer.echo(f"{record.market}: {record.action} (audit #{record.id}); champion "
+               f"{v(record.champion_version)} -> {v(record.resulting_champion_version)}; aliases "
+               + ", ".join(f"{alias}={v(version)}" for alias, version in result.aliases.items()))
+
+
+def audit(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    limit: Annotated[int, typer.Option(help="newest records shown")] = 20,
+    gates: Annotated[bool, typer.Option("--gates", help="also print each decision's gate table")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list, newest first")] = False,
+) -> None:
+    """The promotion audit of a market, newest first: who did what to the champion, and why."""
+    import dataclasses
+    import json
+
+    from rl_lifecycle.promotion.audit import history
+    from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, gate_rows
+
+    parsed = Market.parse(market)
+    with connect(open_database(load_settings())) as conn:
+        records = history(conn, parsed.key, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in records], indent=2, default=str))
+        return
+    if not records:
+        typer.echo(f"{parsed.key} has no promotion decisions yet")
+        return
+    for r in records:
+        typer.echo(f"#{r.id} {r.created_at:%Y-%m-%d %H:%M:%S} {r.action:<15} challenger {v(r.challenger_version):>4} "
+                   f"champion {v(r.champion_version)} -> {v(r.resulting_champion_version)}  {r.actor}"
+                   f"{'  OVERRIDE' if r.override else ''}  {', '.join(r.reason_codes) or '-'}"
+                   f"{'  ' + r.note if r.note else ''}")
+        if gates and r.gates:
+            for row in [GATE_TABLE_HEADERS, *gate_rows(r.gates)]:
+                typer.echo("    " + "  ".join(f"{c:<28}" if i == 0 else f"{c:<14}" for i, c in enumerate(row)))

@@ -1,0 +1,95 @@
+"""The `markets` table: which markets exist, where their candles come from, and their trading calendar."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.markets.calendars import DEFAULT_CALENDAR, normalize_calendar_name
+from rl_lifecycle.markets.keys import Market
+
+SOURCES = ("import", "synthetic")
+
+
+@dataclass(frozen=True)
+class MarketRecord:
+    market: Market
+    source: str  # "import": candles arrive via `rl-lifecycle ingest`; "synthetic": generated on demand
+    synthetic_seed: int | None
+    calendar: str = DEFAULT_CALENDAR  # `rl_lifecycle.markets.calendars` name: crypto, fx or an exchange code
+
+
+def add_market(
+    conn: psycopg.Connection,
+    market: Market,
+    *,
+    source: str = "import",
+    seed: int | None = None,
+    calendar: str | None = None,
+) -> bool:
+    """Register a market; returns False when it already existed (its source is left as it was).
+
+    `calendar` (default crypto) is validated. Naming another calendar than a registered market's is
+    refused: changing it is `set_market_calendar`, an explicit step.
+    """
+    if source not in SOURCES:
+        raise UserInputError(f"market source {source!r} is invalid; expected one of {SOURCES}")
+    if (source == "synthetic") != (seed is not None):
+        raise UserInputError("a synthetic market needs a seed, and only a synthetic market takes one")
+    wanted = normalize_calendar_name(calendar) if calendar is not None else None
+    with conn.transaction():
+        row = conn.execute(
+            """INSERT INTO markets (pair, interval, source, synthetic_seed, calendar) VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (pair, interval) DO NOTHING RETURNING pair""",
+            (market.pair, market.interval, source, seed, wanted or DEFAULT_CALENDAR),
+        ).fetchone()
+        if row is None and wanted is not None:
+            registered = registered_calendar(conn, market)
+            if registered != wanted:
+                raise UserInputError(
+                    f"calendar {calendar!r}: market {market.key} is already registered with calendar {registered!r}; "
+                    f"to change it run `rl-lifecycle market set-calendar {market.key} {wanted}`"
+                )
+    return row is not None
+
+
+def set_market_calendar(conn: psycopg.Connection, market: Market, calendar: str) -> str:
+    """Change a registered market's calendar; returns the previous one. Stored candles are untouched:
+    only which missing bars count as gaps changes."""
+    wanted = normalize_calendar_name(calendar)
+    with conn.transaction():
+        previous = registered_calendar(conn, market, for_update=True)
+        if previous is None:
+            raise UserInputError(f"market {market.key} is not registered; add it with `rl-lifecycle market add`")
+        conn.execute(
+            "UPDATE markets SET calendar = %s WHERE pair = %s AND interval = %s", (wanted, market.pair, market.interval)
+        )
+    return previous
+
+
+def registered_calendar(conn: psycopg.Connection, market: Market, *, for_update: bool = False) -> str | None:
+    """The market's calendar name, or None when the market is not registered."""
+    row = conn.execute(
+        "SELECT calendar FROM markets WHERE pair = %s AND interval = %s" + (" FOR UPDATE" if for_update else ""),
+        (market.pair, market.interval),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def list_markets(conn: psycopg.Connection) -> list[MarketRecord]:
+    rows = conn.execute(
+        "SELECT pair, interval, source, synthetic_seed, calendar FROM markets ORDER BY pair, interval"
+    ).fetchall()
+    return [MarketRecord(Market(p, i), s, seed, cal) for p, i, s, seed, cal in rows]
+
+
+def get_market(conn: psycopg.Connection, market: Market) -> MarketRecord:
+    row = conn.execute(
+        "SELECT source, synthetic_seed, calendar FROM markets WHERE pair = %s AND interval = %s",
+        (market.pair, market.interval),
+    ).fetchone()
+    if row is None:
+        raise UserInputError(f"market {market.key} is not registered; add it with `rl-lifecycle market add`")
+    return MarketRecord(market, row[0], row[1], row[2])

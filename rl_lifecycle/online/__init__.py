@@ -1,0 +1,1 @@
+"""Online learning as plain code: which runs a completed window calls for (`planner`); any scheduler drives it."""

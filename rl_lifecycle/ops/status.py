@@ -1,0 +1,156 @@
+"""`rl-lifecycle status`: per market, champion, challenger, last decision, freshness and open alerts;
+and the rollout switches (`rl_lifecycle.settings.VARIABLES`) in rollout order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+
+from rl_lifecycle.candles.store import newest_candle_ts
+from rl_lifecycle.decisions.store import decision_history
+from rl_lifecycle.features.store import feature_sets_with_snapshots, newest_snapshot_ts
+from rl_lifecycle.markets.table import list_markets
+from rl_lifecycle.ops.alerts import count_open_alerts, list_alerts
+from rl_lifecycle.ops.metrics import age_seconds
+from rl_lifecycle.promotion.audit import current_champion, last_gate_decision
+from rl_lifecycle.settings import load_settings
+from rl_lifecycle.settings import rollout_switches as switch_variables
+
+
+# -- rollout switches -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Switch:
+    stage: int  # the rollout stage (seed plan): switch them on in this order
+    name: str
+    env: str | None
+    value: str
+    default: str
+    explicit: bool  # set in the environment (otherwise the default applies)
+    meaning: str
+
+    def line(self) -> str:
+        where = f"{self.env}={self.value}" if self.env else self.value
+        origin = f"set; default {self.default}" if self.explicit else "default"
+        return f"{self.stage}. {self.name:<20} {where:<36} ({origin})  {self.meaning}"
+
+
+SNAPSHOT_STORAGE = Switch(1, "snapshot storage", None, "on", "on", False,
+                          "feature_snapshots is always stored (the source of every dataset); no switch: roll back the "
+                          "feature set instead")
+
+
+def rollout_switches() -> list[Switch]:
+    """The rollout switches in the order the plan stages them, as the environment sets them now (flags
+    as the settings read them: `1` shows as true)."""
+    settings = load_settings()
+    read = {"RL_FEATURE_SET": settings.feature_set, "RL_PAPER_DECISIONS_ENABLED": settings.paper_decisions_enabled,
+            "RL_STRICT_BACKTEST": settings.strict_backtest, "RL_ONLINE_LEARNING_ENABLED": settings.online_learning_enabled,
+            "RL_AUTO_PROMOTION": settings.auto_promotion}
+    shown = lambda value: ("true" if value else "false") if isinstance(value, bool) else str(value)  # noqa: E731
+    return [SNAPSHOT_STORAGE] + [
+        Switch(v.stage, v.switch, v.name, shown(read[v.name]), v.default, v.explicit, v.meaning)
+        for v in switch_variables()
+    ]
+
+
+# -- `rl-lifecycle status` --------------------------------------------------------------------------
+def _last_decision(conn: psycopg.Connection, market: str) -> dict | None:
+    newest = decision_history(conn, market, limit=1)
+    if not newest:
+        return None
+    d = newest[0]
+    return {"action": d.action, "reason_codes": list(d.reason_codes), "latency_ms": d.latency_ms,
+            "at": d.created_at.isoformat()}
+
+
+def _challenger(registry, market) -> dict | None:
+    """The model version with the `challenger` alias, else the newest version; an error is reported, not raised."""
+    if registry is None:
+        return None
+    try:
+        versions = registry.versions(market)
+    except Exception as exc:  # noqa: BLE001 - MLflow down must not hide the rest of the status
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    if not versions:
+        return None
+    chosen = next((v for v in versions if "challenger" in v.aliases), versions[0])
+    return {"version": chosen.version, "aliases": list(chosen.aliases), "created": chosen.created}
+
+
+def market_status(conn: psycopg.Connection, registry=None, now: datetime | None = None) -> list[dict]:
+    """Per registered market: champion (audit), challenger (MLflow), last decision, freshness, open alerts."""
+    now = now or datetime.now(UTC)
+    statuses = []
+    for market in (r.market for r in list_markets(conn)):
+        newest = newest_candle_ts(conn, market)
+        features = {}
+        for fs_id, name, _ in feature_sets_with_snapshots(conn, market):
+            features[name] = age_seconds(newest_snapshot_ts(conn, market, fs_id), market.interval_us, now)
+        challenger = _challenger(registry, market)
+        if challenger and "version" in challenger:
+            decision = last_gate_decision(conn, market.key, challenger["version"])
+            challenger["last_gate_decision"] = (
+                None if decision is None else {"action": decision.action, "reason_codes": list(decision.reason_codes)})
+        open_alerts = list_alerts(conn, market=market.key, open_only=True, limit=5)
+        statuses.append({
+            "market": market.key,
+            "champion_version": current_champion(conn, market.key),
+            "challenger": challenger,
+            "last_decision": _last_decision(conn, market.key),
+            "candle_freshness_seconds": age_seconds(newest, market.interval_us, now),
+            "feature_freshness_seconds": features,
+            "open_alerts": count_open_alerts(conn, market.key),
+            "latest_open_alerts": [
+                {"kind": a.kind, "asset": a.asset, "check": a.check, "partition": a.partition,
+                 "summary": a.summary[:200], "run_url": a.run_url, "created_at": a.created_at.isoformat()}
+                for a in open_alerts
+            ],
+        })
+    return statuses
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    s = abs(seconds)
+    text = f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h" if s < 172800 else f"{s / 86400:.1f}d"
+    return text + " ago" if seconds >= 0 else "in " + text
+
+
+def status_lines(statuses: list[dict], switches: list[Switch]) -> list[str]:
+    """`rl-lifecycle status` as text."""
+    lines = ["rollout switches (in rollout order):"]
+    lines += ["  " + s.line() for s in switches]
+    lines.append("")
+    if not statuses:
+        lines.append("no markets registered; add one with `rl-lifecycle market add`")
+    for st in statuses:
+        champion = f"v{st['champion_version']}" if st["champion_version"] is not None else "none"
+        ch = st["challenger"]
+        if ch is None:
+            challenger = "none"
+        elif "error" in ch:
+            challenger = f"unknown ({ch['error']})"
+        else:
+            gate = ch.get("last_gate_decision")
+            challenger = f"v{ch['version']}" + (f" ({gate['action']}: {', '.join(gate['reason_codes']) or 'no reasons'})"
+                                                 if gate else " (not judged yet)")
+        d = st["last_decision"]
+        decision = "none" if d is None else f"{d['action']} at {d['at']} ({', '.join(d['reason_codes']) or 'free'})"
+        features = ", ".join(f"{k} {format_age(v)}" for k, v in st["feature_freshness_seconds"].items()) or "none"
+        lines += [
+            f"{st['market']}",
+            f"  champion        {champion}",
+            f"  challenger      {challenger}",
+            f"  last decision   {decision}",
+            f"  freshness       candles {format_age(st['candle_freshness_seconds'])}; features {features}",
+            f"  open alerts     {st['open_alerts']}",
+        ]
+        for a in st["latest_open_alerts"]:
+            what = f"{a['check']} on {a['asset']}" if a["kind"] == "check_failed" else f"run failed ({a['asset'] or '-'})"
+            lines.append(f"    - {a['created_at'][:19]} {what} [{a['partition'] or '-'}] {a['run_url']}")
+    return lines
+
+

@@ -1,0 +1,73 @@
+"""`promotion_decision`: the challenger of a market x window against the champion, through the gates."""
+
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from rl_lifecycle.orchestration.assets.presentation import markdown_table
+from rl_lifecycle.orchestration.failures import user_errors_fail_the_step
+from rl_lifecycle.orchestration.partitions import (
+    ONE_WINDOW_PER_RUN,
+    market_window_partitions,
+    parse_partition_key,
+)
+from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
+from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, gate_rows
+from rl_lifecycle.settings import load_settings
+
+
+class PromotionDecisionConfig(Config):
+    policy: str | None = Field(default=None, description="gate policy YAML path; default rl_lifecycle/promotion/policy.yaml")
+
+
+@asset(
+    partitions_def=market_window_partitions,
+    backfill_policy=ONE_WINDOW_PER_RUN,
+    deps=["fold_report"],
+    group_name="promotion",
+    kinds={"mlflow", "postgres"},
+    description="Paired delta gates (challenger minus champion on the same folds) and absolute gates; outcome "
+    "promoted, rejected or pending_manual (RL_AUTO_PROMOTION=false), appended to promotion_audit; a promotion "
+    "moves the MLflow aliases champion and previous_champion.",
+)
+def promotion_decision(
+    context: AssetExecutionContext, config: PromotionDecisionConfig, database: PostgresResource, mlflow: MlflowResource
+) -> MaterializeResult:
+    from rl_lifecycle.promotion.policy import load_policy
+    from rl_lifecycle.promotion.service import decide, partition_reports
+
+    market, window = parse_partition_key(context.partition_key)
+    settings = load_settings()
+    registry = mlflow.registry()
+    with user_errors_fail_the_step():
+        policy = load_policy(config.policy)
+        with database.connect() as conn:
+            reports = partition_reports(conn, registry, market, window)
+            result = decide(
+                conn, registry, market, reports.challenger_version, reports.challenger_report, reports.champion_report,
+                policy, settings.auto_promotion, actor=f"dagster run {context.run_id}",
+                evaluated_champion_version=reports.champion_version,
+            )
+    decision, record = result.decision, result.record
+    context.log.info(
+        f"{context.partition_key}: {decision.outcome} v{reports.challenger_version}"
+        f"{' (' + ', '.join(decision.reason_codes) + ')' if decision.reason_codes else ''}; champion "
+        f"{_version(reports.champion_version)} -> {_version(result.champion)}"
+    )
+    return MaterializeResult(metadata={
+        "outcome": decision.outcome,
+        "reason_codes": ", ".join(decision.reason_codes) or "-",
+        "gates": markdown_table(GATE_TABLE_HEADERS, gate_rows(decision.gates_json())),
+        "gate_values": MetadataValue.json(decision.gates_json()),
+        "bootstrap": decision.bootstrap,
+        "auto_promotion": settings.auto_promotion,
+        "challenger_version": reports.challenger_version,
+        "champion_before": _version(reports.champion_version),
+        "champion_after": _version(result.champion),
+        "evaluation_report_id": reports.challenger_report.id,
+        "champion_report_id": reports.champion_report.id if reports.champion_report is not None else "-",
+        "audit_id": record.id,
+    })
+
+
+def _version(version: int | None) -> str:
+    return "-" if version is None else f"v{version}"

@@ -1,0 +1,135 @@
+"""Sensors for live ingestion: the candle inbox, and the live feed of synthetic markets.
+
+Both only write candles. What they wrote is recorded as `AssetObservation`s of the `candles` asset,
+one per (market, window) partition that received candles, with metadata `source`, `file`, `rows`:
+a downstream sensor reads them with `instance.fetch_observations(AssetRecordsFilter(
+asset_key=AssetKey("candles"), after_storage_id=cursor), limit=..., ascending=True)` and keys its
+runs on the partition and the storage id.
+"""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DefaultSensorStatus,
+    MetadataValue,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from rl_lifecycle.candles.inbox import FeedOutcome, InboxOutcome, feed_synthetic_markets, process_inbox
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.orchestration.partitions import (
+    WINDOW_SCHEME,
+    first_window,
+    market_partitions,
+    missing_market_partitions,
+    multi_partition_key,
+    window_partitions,
+)
+from rl_lifecycle.orchestration.resources import PostgresResource
+from rl_lifecycle.settings import load_settings
+from rl_lifecycle.windows import utc_now_us
+
+CANDLES = AssetKey("candles")
+INBOX_FILES_PER_TICK = 20  # the rest waits for the next tick: a tick must end well within its timeout
+LIVE_FEED_BARS_PER_TICK = 50_000  # a market far behind catches up over several ticks
+
+
+def _partition_events(
+    context: SensorEvaluationContext, touched: list[tuple[str, dict[str, int], dict]]
+) -> tuple[list[AssetObservation], list]:
+    """Observations of `candles` for every (market, window) written, and the dynamic-partition request
+    that adds markets not yet in the `market` partitions. Windows outside the `window` partitions
+    (before RL_WINDOW_START) are stored but have no partition to observe: they are logged."""
+    missing = missing_market_partitions(context.instance, [market_key for market_key, windows, _ in touched if windows])
+    events = []
+    for market_key, windows, metadata in touched:
+        for window_key, rows in sorted(windows.items()):
+            if not window_partitions.has_partition_key(window_key):
+                context.log.info(f"{market_key}: {rows} candles in window {window_key}, which is not a partition")
+                continue
+            events.append(
+                AssetObservation(
+                    asset_key=CANDLES,
+                    partition=multi_partition_key(Market.parse(market_key), window_key),
+                    metadata={**metadata, "rows": MetadataValue.int(rows)},
+                )
+            )
+    requests = [market_partitions.build_add_request(missing)] if missing else []
+    return events, requests
+
+
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,  # dropping a file must be enough; no click needed
+    description=(
+        "Imports candle files dropped into $RL_HOME/inbox/<MARKET>/ (CSV or Parquet) through the same "
+        "validation as `rl-lifecycle ingest`: good files move to imported/, bad ones to rejected/ with a "
+        "report and nothing written. Records an observation of `candles` per window that received candles."
+    ),
+)
+def inbox_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SensorResult | SkipReason:
+    inbox_dir = load_settings().inbox_dir
+    with database.connect() as conn:
+        outcomes: list[InboxOutcome] = process_inbox(
+            conn, inbox_dir, max_files=INBOX_FILES_PER_TICK, scheme=WINDOW_SCHEME, first_window=first_window()
+        )
+    if not outcomes:
+        return SkipReason(f"no new candle files in {inbox_dir}/<MARKET>/")
+    for outcome in outcomes:
+        if outcome.status == "imported":
+            context.log.info(outcome.describe())
+        else:
+            context.log.warning(outcome.describe())
+    touched = [
+        (o.market, o.windows, {"source": MetadataValue.text("inbox"), "file": MetadataValue.text(o.file),
+                               "stored_as": MetadataValue.path(o.moved_to or "")})
+        for o in outcomes
+        if o.status == "imported"
+    ]
+    events, requests = _partition_events(context, touched)
+    imported = [o for o in outcomes if o.status == "imported"]
+    summary = (
+        f"inbox: {len(imported)} file(s) imported ({sum(o.rows_written for o in imported)} candles written), "
+        f"{len(outcomes) - len(imported)} rejected; {len(events)} `candles` partition(s) observed"
+    )
+    context.log.info(summary)
+    # No run is requested here (downstream runs are the online-learning sensor's). Without a skip reason
+    # Dagster would label this tick "Sensor function returned an empty result"; the summary says what happened.
+    return SensorResult(asset_events=events, dynamic_partitions_requests=requests, skip_reason=summary)
+
+
+@sensor(
+    minimum_interval_seconds=60,
+    # Off by default: it writes candles every minute for every synthetic market; a demo turns it on.
+    default_status=DefaultSensorStatus.STOPPED,
+    description=(
+        "Live feed for synthetic markets: appends the bars that have closed since each market's last "
+        "stored candle (the same bars a full regeneration gives). Records an observation of `candles` "
+        "per window that received bars."
+    ),
+)
+def live_feed_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SensorResult | SkipReason:
+    now_us = utc_now_us()
+    with database.connect() as conn:
+        outcomes: list[FeedOutcome] = feed_synthetic_markets(
+            conn, now_us, max_bars=LIVE_FEED_BARS_PER_TICK, scheme=WINDOW_SCHEME
+        )
+    if not outcomes:
+        return SkipReason("no synthetic market has a newly closed bar")
+    for outcome in outcomes:
+        context.log.info(
+            f"{outcome.market}: appended {outcome.rows_written} closed bars; windows: "
+            + ", ".join(f"{k} ({n})" for k, n in sorted(outcome.windows.items()))
+        )
+    touched = [(o.market, o.windows, {"source": MetadataValue.text("live_feed")}) for o in outcomes]
+    events, requests = _partition_events(context, touched)
+    summary = (
+        f"live feed: appended {sum(o.rows_written for o in outcomes)} closed bars to {len(outcomes)} synthetic "
+        f"market(s); {len(events)} `candles` partition(s) observed"
+    )
+    return SensorResult(asset_events=events, dynamic_partitions_requests=requests, skip_reason=summary)

@@ -1,0 +1,26 @@
+"""Every private `dagster._` name the shell uses, in one place: they are not public API and may move in
+any Dagster release (pinned: dagster 1.13.27). After an upgrade, this is the module to check.
+
+- Launching runs through the code location as the UI does (`launcher.py`): the run-range tags, the job
+  selector, the workspace context started from workspace.yaml.
+- Storing a backfill as the UI's "Materialize partitions" dialog does (`backfills.py`): Dagster has no
+  public API that launches a backfill.
+"""
+
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.execution.backfill import PartitionBackfill
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.utils import make_new_backfill_id
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._time import datetime_from_timestamp, get_current_timestamp
+from dagster._utils.caching_instance_queryer import CachingInstanceQueryer
+
+DAEMON_MODULE = "dagster._daemon"  # `python -m dagster._daemon run`: what the `dagster-daemon` script runs
+
+__all__ = [
+    "ASSET_PARTITION_RANGE_END_TAG", "ASSET_PARTITION_RANGE_START_TAG", "DAEMON_MODULE", "AssetGraphSubset",
+    "CachingInstanceQueryer", "JobSubsetSelector", "PartitionBackfill", "WorkspaceFileTarget",
+    "WorkspaceProcessContext", "datetime_from_timestamp", "get_current_timestamp", "make_new_backfill_id",
+]
