@@ -33,7 +33,7 @@ import polars as pl
 import psycopg
 
 from rl_lifecycle.candles.service import ingest_file, ingest_synthetic
-from rl_lifecycle.candles.store import newest_candle_ts
+from rl_lifecycle.candles.store import candle_write_seq, newest_candle_ts, written_since
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.markets.table import MarketRecord, list_markets
@@ -209,7 +209,7 @@ def _process_file(
             "or Parquet (.parquet, .pq) candle file"
         ])
 
-    seq_before = _write_seq(conn)
+    seq_before = candle_write_seq(conn)
     try:
         result = ingest_file(conn, record.market, path, first_window=first_window)
     except (UserInputError, pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
@@ -305,25 +305,11 @@ def _move(path: Path, directory: Path) -> Path:
 # ---------------------------------------------------------------------------------- written windows
 
 
-def _write_seq(conn: psycopg.Connection) -> int:
-    """The candle write sequence now: every candle written later stamps a higher `write_seq`."""
-    last, called = conn.execute("SELECT last_value, is_called FROM market_candles_write_seq").fetchone()
-    return int(last) if called else 0
-
-
 def written_windows(
     conn: psycopg.Connection, market: Market, seq_before: int, first_ts: int, last_ts: int, scheme: WindowScheme
 ) -> dict[str, int]:
-    """Window key -> candles of `market` in [first_ts, last_ts] written after `seq_before` (a `_write_seq`)."""
-    rows = conn.execute(
-        """SELECT (extract(epoch FROM ts) * 1000000)::bigint FROM market_candles
-           WHERE pair = %s AND interval = %s AND ts >= to_timestamp(%s / 1000000.0)
-             AND ts <= to_timestamp(%s / 1000000.0) AND write_seq > %s""",
-        (market.pair, market.interval, first_ts, last_ts, seq_before),
-    ).fetchall()
-    if not rows:
-        return {}
-    return windows_of(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), scheme)
+    """Window key -> candles of `market` in [first_ts, last_ts] written after `seq_before` (a `candle_write_seq`)."""
+    return windows_of(written_since(conn, market, seq_before, first_ts, last_ts), scheme)
 
 
 def windows_of(ts_us: Iterable[int] | np.ndarray, scheme: WindowScheme) -> dict[str, int]:
@@ -370,7 +356,7 @@ def feed_market(
         end = min(end, start + max(0, max_bars) * market.interval_us)
     if end <= start:
         return FeedOutcome(market.key, 0)
-    seq_before = _write_seq(conn)
+    seq_before = candle_write_seq(conn)
     stats = ingest_synthetic(conn, market, start, end, int(market_record.synthetic_seed))
     windows = written_windows(conn, market, seq_before, start, end - 1, scheme) if stats.written else {}
     return FeedOutcome(market.key, stats.written, start, end, windows)

@@ -126,16 +126,6 @@ def count_before(ts_us: np.ndarray, window: Window | None) -> int:
     return int(np.count_nonzero(np.asarray(ts_us, dtype=np.int64) < window.start))
 
 
-def stored_before(conn: psycopg.Connection, market: Market, window: Window) -> tuple[int, int | None]:
-    """Stored candles of `market` before `window`: (count, earliest open time in epoch us)."""
-    count, first = conn.execute(
-        """SELECT count(*), (extract(epoch FROM min(ts)) * 1000000)::bigint FROM market_candles
-           WHERE pair = %s AND interval = %s AND ts < to_timestamp(%s / 1000000.0)""",
-        (market.pair, market.interval, window.start),
-    ).fetchone()
-    return int(count), (int(first) if first is not None else None)
-
-
 def history_before_first_window(
     market: Market, first_ts: int, candles_before: int, first_window: Window, scheme: WindowScheme, window_start: str
 ) -> str:

@@ -201,3 +201,32 @@ def candle_coverage(conn: psycopg.Connection) -> dict[Market, CandleCoverage]:
                   (extract(epoch FROM max(ts)) * 1000000)::bigint FROM market_candles GROUP BY pair, interval"""
     ).fetchall()
     return {Market(p, i): CandleCoverage(int(n), int(first), int(last)) for p, i, n, first, last in rows}
+
+
+# -- what was written (the inbox and the live feed record the windows their writes touched) ----------
+def candle_write_seq(conn: psycopg.Connection) -> int:
+    """The candle write sequence now: every candle written later stamps a higher `write_seq`."""
+    last, called = conn.execute("SELECT last_value, is_called FROM market_candles_write_seq").fetchone()
+    return int(last) if called else 0
+
+
+def written_since(conn: psycopg.Connection, market: Market, seq_before: int, first_ts: int, last_ts: int) -> np.ndarray:
+    """Open times (epoch us) of the market's candles in [first_ts, last_ts] written after `seq_before`."""
+    rows = conn.execute(
+        """SELECT (extract(epoch FROM ts) * 1000000)::bigint FROM market_candles
+           WHERE pair = %s AND interval = %s AND ts >= to_timestamp(%s / 1000000.0)
+             AND ts <= to_timestamp(%s / 1000000.0) AND write_seq > %s""",
+        (market.pair, market.interval, first_ts, last_ts, seq_before),
+    ).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def stored_before(conn: psycopg.Connection, market: Market, before_us: int) -> tuple[int, int | None]:
+    """Stored candles of `market` opened before `before_us`: (count, earliest open time in epoch us)."""
+    count, first = conn.execute(
+        """SELECT count(*), (extract(epoch FROM min(ts)) * 1000000)::bigint FROM market_candles
+           WHERE pair = %s AND interval = %s AND ts < to_timestamp(%s / 1000000.0)""",
+        (market.pair, market.interval, before_us),
+    ).fetchone()
+    return int(count), (int(first) if first is not None else None)
+

@@ -50,7 +50,8 @@ def ingest(
         raise UserInputError("give exactly one source: --synthetic, --csv FILE or --parquet FILE")
     settings = load_settings()
     if synthetic:
-        from rl_lifecycle.candles.service import ingest_synthetic, stored_before
+        from rl_lifecycle.candles.service import ingest_synthetic
+        from rl_lifecycle.candles.store import stored_before
         from rl_lifecycle.windows import to_us
 
         if not start or not end:
@@ -62,7 +63,7 @@ def ingest(
         url = open_database(settings)
         with connect(url) as conn:
             stats = ingest_synthetic(conn, parsed, start_us, end_us, seed, calendar=calendar)
-            candles_before, first_ts = stored_before(conn, parsed, first) if start_us < first.start else (0, None)
+            candles_before, first_ts = stored_before(conn, parsed, first.start) if start_us < first.start else (0, None)
         register_market(url, settings, parsed, calendar=calendar)
         typer.echo(f"{parsed.key}: inserted {stats.inserted}, updated {stats.updated}, unchanged {stats.unchanged}")
         _echo_early_history(parsed, first_ts, candles_before, settings)

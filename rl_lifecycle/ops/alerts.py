@@ -15,7 +15,7 @@ never blocks nor crashes a sensor. Alerts older than `max_age` are no longer sen
 configured a week later does not receive a week of history); they stay in the table.
 
 Configuration (environment): `RL_ALERT_WEBHOOK_URL` (unset: alerts are recorded and logged, not
-POSTed), `RL_DAGSTER_UI_URL` (run links; default http://127.0.0.1:3000),
+POSTed), `RL_DAGSTER_UI_URL` (run links),
 `RL_ALERT_WEBHOOK_TIMEOUT_SECONDS` (default 5).
 """
 
@@ -33,12 +33,12 @@ import psycopg
 
 from rl_lifecycle.markets.keys import market_of
 from rl_lifecycle.ops.logs import log_event
-from rl_lifecycle.settings import load_settings
+from rl_lifecycle.settings import load_settings, variable
 
 CHECK_FAILED, RUN_FAILED = "check_failed", "run_failed"
 KINDS = (CHECK_FAILED, RUN_FAILED)
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
-DEFAULT_TIMEOUT_SECONDS = 5.0
+DEFAULT_UI_URL = variable("RL_DAGSTER_UI_URL").default
+DEFAULT_TIMEOUT_SECONDS = float(variable("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS").default)
 BACKOFF_BASE_SECONDS = 30.0
 BACKOFF_MAX_SECONDS = 3600.0
 MAX_AGE = timedelta(days=1)
