@@ -37,6 +37,11 @@ class Variable:
     def explicit(self) -> bool:
         return self.raw() is not None
 
+    @property
+    def field(self) -> str:
+        """Its `Settings` field: the name without `RL_`, in lower case (`RL_AUTO_PROMOTION` -> `auto_promotion`)."""
+        return self.name.removeprefix("RL_").lower()
+
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("RL_HOME", ".rl_lifecycle", "state dir: embedded database, Dagster home, datasets, MLflow artifacts, inbox"),
@@ -98,6 +103,8 @@ def _number(name: str) -> float:
 
 @dataclass(frozen=True)
 class Settings:
+    """The settings as read now; each field is its variable's `Variable.field`."""
+
     home: Path
     database_url: str | None
     strict_backtest: bool
@@ -111,7 +118,7 @@ class Settings:
     paper_decisions_enabled: bool
     decision_config: str | None
     alert_webhook_url: str | None
-    alert_webhook_timeout_s: float
+    alert_webhook_timeout_seconds: float
     dagster_ui_url: str
 
     @property
@@ -155,7 +162,7 @@ def load_settings() -> Settings:
         paper_decisions_enabled=_flag("RL_PAPER_DECISIONS_ENABLED"),
         decision_config=_text("RL_DECISION_CONFIG"),
         alert_webhook_url=_text("RL_ALERT_WEBHOOK_URL"),
-        alert_webhook_timeout_s=_number("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS"),
+        alert_webhook_timeout_seconds=_number("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS"),
         dagster_ui_url=_text("RL_DAGSTER_UI_URL"),
         feature_set=_text("RL_FEATURE_SET"),
         window_cadence=cadence,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.settings import VARIABLES, load_settings, rollout_switches
+from rl_lifecycle.settings import VARIABLES, Settings, load_settings, rollout_switches
 
 REPO = Path(__file__).resolve().parents[1]
 SET_FOR_CHILDREN = {"RL_DAGSTER_STORAGE_URL"}  # written by orchestration/instance.py for Dagster's processes
@@ -38,6 +38,11 @@ def test_every_variable_is_documented_with_its_default():
         assert row is not None, f"{variable.name} is missing from docs/operations.md's table"
         if variable.default is not None:
             assert variable.default in row, f"{variable.name}: docs/operations.md does not give its default {variable.default}"
+
+
+def test_every_variable_has_its_settings_field():
+    fields = set(Settings.__dataclass_fields__)
+    assert {v.field for v in VARIABLES} == fields
 
 
 def test_defaults_are_the_safe_ones_and_bad_values_are_named(monkeypatch):

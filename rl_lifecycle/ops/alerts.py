@@ -61,7 +61,7 @@ def load_alert_config() -> AlertConfig:
     return AlertConfig(
         webhook_url=settings.alert_webhook_url,
         ui_url=settings.dagster_ui_url.rstrip("/"),
-        timeout_seconds=max(0.1, min(settings.alert_webhook_timeout_s, 30.0)),
+        timeout_seconds=max(0.1, min(settings.alert_webhook_timeout_seconds, 30.0)),
     )
 
 

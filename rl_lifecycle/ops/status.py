@@ -45,12 +45,9 @@ def rollout_switches() -> list[Switch]:
     """The rollout switches in the order the plan stages them, as the environment sets them now (flags
     as the settings read them: `1` shows as true)."""
     settings = load_settings()
-    read = {"RL_FEATURE_SET": settings.feature_set, "RL_PAPER_DECISIONS_ENABLED": settings.paper_decisions_enabled,
-            "RL_STRICT_BACKTEST": settings.strict_backtest, "RL_ONLINE_LEARNING_ENABLED": settings.online_learning_enabled,
-            "RL_AUTO_PROMOTION": settings.auto_promotion}
     shown = lambda value: ("true" if value else "false") if isinstance(value, bool) else str(value)  # noqa: E731
     return [SNAPSHOT_STORAGE] + [
-        Switch(v.stage, v.switch, v.name, shown(read[v.name]), v.default, v.explicit, v.meaning)
+        Switch(v.stage, v.switch, v.name, shown(getattr(settings, v.field)), v.default, v.explicit, v.meaning)
         for v in switch_variables()
     ]
 
