@@ -12,11 +12,13 @@ from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.candles.store import load_candles
 from rl_lifecycle.evaluation.backtest import FoldJob, run_folds
 from rl_lifecycle.evaluation.folds import FoldConfig, make_folds, verify_folds
+from rl_lifecycle.evaluation.metrics import Trials, deflated_sharpe_at_decision
 from rl_lifecycle.evaluation.policies import FeatureSignPolicy
 from rl_lifecycle.evaluation.report import summarise
 from rl_lifecycle.evaluation.store import (
     EvaluationReport,
     latest_report,
+    market_trials,
     read_report,
     specs_evaluated,
     write_report,
@@ -43,10 +45,16 @@ def evaluated(conn, tmp_path):
     return candles, config, folds, results, tmp_path
 
 
-def _report(candles, config, folds, results, curves, strict=True, spec_hash="spec-a"):
-    records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, n_trials=2, strict=strict,
-                                            curves_dir=curves)
-    return EvaluationReport(MARKET.key, {"algorithm": "rule"}, spec_hash, "dataset-1", config, 2, strict, status,
+# Issue 16: summarise takes the market's other trials (Trials) instead of a count of specs; one other
+# trial here, so the report's aggregates say n_trials == 2 as before.
+ONE_OTHER = Trials.of(1, [0.01])
+
+
+def _report(candles, config, folds, results, curves, strict=True, spec_hash="spec-a", dataset_hash="dataset-1",
+            trials=ONE_OTHER):
+    records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, other_trials=trials,
+                                            strict=strict, curves_dir=curves)
+    return EvaluationReport(MARKET.key, {"algorithm": "rule"}, spec_hash, dataset_hash, config, 2, strict, status,
                             aggregates, {"wall_s": 1.5}, records)
 
 
@@ -75,6 +83,10 @@ def test_strict_report_keeps_the_failure_and_round_trips(conn, evaluated):
     assert curve.columns == ["ts", "close", "equity", "position", "buy_and_hold", "flat"] and curve.height == 40
     # aggregates cover the two completed folds; NaN comes back as null
     assert stored.aggregates["folds"] == 2 and stored.aggregates["n_trials"] == 2
+    # the summary statistics a decision recomputes the DSR from survive the round trip
+    assert stored.aggregates["n_returns"] == 2 * 39 and math.isfinite(stored.aggregates["sharpe_per_bar"])
+    assert deflated_sharpe_at_decision(stored.aggregates, ONE_OTHER.plus(stored.aggregates["sharpe_per_bar"])) \
+        == pytest.approx(report.aggregates["dsr"], rel=1e-12, nan_ok=True)
     assert stored.aggregates["total_return"]["mean"] == pytest.approx(
         np.mean([results[0].account_equity / 1e5 - 1, results[2].account_equity / 1e5 - 1]))
     assert all(v is None or math.isfinite(v) for v in stored.aggregates["win_rate"].values())
@@ -96,6 +108,40 @@ def test_rewriting_an_evaluation_is_idempotent(conn, evaluated):
     assert write_report(conn, other) != first_id
     write_report(conn, _report(candles, config, folds, results, None, spec_hash="spec-b"))
     assert specs_evaluated(conn, MARKET) == 2
+    # ... and each evaluation is a trial: spec-a under two fold configs, spec-b (a rerun counts once)
+    assert market_trials(conn, MARKET).n_trials == 3
+
+
+def test_market_trials_count_every_evaluation_of_a_spec(conn, evaluated):
+    """Fold configs, seeds (another spec hash) and feature sets (another dataset) of one spec are
+    separate trials; a rerun of one evaluation is the same trial; other markets do not count."""
+    candles, config, folds, results, _ = evaluated
+    assert market_trials(conn, MARKET).n_trials == 0
+    other_config = config.model_copy(update={"test_size": 30})
+    variants = [
+        _report(candles, config, folds, results, None, strict=False),
+        _report(candles, other_config, make_folds(len(candles), other_config, 2), results, None, strict=False),
+        _report(candles, config, folds, results, None, strict=False, spec_hash="spec-a-seed-1"),
+        _report(candles, config, folds, results, None, strict=False, dataset_hash="dataset-ta-v2"),
+        _report(candles, config, folds, results[:1], None, dataset_hash="dataset-2"),  # failed: still a trial
+    ]
+    ids = [write_report(conn, r) for r in variants]
+    write_report(conn, variants[0])  # a rerun rewrites its row
+    assert len(set(ids)) == 5 and specs_evaluated(conn, MARKET) == 2
+    trials = market_trials(conn, MARKET)
+    assert trials.n_trials == 5
+    expected = [r.aggregates["sharpe_per_bar"] for r in variants]
+    assert trials.sharpes == pytest.approx(expected)
+    assert trials.variance == pytest.approx(np.var(expected, ddof=1))
+    # while assembling an evaluation, it leaves itself out (it counts itself once more)
+    assert market_trials(conn, MARKET, excluding=variants[0].evaluation_key).n_trials == 4
+    # a report stored before reports kept sharpe_per_bar counts, without a Sharpe
+    legacy = EvaluationReport(**{**variants[0].__dict__, "dataset_hash": "dataset-old",
+                                 "aggregates": {"folds": 0, "psr": None, "dsr": None}})
+    write_report(conn, legacy)
+    assert market_trials(conn, MARKET).n_trials == 6 and len(market_trials(conn, MARKET).sharpes) == 5
+    assert market_trials(conn, Market("BTCUSDT", "1h")).n_trials == 0
+    assert market_trials(conn, Market("ETHUSDT", "4h")).n_trials == 0
 
 
 def test_a_failed_write_leaves_the_stored_report_untouched(conn, evaluated):

@@ -9,6 +9,8 @@ import pytest
 from scipy import stats
 
 from rl_lifecycle.evaluation.metrics import (
+    NO_TRIALS,
+    Trials,
     aggregate_folds,
     bars_per_year,
     buy_and_hold_baseline,
@@ -92,15 +94,22 @@ def test_probabilistic_sharpe_ratio_matches_the_formula_with_independent_moments
 
 
 def test_deflated_sharpe_ratio_deflates_with_more_trials():
+    # Issue 16: the DSR's variance is V[SR] across the trials, now a required argument; it no longer
+    # falls back on this series' own sampling variance (which is not the trials' spread). The paper's
+    # example is in test_sharpe_papers.py.
     returns = _returns(2)
-    assert deflated_sharpe_ratio(returns, 1) == pytest.approx(probabilistic_sharpe_ratio(returns))
-    values = [deflated_sharpe_ratio(returns, n) for n in (1, 2, 10, 100)]
+    variance = 0.002
+    assert deflated_sharpe_ratio(returns, 1, variance) == pytest.approx(probabilistic_sharpe_ratio(returns))
+    values = [deflated_sharpe_ratio(returns, n, variance) for n in (1, 2, 10, 100)]
     assert values == sorted(values, reverse=True) and values[-1] < values[0]
+    # ... and with a wider spread of the trials' Sharpe ratios
+    spread = [deflated_sharpe_ratio(returns, 10, v) for v in (0.0, 0.001, 0.002, 0.004)]
+    assert spread == sorted(spread, reverse=True) and spread[0] == pytest.approx(probabilistic_sharpe_ratio(returns))
     # expected maximum Sharpe of N trials, Bailey & Lopez de Prado (2014), by hand for N=10, V=0.01
     gamma = 0.5772156649015329
     by_hand = 0.1 * ((1 - gamma) * stats.norm.ppf(1 - 1 / 10) + gamma * stats.norm.ppf(1 - 1 / (10 * math.e)))
     assert expected_max_sharpe(10, 0.01) == pytest.approx(by_hand, rel=1e-12)
-    assert deflated_sharpe_ratio(returns, 10, trial_variance=0.01) == pytest.approx(
+    assert deflated_sharpe_ratio(returns, 10, trial_sharpe_variance=0.01) == pytest.approx(
         probabilistic_sharpe_ratio(returns, by_hand), rel=1e-12)
     assert math.isnan(probabilistic_sharpe_ratio(np.zeros(10)))
 
@@ -110,9 +119,14 @@ def test_aggregates_over_completed_folds():
     good = fold_metrics(np.array([100.0, 110.0, 121.0]), np.ones(3), np.zeros(3), 0.0, [21.0], 4)
     bad = fold_metrics(np.array([100.0, 90.0, 81.0]), np.ones(3), np.zeros(3), 0.0, [-19.0], 4)
     flat = flat_baseline(close, 100.0, 4)
+    # Issue 16: aggregate_folds takes the market's other trials (Trials) instead of a count; the report
+    # counts itself as one more, and its pooled per-bar Sharpe joins the trials' Sharpe ratios.
+    others = Trials.of(2, [0.05, -0.05])
     agg = aggregate_folds({0: good, 2: bad, 3: flat},
-                          {0: np.array([0.1, 0.1]), 2: np.array([-0.1, -0.1]), 3: np.zeros(2)}, n_trials=3)
+                          {0: np.array([0.1, 0.1]), 2: np.array([-0.1, -0.1]), 3: np.zeros(2)}, others)
     assert agg["folds"] == 3 and agg["n_trials"] == 3
+    assert agg["sharpe_per_bar"] == 0.0 and agg["n_returns"] == 6  # pooled: +0.1, +0.1, -0.1, -0.1, 0, 0
+    assert agg["trial_sharpe_variance"] == pytest.approx(np.var([0.05, -0.05, 0.0], ddof=1))
     assert agg["total_return"]["mean"] == pytest.approx((0.21 - 0.19 + 0) / 3)
     assert agg["total_return"]["median"] == pytest.approx(0.0)
     assert agg["total_return"]["std"] == pytest.approx(np.std([0.21, -0.19, 0.0], ddof=1))
@@ -121,4 +135,16 @@ def test_aggregates_over_completed_folds():
     assert agg["positive_share"] == pytest.approx(1 / 3)
     assert agg["win_rate"]["mean"] == pytest.approx(0.5)  # the flat fold's NaN is left out
     assert 0.0 <= agg["psr"] <= 1.0 and agg["dsr"] <= agg["psr"]
-    assert aggregate_folds({}, {}, 1) == {"folds": 0, "n_trials": 1}
+    # no completed fold: still a trial (the evaluation was run), without a Sharpe
+    assert aggregate_folds({}, {}, NO_TRIALS) == {"folds": 0, "n_trials": 1, "trial_sharpe_variance": 0.0}
+
+
+def test_trials_count_every_evaluation_and_vary_over_the_sharpes_they_have():
+    trials = Trials.of(4, [0.1, None, 0.3, math.nan])
+    assert trials.n_trials == 4 and list(trials.sharpes) == [0.1, 0.3]
+    assert trials.variance == pytest.approx(0.02)  # ddof 1
+    more = trials.plus(0.2)
+    assert more.n_trials == 5 and more.variance == pytest.approx(0.01)
+    assert Trials.of(1, [0.4]).variance == 0.0 and NO_TRIALS.n_trials == 0
+    with pytest.raises(ValueError, match="n_trials=1"):
+        Trials.of(1, [0.1, 0.2])

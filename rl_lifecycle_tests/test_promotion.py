@@ -3,11 +3,16 @@ against a real PostgreSQL and a real MLflow."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
+import numpy as np
+import polars as pl
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +32,7 @@ from rl_lifecycle.promotion.gates import (
     FOLD_FAILED,
     MANUAL_APPROVAL_REQUIRED,
     NOT_BETTER_THAN_BUY_AND_HOLD,
+    PAIRED_TEST_NOT_SIGNIFICANT,
     PENDING_MANUAL,
     PROMOTED,
     PSR_BELOW_MIN,
@@ -64,9 +70,22 @@ def fold(index: int, total_return: float, sharpe: float | None = None, drawdown:
     return FoldOutcome(index, status, (start, start + 100), metrics, baselines, (start * 10**9, (start + 100) * 10**9))
 
 
+BARS_PER_FOLD = 100
+
+
+def bar_returns(total_return: float, fold_index: int, contender: int) -> np.ndarray:
+    """A fold's per-bar net returns compounding to `total_return`: the market's moves on the fold (shared by
+    every contender, as on the same test bars) plus a little of the contender's own noise."""
+    market = np.random.default_rng(fold_index).normal(0.0, 0.004, BARS_PER_FOLD)
+    own = np.random.default_rng(1000 + contender).normal(0.0, 0.0005, BARS_PER_FOLD)
+    shape = market + own - (market + own).mean()
+    return shape + ((1.0 + total_return) ** (1.0 / BARS_PER_FOLD) - 1.0)
+
+
 def report(returns, report_id: int = 1, psr: float | None = 0.99, dsr: float | None = 0.9, **fold_args) -> ReportSummary:
     return ReportSummary(report_id, tuple(fold(i, r, **fold_args) for i, r in enumerate(returns)),
-                         {"psr": psr, "dsr": dsr})
+                         {"psr": psr, "dsr": dsr},
+                         returns={i: bar_returns(r, i, report_id or 0) for i, r in enumerate(returns)})
 
 
 # -- policy ------------------------------------------------------------------------------------------
@@ -102,6 +121,29 @@ def test_a_clearly_better_challenger_passes_every_gate():
     assert {g.code for g in decision.gates} >= {SHARPE_DELTA_BELOW_MIN, TOO_FEW_FOLD_WINS}
     pending = evaluate(challenger, champion, POLICY, auto_promotion=False)
     assert pending.outcome == PENDING_MANUAL and pending.reason_codes == (MANUAL_APPROVAL_REQUIRED,)
+
+
+def test_the_paired_test_reads_every_test_bar_and_fails_without_them():
+    champion = report([0.01, 0.02, 0.00, 0.01], report_id=1)
+    challenger = report([0.03, 0.04, 0.02, 0.02], report_id=2)
+    gate = next(g for g in evaluate(challenger, champion, POLICY, True).gates if g.code == PAIRED_TEST_NOT_SIGNIFICANT)
+    assert gate.passed and gate.comparison == "<=" and gate.threshold == POLICY.paired_test.alpha
+    details = gate.to_json()["details"]
+    assert details["statistic"] == "sharpe" and details["n_bars"] == 4 * BARS_PER_FOLD
+    assert details["sharpe_p_value"] == gate.value <= 0.05 and details["mean_p_value"] <= 0.05
+
+    # the same fold medians, but per-bar noise of the same size as the edge: not significant
+    noisy = ReportSummary(3, challenger.folds, challenger.aggregate, returns={
+        i: r + np.random.default_rng(i).normal(0.0, 0.02, len(r)) for i, r in challenger.returns.items()})
+    decision = evaluate(noisy, champion, POLICY, True)
+    assert decision.outcome == REJECTED and PAIRED_TEST_NOT_SIGNIFICANT in decision.reason_codes
+
+    # no per-bar returns for a fold: the test cannot run, and says so
+    missing = ReportSummary(4, challenger.folds, challenger.aggregate, returns={0: challenger.returns[0]})
+    gate = next(g for g in evaluate(missing, champion, POLICY, True).gates if g.code == PAIRED_TEST_NOT_SIGNIFICANT)
+    assert not gate.passed and math.isnan(gate.value) and "missing" in gate.description
+    off = parse_policy({"paired_test": None})
+    assert PAIRED_TEST_NOT_SIGNIFICANT not in {g.code for g in evaluate(missing, champion, off, True).gates}
 
 
 def test_a_worse_challenger_is_rejected_with_the_reasons():
@@ -289,10 +331,20 @@ def aliases(registry, market: Market) -> dict[str, int]:
     return {k: int(v) for k, v in (model.aliases or {}).items() if k in (CHAMPION, PREVIOUS_CHAMPION)}
 
 
+def _equity_curve(total_return: float, fold_index: int, contender: int) -> str:
+    """A fold equity curve file as reports keep them (only `equity` is read back)."""
+    equity = 100_000.0 * np.cumprod(np.concatenate(([1.0], 1.0 + bar_returns(total_return, fold_index, contender))))
+    path = Path(tempfile.mkdtemp(prefix="rl-test-curve-")) / f"fold-{fold_index}.parquet"
+    pl.DataFrame({"equity": equity}).write_parquet(path)
+    return path.as_uri()
+
+
 def stored_report(conn, market: Market, returns, spec_hash: str, dataset_hash: str = "d" * 64) -> int:
+    contender = int(hashlib.sha256(spec_hash.encode()).hexdigest()[:6], 16)
     folds = [FoldRecord(i, ((0, 100 * (i + 1)),), (100 * (i + 1), 100 * (i + 2)), ((0, 1),), (10 * i, 10 * i + 10),
                         "ok", {"total_return": r, "sharpe": r * 10, "max_drawdown": 0.05, "trades": 4},
-                        {"flat": {"total_return": 0.0}, "buy_and_hold": {"total_return": -0.01}})
+                        {"flat": {"total_return": 0.0}, "buy_and_hold": {"total_return": -0.01}},
+                        equity_curve_uri=_equity_curve(r, i, contender))
              for i, r in enumerate(returns)]
     return write_report(conn, EvaluationReport(
         market=market.key, spec={}, model_spec_hash=spec_hash, dataset_hash=dataset_hash, fold_config=FoldConfig(),

@@ -11,12 +11,17 @@ Conventions (see docs/evaluation.md):
   return is 0 (flat: no risk, no return) and NaN otherwise; fewer than two returns give NaN; Calmar is
   NaN without a drawdown; win rate is NaN without trades; PSR and DSR are NaN for returns without
   variation. Aggregates ignore NaN.
+* PSR and DSR (Bailey & Lopez de Prado 2012, 2014) work on per-bar figures: the per-bar Sharpe of the
+  returns, their number, skewness and non-excess kurtosis (`SharpeMoments`); the DSR deflates against
+  the variance of the per-bar Sharpe ratios of the market's trials (`Trials`). Reports store these
+  summary statistics, so a decision can recompute the DSR against the trials known at that time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -150,61 +155,150 @@ def moments(returns: np.ndarray) -> tuple[float, float]:
     return float(np.mean(centred**3)) / m2**1.5, float(np.mean(centred**4)) / m2**2
 
 
+@dataclass(frozen=True)
+class SharpeMoments:
+    """What the PSR and DSR need of a return series: its per-bar Sharpe, number of returns, skewness and
+    non-excess kurtosis (NaN when there are fewer than three returns or they do not vary)."""
+
+    sharpe: float
+    n_returns: int
+    skew: float
+    kurtosis: float
+
+
+def sharpe_moments(returns: np.ndarray) -> SharpeMoments:
+    returns = np.asarray(returns, dtype=np.float64)
+    sharpe = sharpe_per_bar(returns)
+    if len(returns) < 3 or not returns.std() > 0:
+        return SharpeMoments(sharpe, len(returns), math.nan, math.nan)  # no variation: no evidence either way
+    skew, kurtosis = moments(returns)
+    return SharpeMoments(sharpe, len(returns), skew, kurtosis)
+
+
 def sharpe_variance(sharpe: float, n_returns: int, skew: float, kurtosis: float) -> float:
     """Variance of a per-bar Sharpe estimate (Mertens; Bailey & Lopez de Prado 2012, eq. for PSR)."""
     return (1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2) / (n_returns - 1)
 
 
-def probabilistic_sharpe_ratio(returns: np.ndarray, benchmark_sharpe: float = 0.0) -> float:
-    """P(true per-bar Sharpe > benchmark) given the sample's Sharpe, length, skewness and kurtosis."""
-    returns = np.asarray(returns, dtype=np.float64)
-    sharpe = sharpe_per_bar(returns)
-    if not math.isfinite(sharpe) or len(returns) < 3 or not returns.std() > 0:
-        return math.nan  # no variation (a flat fold): no evidence either way
-    skew, kurtosis = moments(returns)
-    variance = sharpe_variance(sharpe, len(returns), skew, kurtosis)
-    if variance <= 0.0:
+def probabilistic_sharpe_ratio_from_moments(
+    sharpe: float, n_returns: int, skew: float, kurtosis: float, benchmark_sharpe: float = 0.0
+) -> float:
+    """PSR (Bailey & Lopez de Prado 2012): P(true per-bar Sharpe > benchmark) =
+    Phi((SR - SR*) sqrt(n - 1) / sqrt(1 - skew SR + (kurtosis - 1) / 4 SR^2)), kurtosis non-excess.
+
+    NaN when an input is not finite, with fewer than three returns, or when the variance term is not
+    positive."""
+    values = (sharpe, skew, kurtosis, benchmark_sharpe)
+    if n_returns < 3 or not all(math.isfinite(v) for v in values):
+        return math.nan
+    variance = sharpe_variance(sharpe, n_returns, skew, kurtosis)
+    if not variance > 0.0:
         return math.nan
     return _NORMAL.cdf((sharpe - benchmark_sharpe) / math.sqrt(variance))
 
 
-def expected_max_sharpe(n_trials: int, trial_variance: float) -> float:
-    """Expected maximum per-bar Sharpe of `n_trials` unskilled trials (Bailey & Lopez de Prado 2014)."""
-    if n_trials <= 1 or trial_variance <= 0.0:
+def probabilistic_sharpe_ratio(returns: np.ndarray, benchmark_sharpe: float = 0.0) -> float:
+    """P(true per-bar Sharpe > benchmark) given the sample's Sharpe, length, skewness and kurtosis."""
+    m = sharpe_moments(returns)
+    return probabilistic_sharpe_ratio_from_moments(m.sharpe, m.n_returns, m.skew, m.kurtosis, benchmark_sharpe)
+
+
+def expected_max_sharpe(n_trials: int, trial_sharpe_variance: float) -> float:
+    """Expected maximum Sharpe of `n_trials` unskilled trials whose Sharpe ratios have variance
+    `trial_sharpe_variance` (Bailey & Lopez de Prado 2014): sqrt(V) ((1 - g) Phi^-1(1 - 1/N)
+    + g Phi^-1(1 - 1/(N e))), g the Euler-Mascheroni constant. In the units of V (here per bar).
+    0 for one trial (or none) and for no variance: nothing to deflate by."""
+    if n_trials <= 1 or not trial_sharpe_variance > 0.0:
         return 0.0
-    return math.sqrt(trial_variance) * (
+    return math.sqrt(trial_sharpe_variance) * (
         (1.0 - EULER_GAMMA) * _NORMAL.inv_cdf(1.0 - 1.0 / n_trials)
         + EULER_GAMMA * _NORMAL.inv_cdf(1.0 - 1.0 / (n_trials * math.e))
     )
 
 
-def deflated_sharpe_ratio(returns: np.ndarray, n_trials: int, trial_variance: float | None = None) -> float:
-    """PSR against the Sharpe the best of `n_trials` unskilled trials would show.
+def deflated_sharpe_ratio_from_moments(
+    sharpe: float, n_returns: int, skew: float, kurtosis: float, n_trials: int, trial_sharpe_variance: float
+) -> float:
+    """DSR (Bailey & Lopez de Prado 2014): the PSR of this Sharpe against the expected maximum Sharpe of
+    `n_trials` trials whose Sharpe ratios have variance `trial_sharpe_variance` (V[SR], across the
+    trials, in the same units as `sharpe`). One trial, or V = 0, gives the PSR against 0."""
+    benchmark = expected_max_sharpe(n_trials, trial_sharpe_variance)
+    return probabilistic_sharpe_ratio_from_moments(sharpe, n_returns, skew, kurtosis, benchmark)
 
-    `trial_variance` is the variance of the per-bar Sharpe across the trials; when unknown it is the
-    sampling variance of this Sharpe estimate (what trials with no skill would scatter by).
-    """
-    returns = np.asarray(returns, dtype=np.float64)
-    sharpe = sharpe_per_bar(returns)
-    if not math.isfinite(sharpe) or len(returns) < 3:
+
+def deflated_sharpe_ratio(returns: np.ndarray, n_trials: int, trial_sharpe_variance: float) -> float:
+    """The DSR of a per-bar return series among `n_trials` trials whose per-bar Sharpe ratios have
+    variance `trial_sharpe_variance` (see `deflated_sharpe_ratio_from_moments`)."""
+    m = sharpe_moments(returns)
+    return deflated_sharpe_ratio_from_moments(m.sharpe, m.n_returns, m.skew, m.kurtosis, n_trials,
+                                              trial_sharpe_variance)
+
+
+@dataclass(frozen=True, eq=False)
+class Trials:
+    """The trials a DSR deflates by: how many evaluations were made (`n_trials`), the per-bar Sharpe of
+    each that has one (`sharpes`: an evaluation without completed folds, or stored before reports kept
+    `sharpe_per_bar`, counts but has none), and the variance of those Sharpe ratios (ddof 1; 0 with
+    fewer than two). Build it with `Trials.of`."""
+
+    n_trials: int
+    sharpes: np.ndarray
+    variance: float
+
+    @classmethod
+    def of(cls, n_trials: int, sharpes: Iterable[float | None]) -> Trials:
+        values = np.array([math.nan if s is None else float(s) for s in sharpes], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if n_trials < len(finite):
+            raise ValueError(f"n_trials={n_trials}: fewer than the {len(finite)} Sharpe ratios given")
+        variance = float(finite.var(ddof=1)) if len(finite) > 1 else 0.0
+        return cls(int(n_trials), finite, variance)
+
+    def plus(self, sharpe: float | None) -> Trials:
+        """These trials and one more, with this per-bar Sharpe (None or NaN: a trial without one)."""
+        return Trials.of(self.n_trials + 1, [*self.sharpes, sharpe])
+
+
+NO_TRIALS = Trials.of(0, [])
+
+
+def deflated_sharpe_at_decision(aggregates: dict, trials: Trials) -> float:
+    """The DSR of a stored report, from the summary statistics its aggregates keep (`sharpe_per_bar`,
+    `n_returns`, `skew`, `kurtosis`), against the market's trials as they are now
+    (`store.market_trials`, which counts the report itself). With one trial, or trials whose Sharpe
+    ratios do not vary, it is the PSR against 0. NaN when the report lacks the statistics (no completed
+    fold, returns without variation, or a report stored before they were kept)."""
+    values = [aggregates.get(key) for key in ("sharpe_per_bar", "n_returns", "skew", "kurtosis")]
+    if any(v is None for v in values):
         return math.nan
-    if trial_variance is None:
-        skew, kurtosis = moments(returns)
-        trial_variance = sharpe_variance(sharpe, len(returns), skew, kurtosis)
-    return probabilistic_sharpe_ratio(returns, expected_max_sharpe(n_trials, trial_variance))
+    sharpe, n_returns, skew, kurtosis = values
+    return deflated_sharpe_ratio_from_moments(float(sharpe), int(n_returns), float(skew), float(kurtosis),
+                                              trials.n_trials, trials.variance)
 
 
 # For these a lower value is the worse fold; for the others (drawdown, turnover, fees...) a higher one.
 _LOWER_IS_WORSE = {"total_return", "log_return", "annual_return", "sharpe", "sortino", "calmar", "win_rate", "bars"}
 
 
-def aggregate_folds(metrics_by_fold: dict[int, dict], returns_by_fold: dict[int, np.ndarray], n_trials: int) -> dict:
+def aggregate_folds(metrics_by_fold: dict[int, dict], returns_by_fold: dict[int, np.ndarray],
+                    other_trials: Trials) -> dict:
     """Over the folds given (the completed ones): mean/median/std/worst of every metric, the share of
-    positive folds, the worst fold, and PSR/DSR of the folds' per-bar returns taken together."""
-    result: dict = {"folds": len(metrics_by_fold), "n_trials": int(n_trials)}
+    positive folds, the worst fold, and over the folds' per-bar returns taken together their summary
+    statistics (`sharpe_per_bar`, `n_returns`, `skew`, `kurtosis`), PSR against 0 and DSR.
+
+    `other_trials` are the market's trials known now, this evaluation excluded: it counts as one more
+    (`n_trials`), and its pooled Sharpe joins the Sharpe ratios whose variance
+    (`trial_sharpe_variance`) the DSR deflates by. A decision recomputes the DSR against the trials of
+    its time with `deflated_sharpe_at_decision`."""
     if not metrics_by_fold:
-        return result
+        trials = other_trials.plus(None)
+        return {"folds": 0, "n_trials": trials.n_trials, "trial_sharpe_variance": trials.variance}
     indices = sorted(metrics_by_fold)
+    pooled = np.concatenate([np.asarray(returns_by_fold[i], dtype=np.float64) for i in indices])
+    summary = sharpe_moments(pooled)
+    trials = other_trials.plus(summary.sharpe)
+    result: dict = {"folds": len(metrics_by_fold), "n_trials": trials.n_trials,
+                    "trial_sharpe_variance": trials.variance}
     for key in metrics_by_fold[indices[0]]:
         values = np.array([metrics_by_fold[i][key] for i in indices], dtype=np.float64)
         finite = values[np.isfinite(values)]
@@ -220,7 +314,10 @@ def aggregate_folds(metrics_by_fold: dict[int, dict], returns_by_fold: dict[int,
     total = np.array([metrics_by_fold[i]["total_return"] for i in indices], dtype=np.float64)
     result["positive_share"] = float(np.mean(total > 0))
     result["worst_fold"] = indices[int(np.argmin(total))]
-    pooled = np.concatenate([np.asarray(returns_by_fold[i], dtype=np.float64) for i in indices])
-    result["psr"] = probabilistic_sharpe_ratio(pooled)
-    result["dsr"] = deflated_sharpe_ratio(pooled, n_trials)
+    result.update({"sharpe_per_bar": summary.sharpe, "n_returns": summary.n_returns, "skew": summary.skew,
+                   "kurtosis": summary.kurtosis})
+    result["psr"] = probabilistic_sharpe_ratio_from_moments(summary.sharpe, summary.n_returns, summary.skew,
+                                                            summary.kurtosis)
+    result["expected_max_sharpe"] = expected_max_sharpe(trials.n_trials, trials.variance)
+    result["dsr"] = deflated_sharpe_at_decision(result, trials)  # what a decision recomputes, same code
     return result

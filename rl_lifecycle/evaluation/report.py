@@ -19,6 +19,7 @@ import polars as pl
 from rl_lifecycle.evaluation.backtest import FoldResult
 from rl_lifecycle.evaluation.folds import Fold, Range
 from rl_lifecycle.evaluation.metrics import (
+    Trials,
     aggregate_folds,
     bars_per_year,
     buy_and_hold_baseline,
@@ -70,11 +71,12 @@ def summarise(
     results: list[FoldResult],
     ts: np.ndarray,
     cost_bps: float,
-    n_trials: int,
+    other_trials: Trials,
     strict: bool,
     curves_dir: Path | None = None,
 ) -> tuple[list[FoldRecord], dict, str]:
-    """Fold records, aggregates over the completed folds, and the evaluation status."""
+    """Fold records, aggregates over the completed folds, and the evaluation status. `other_trials`: the
+    market's trials without this evaluation (`store.market_trials(..., excluding=its key)`)."""
     by_index = {r.fold_index: r for r in results}
     periods = bars_per_year(market.interval)
     records, metrics_by_fold, returns_by_fold = [], {}, {}
@@ -100,7 +102,7 @@ def summarise(
                                   metrics, baselines, None, uri))
         metrics_by_fold[fold.index] = metrics
         returns_by_fold[fold.index] = simple_returns(result.equity)
-    aggregates = aggregate_folds(metrics_by_fold, returns_by_fold, n_trials)
+    aggregates = aggregate_folds(metrics_by_fold, returns_by_fold, other_trials)
     missing = [r.index for r in records if r.status != "ok"]
     aggregates["missing_folds"] = missing
     if not missing:

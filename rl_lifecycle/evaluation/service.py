@@ -26,8 +26,8 @@ from rl_lifecycle.evaluation.report import summarise
 from rl_lifecycle.evaluation.store import (
     EvaluationReport,
     evaluation_key,
+    market_trials,
     read_report,
-    specs_evaluated,
     write_report,
 )
 from rl_lifecycle.markets.keys import Market
@@ -154,7 +154,8 @@ def assemble_report(
     """Metrics, baselines and aggregates of the folds' results (failed folds included); stored and returned."""
     data = training_data(conn, plan.market, plan.window)
     results = sorted(results, key=lambda r: r.fold_index)
-    trials = specs_evaluated(conn, plan.market) + (0 if _evaluated_before(conn, plan.market, plan.spec) else 1)
+    key = evaluation_key(plan.market, plan.spec.spec_hash, plan.dataset_hash, plan.config)
+    trials = market_trials(conn, plan.market, excluding=key)  # this evaluation counts itself (a rerun: once)
     records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
                                             trials, strict, plan.root / "curves")
     report = EvaluationReport(
@@ -198,13 +199,6 @@ def evaluate_spec(
         "train_s": round(trained_at - started, 3), "backtest_s": round(time.perf_counter() - trained_at, 3),
         "workers": workers,
     })
-
-
-def _evaluated_before(conn: psycopg.Connection, market: Market, spec: ModelSpec) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM evaluation_reports WHERE pair = %s AND interval = %s AND model_spec_hash = %s LIMIT 1",
-        (market.pair, market.interval, spec.spec_hash),
-    ).fetchone() is not None
 
 
 def check_leak_free(report: EvaluationReport, n_rows: int) -> list[str]:

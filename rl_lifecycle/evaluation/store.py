@@ -15,6 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from rl_lifecycle.evaluation.folds import FoldConfig
+from rl_lifecycle.evaluation.metrics import Trials
 from rl_lifecycle.evaluation.report import FoldRecord, json_safe
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import iso, to_us
@@ -135,9 +136,30 @@ def latest_report(conn: psycopg.Connection, market: Market) -> EvaluationReport 
 
 
 def specs_evaluated(conn: psycopg.Connection, market: Market) -> int:
-    """How many distinct model specs were ever evaluated on the market: the DSR's number of trials."""
+    """How many distinct model specs were ever evaluated on the market. Not the DSR's number of trials:
+    seeds, feature sets (datasets) and fold configs of one spec are trials too (`market_trials`)."""
     (count,) = conn.execute(
         "SELECT count(DISTINCT model_spec_hash) FROM evaluation_reports WHERE pair = %s AND interval = %s",
         (market.pair, market.interval),
     ).fetchone()
     return int(count)
+
+
+def market_trials(conn: psycopg.Connection, market: Market, *, excluding: str | None = None) -> Trials:
+    """Every evaluation stored for the market is a trial: each report row (one per evaluation key, so
+    each spec, seed, feature set or dataset, and fold config; failed and partial reports included),
+    with the per-bar Sharpe of its pooled fold returns (`aggregates.sharpe_per_bar`; none for a report
+    without completed folds or stored before reports kept it). `excluding` leaves out one evaluation
+    key (the one being assembled, which counts itself).
+
+    The raw number of trials, not an effective number from the correlation of the trials' returns:
+    the reports keep summary statistics, not the return series such an estimate needs, and counting
+    correlated trials (seeds of one spec) as independent overstates N, so the expected maximum Sharpe
+    and the deflation err on the strict side. Re-running one evaluation rewrites its row: the same
+    trial, counted once."""
+    rows = conn.execute(
+        """SELECT aggregates -> 'sharpe_per_bar' FROM evaluation_reports
+           WHERE pair = %s AND interval = %s AND evaluation_key IS DISTINCT FROM %s ORDER BY id""",
+        (market.pair, market.interval, excluding),
+    ).fetchall()
+    return Trials.of(len(rows), [sharpe for (sharpe,) in rows])

@@ -1,7 +1,8 @@
 """Promotion gates: pure functions from fold reports and a policy to a decision.
 
-Paired gates compare challenger minus champion fold by fold, and only over folds with identical
-test spans (two reports on different folds cannot be compared: that is refused, not guessed).
+Paired gates compare challenger minus champion over folds with identical test spans (two reports on
+different folds cannot be compared: that is refused, not guessed): the paired test on every test bar
+(`rl_lifecycle.promotion.paired`), and descriptive fold-by-fold deltas.
 With no champion (bootstrap) only the absolute gates apply. A NaN value (a Sharpe undefined on a
 short fold, a PSR without variation, a metric the report lacks) fails its gate: a gate passes only
 on a number that clears its threshold.
@@ -34,12 +35,14 @@ SHARPE_DELTA_BELOW_MIN = "SHARPE_DELTA_BELOW_MIN"
 RETURN_DELTA_BELOW_MIN = "RETURN_DELTA_BELOW_MIN"
 DRAWDOWN_WORSE_THAN_MAX = "DRAWDOWN_WORSE_THAN_MAX"
 TOO_FEW_FOLD_WINS = "TOO_FEW_FOLD_WINS"
+PAIRED_TEST_NOT_SIGNIFICANT = "PAIRED_TEST_NOT_SIGNIFICANT"
 # Not a gate: why a decision whose gates all passed waits for a person.
 MANUAL_APPROVAL_REQUIRED = "MANUAL_APPROVAL_REQUIRED"
 
 ABSOLUTE_CODES = (NO_COMPLETED_FOLDS, FOLD_FAILED, NOT_BETTER_THAN_FLAT, NOT_BETTER_THAN_BUY_AND_HOLD,
                   TOO_FEW_TRADES, PSR_BELOW_MIN, DSR_BELOW_MIN)
-PAIRED_CODES = (SHARPE_DELTA_BELOW_MIN, RETURN_DELTA_BELOW_MIN, DRAWDOWN_WORSE_THAN_MAX, TOO_FEW_FOLD_WINS)
+PAIRED_CODES = (PAIRED_TEST_NOT_SIGNIFICANT, SHARPE_DELTA_BELOW_MIN, RETURN_DELTA_BELOW_MIN, DRAWDOWN_WORSE_THAN_MAX,
+                TOO_FEW_FOLD_WINS)
 REASON_CODES = ABSOLUTE_CODES + PAIRED_CODES + (MANUAL_APPROVAL_REQUIRED,)
 
 
@@ -90,10 +93,12 @@ class ReportSummary:
     aggregate: Mapping[str, Any]
     dataset_hash: str | None = None
     market: str | None = None
+    returns: Mapping[int, np.ndarray] = field(default_factory=dict)  # fold -> per-bar net returns (paired test)
 
     @classmethod
-    def from_stored(cls, report) -> ReportSummary:
-        """From `rl_lifecycle.evaluation.store.EvaluationReport` (as `read_report` returns it)."""
+    def from_stored(cls, report, returns: Mapping[int, np.ndarray] | None = None) -> ReportSummary:
+        """From `rl_lifecycle.evaluation.store.EvaluationReport` (as `read_report` returns it), with its
+        folds' per-bar returns (`rl_lifecycle.evaluation.curves.fold_returns`) for the paired test."""
         folds = tuple(
             FoldOutcome(
                 index=int(f.index), status=f.status, test_range=(int(f.test_range[0]), int(f.test_range[1])),
@@ -102,7 +107,7 @@ class ReportSummary:
             )
             for f in sorted(report.folds, key=lambda f: f.index)
         )
-        return cls(report.id, folds, dict(report.aggregates or {}), report.dataset_hash, report.market)
+        return cls(report.id, folds, dict(report.aggregates or {}), report.dataset_hash, report.market, dict(returns or {}))
 
     @property
     def completed_folds(self) -> tuple[FoldOutcome, ...]:
@@ -117,13 +122,17 @@ class GateResult:
     threshold: float
     description: str
     comparison: str  # how value is held against threshold: >=, <=, >
+    details: Mapping[str, Any] | None = None  # what else a person needs to read the value (the paired test)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "code": self.code, "passed": self.passed, "value": _json_number(self.value),
             "threshold": _json_number(self.threshold), "comparison": self.comparison,
             "description": self.description,
         }
+        if self.details is not None:
+            out["details"] = dict(self.details)
+        return out
 
 
 @dataclass(frozen=True)
@@ -156,11 +165,12 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-def _gate(code: str, value: float, threshold: float, comparison: str, description: str) -> GateResult:
+def _gate(code: str, value: float, threshold: float, comparison: str, description: str,
+          details: Mapping[str, Any] | None = None) -> GateResult:
     value, threshold = float(value), float(threshold)
     # NaN compares False both ways, but say it outright: an undefined value never passes.
     passed = math.isfinite(value) and math.isfinite(threshold) and _COMPARE[comparison](value, threshold)
-    return GateResult(code, bool(passed), value, threshold, description, comparison)
+    return GateResult(code, bool(passed), value, threshold, description, comparison, details)
 
 
 def strict_median(values: Iterable[float]) -> float:
@@ -228,6 +238,40 @@ def absolute_gates(report: ReportSummary, policy: GatePolicy) -> list[GateResult
     return gates
 
 
+def paired_returns(challenger: ReportSummary, champion: ReportSummary,
+                   pairs: list[tuple[FoldOutcome, FoldOutcome]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both contenders' per-bar returns over every paired fold, bar for bar; None when a fold's returns
+    are missing or the two differ in length (then the paired test cannot run, and its gate fails)."""
+    ours, theirs = [], []
+    for a, b in pairs:
+        ra, rb = challenger.returns.get(a.index), champion.returns.get(b.index)
+        if ra is None or rb is None or len(ra) != len(rb):
+            return None
+        ours.append(np.asarray(ra, dtype=np.float64))
+        theirs.append(np.asarray(rb, dtype=np.float64))
+    if not ours:
+        return None
+    return np.concatenate(ours), np.concatenate(theirs)
+
+
+def paired_test_gate(challenger: ReportSummary, champion: ReportSummary, pairs, policy: GatePolicy) -> GateResult:
+    """PAIRED_TEST_NOT_SIGNIFICANT: the one-sided p-value of the policy's statistic must be at most alpha."""
+    from rl_lifecycle.promotion.paired import paired_test
+
+    rule = policy.paired_test
+    series = paired_returns(challenger, champion, pairs)
+    statistic = "sharpe difference" if rule.statistic == "sharpe" else "mean return difference"
+    if series is None:
+        return _gate(PAIRED_TEST_NOT_SIGNIFICANT, math.nan, rule.alpha, "<=",
+                     f"paired test of the {statistic}: per-bar returns missing for a paired fold")
+    test = paired_test(*series, replications=rule.replications)
+    p_value = test.sharpe_p_value if rule.statistic == "sharpe" else test.mean_p_value
+    return _gate(PAIRED_TEST_NOT_SIGNIFICANT, p_value, rule.alpha, "<=",
+                 f"one-sided p-value of the {statistic} (challenger - champion) on {test.n_bars} paired test bars "
+                 f"of {len(pairs)} folds, circular block bootstrap (block {test.block_size})",
+                 details={"statistic": rule.statistic, **test.to_json()})
+
+
 def paired_gates(challenger: ReportSummary, champion: ReportSummary, policy: GatePolicy) -> list[GateResult]:
     pairs = paired_folds(challenger, champion)
 
@@ -236,6 +280,8 @@ def paired_gates(challenger: ReportSummary, champion: ReportSummary, policy: Gat
 
     n = len(pairs)
     gates = []
+    if policy.paired_test is not None:
+        gates.append(paired_test_gate(challenger, champion, pairs, policy))
     if policy.min_median_sharpe_delta is not None:
         gates.append(_gate(SHARPE_DELTA_BELOW_MIN, strict_median(deltas("sharpe")), policy.min_median_sharpe_delta,
                            ">=", f"median Sharpe delta (challenger - champion) over {n} paired folds"))

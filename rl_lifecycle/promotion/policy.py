@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -45,10 +45,21 @@ class FoldWins(BaseModel):
         return f"{self.count} folds" if self.count is not None else f"{self.fraction:g} of the folds"
 
 
+class PairedTestRule(BaseModel):
+    """The paired test on every test bar (`rl_lifecycle.promotion.paired`): which statistic, at what level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)  # the challenger must be better at this one-sided level
+    statistic: Literal["sharpe", "mean"] = "sharpe"  # Sharpe difference (Ledoit & Wolf) or mean return difference
+    replications: int = Field(default=999, ge=99, le=100_000)  # bootstrap resamples
+
+
 class GatePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # paired (challenger minus champion)
+    paired_test: PairedTestRule | None = Field(default_factory=PairedTestRule)
     min_median_sharpe_delta: float | None = 0.0
     min_median_return_delta: float | None = 0.0
     max_drawdown_worsening: float | None = Field(default=0.05, ge=0.0)

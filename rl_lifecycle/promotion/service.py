@@ -46,7 +46,10 @@ def _market(market: Market | str) -> Market:
 
 
 def _summary(report) -> ReportSummary:
-    return report if isinstance(report, ReportSummary) else ReportSummary.from_stored(report)
+    """Stored reports come with their folds' per-bar returns, read from the equity curves beside them."""
+    from rl_lifecycle.evaluation.curves import fold_returns
+
+    return report if isinstance(report, ReportSummary) else ReportSummary.from_stored(report, fold_returns(report))
 
 
 def _reason(reason: str | None) -> str:

@@ -11,7 +11,7 @@ from rl_lifecycle.orchestration.partitions import (
     parse_partition_key,
 )
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
-from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, gate_rows
+from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, PAIRED_TEST_NOT_SIGNIFICANT, gate_rows
 from rl_lifecycle.settings import load_settings
 
 
@@ -66,8 +66,17 @@ def promotion_decision(
         "evaluation_report_id": reports.challenger_report.id,
         "champion_report_id": reports.champion_report.id if reports.champion_report is not None else "-",
         "audit_id": record.id,
+        **_paired_test_metadata(decision),
     })
 
 
 def _version(version: int | None) -> str:
     return "-" if version is None else f"v{version}"
+
+
+def _paired_test_metadata(decision) -> dict:
+    """The paired test's statistic and p-values, when the decision ran it (a champion existed)."""
+    gate = next((g for g in decision.gates if g.code == PAIRED_TEST_NOT_SIGNIFICANT and g.details), None)
+    if gate is None:
+        return {}
+    return {"paired_test": MetadataValue.json(dict(gate.details)), "paired_p_value": gate.value}
