@@ -464,3 +464,21 @@ def test_two_concurrent_decisions_for_one_market_are_serialised(database_url, co
     promotions = [r for r in audit.history(conn, market.key) if r.action == audit.PROMOTE]
     assert [r.champion_version for r in reversed(promotions)] == [None, champion]
     assert aliases(registry, market) == {CHAMPION: won[0], PREVIOUS_CHAMPION: champion}
+
+
+def test_the_dsr_gate_deflates_by_the_markets_trials_at_decision_time():
+    """Bailey & Lopez de Prado (2014)'s example through the gate: a report with daily SR 2.5/sqrt(250) over
+    1250 days, skew -3, kurtosis 10, against 100 trials whose Sharpe ratios vary by 0.5/250: DSR 0.9004.
+    The DSR stored with the report (deflated when it was assembled) is not what the gate reads."""
+    from rl_lifecycle.evaluation.metrics import Trials
+
+    z = np.random.default_rng(5).normal(size=100)
+    sharpes = (z - z.mean()) / z.std(ddof=1) * math.sqrt(0.5 / 250)
+    aggregate = {"sharpe_per_bar": 2.5 / math.sqrt(250), "n_returns": 1250, "skew": -3.0, "kurtosis": 10.0,
+                 "dsr": 0.01, "psr": 0.99}
+    now = ReportSummary(1, report([0.02]).folds, aggregate, trials=Trials.of(100, sharpes))
+    gate = next(g for g in evaluate(now, None, POLICY, True).gates if g.code == DSR_BELOW_MIN)
+    assert gate.value == pytest.approx(0.9004, abs=1e-3)
+    assert gate.details["n_trials"] == 100 and gate.details["trial_sharpe_variance"] == pytest.approx(0.5 / 250)
+    stored = ReportSummary(1, report([0.02]).folds, aggregate)  # no trials known: the report's own DSR
+    assert next(g for g in evaluate(stored, None, POLICY, True).gates if g.code == DSR_BELOW_MIN).value == 0.01

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.evaluation.metrics import Trials, deflated_sharpe_at_decision, expected_max_sharpe
 from rl_lifecycle.promotion.policy import GatePolicy
 
 PROMOTED, REJECTED, PENDING_MANUAL = "promoted", "rejected", "pending_manual"
@@ -94,9 +95,23 @@ class ReportSummary:
     dataset_hash: str | None = None
     market: str | None = None
     returns: Mapping[int, np.ndarray] = field(default_factory=dict)  # fold -> per-bar net returns (paired test)
+    trials: Trials | None = None  # the market's trials at decision time; None: the DSR stored with the report
+
+    def deflated_sharpe(self) -> tuple[float, dict]:
+        """The DSR against the market's trials now (when known and the report keeps its Sharpe statistics),
+        else the one stored with the report; with what it was deflated by."""
+        if self.trials is not None and self.aggregate.get("sharpe_per_bar") is not None:
+            return deflated_sharpe_at_decision(dict(self.aggregate), self.trials), {
+                "n_trials": self.trials.n_trials, "trial_sharpe_variance": self.trials.variance,
+                "expected_max_sharpe": expected_max_sharpe(self.trials.n_trials, self.trials.variance),
+                "at": "decision"}
+        return as_number(self.aggregate.get("dsr")), {
+            "n_trials": self.aggregate.get("n_trials"), "trial_sharpe_variance": self.aggregate.get("trial_sharpe_variance"),
+            "at": "report"}
 
     @classmethod
-    def from_stored(cls, report, returns: Mapping[int, np.ndarray] | None = None) -> ReportSummary:
+    def from_stored(cls, report, returns: Mapping[int, np.ndarray] | None = None,
+                    trials: Trials | None = None) -> ReportSummary:
         """From `rl_lifecycle.evaluation.store.EvaluationReport` (as `read_report` returns it), with its
         folds' per-bar returns (`rl_lifecycle.evaluation.curves.fold_returns`) for the paired test."""
         folds = tuple(
@@ -107,7 +122,8 @@ class ReportSummary:
             )
             for f in sorted(report.folds, key=lambda f: f.index)
         )
-        return cls(report.id, folds, dict(report.aggregates or {}), report.dataset_hash, report.market, dict(returns or {}))
+        return cls(report.id, folds, dict(report.aggregates or {}), report.dataset_hash, report.market,
+                   dict(returns or {}), trials)
 
     @property
     def completed_folds(self) -> tuple[FoldOutcome, ...]:
@@ -233,8 +249,10 @@ def absolute_gates(report: ReportSummary, policy: GatePolicy) -> list[GateResult
         gates.append(_gate(PSR_BELOW_MIN, as_number(report.aggregate.get("psr")), policy.min_psr, ">=",
                            "probabilistic Sharpe ratio of the pooled fold returns"))
     if policy.min_dsr is not None:
-        gates.append(_gate(DSR_BELOW_MIN, as_number(report.aggregate.get("dsr")), policy.min_dsr, ">=",
-                           "deflated Sharpe ratio of the pooled fold returns"))
+        dsr, deflation = report.deflated_sharpe()
+        gates.append(_gate(DSR_BELOW_MIN, dsr, policy.min_dsr, ">=",
+                           f"deflated Sharpe ratio of the pooled fold returns, against {deflation['n_trials']} trials",
+                           details=deflation))
     return gates
 
 

@@ -45,11 +45,14 @@ def _market(market: Market | str) -> Market:
     return market if isinstance(market, Market) else Market.parse(market)
 
 
-def _summary(report) -> ReportSummary:
-    """Stored reports come with their folds' per-bar returns, read from the equity curves beside them."""
+def _summary(report, trials=None) -> ReportSummary:
+    """Stored reports come with their folds' per-bar returns, read from the equity curves beside them, and
+    the market's trials as they are now (the DSR is deflated at decision time)."""
     from rl_lifecycle.evaluation.curves import fold_returns
 
-    return report if isinstance(report, ReportSummary) else ReportSummary.from_stored(report, fold_returns(report))
+    if isinstance(report, ReportSummary):
+        return report
+    return ReportSummary.from_stored(report, fold_returns(report), trials)
 
 
 def _reason(reason: str | None) -> str:
@@ -131,8 +134,10 @@ def decide(
     `evaluated_champion_version`: the champion `champion_report` belongs to; when the audit's champion
     has changed since (another decision won the race), StaleChampionError is raised and nothing is written.
     """
+    from rl_lifecycle.evaluation.store import market_trials
+
     market = _market(market)
-    challenger = _summary(challenger_report)
+    challenger = _summary(challenger_report, market_trials(conn, market))
     champion_summary = None if champion_report is None else _summary(champion_report)
     with market_decision_lock(conn, market.key):
         champion = audit.current_champion(conn, market.key)
