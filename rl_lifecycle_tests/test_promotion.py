@@ -56,7 +56,10 @@ from rl_lifecycle.promotion.service import (
     rollback,
 )
 
-POLICY = load_policy()
+# The shipped policy with its fold-count gates switched on (they are off by default since the
+# calibration; these tests exercise them too).
+POLICY = parse_policy({"min_median_sharpe_delta": 0.0, "min_median_return_delta": 0.0,
+                       "min_fold_wins": {"fraction": 0.5}})
 
 
 def fold(index: int, total_return: float, sharpe: float | None = None, drawdown: float = 0.05, trades: int = 5,
@@ -82,7 +85,7 @@ def bar_returns(total_return: float, fold_index: int, contender: int) -> np.ndar
     return shape + ((1.0 + total_return) ** (1.0 / BARS_PER_FOLD) - 1.0)
 
 
-def report(returns, report_id: int = 1, psr: float | None = 0.99, dsr: float | None = 0.9, **fold_args) -> ReportSummary:
+def report(returns, report_id: int = 1, psr: float | None = 0.99, dsr: float | None = 0.97, **fold_args) -> ReportSummary:
     return ReportSummary(report_id, tuple(fold(i, r, **fold_args) for i, r in enumerate(returns)),
                          {"psr": psr, "dsr": dsr},
                          returns={i: bar_returns(r, i, report_id or 0) for i, r in enumerate(returns)})
@@ -348,7 +351,7 @@ def stored_report(conn, market: Market, returns, spec_hash: str, dataset_hash: s
              for i, r in enumerate(returns)]
     return write_report(conn, EvaluationReport(
         market=market.key, spec={}, model_spec_hash=spec_hash, dataset_hash=dataset_hash, fold_config=FoldConfig(),
-        label_horizon=1, strict=True, status="ok", aggregates={"psr": 0.99, "dsr": 0.9}, timings={}, folds=folds,
+        label_horizon=1, strict=True, status="ok", aggregates={"psr": 0.99, "dsr": 0.97}, timings={}, folds=folds,
     ))
 
 

@@ -99,3 +99,51 @@ def bench_walkforward_speedup(url: str, folds: int = 4, repeats: int = 2, policy
             "one_worker_s": round(one, 2), "two_workers_s": round(two, 2),
         }
     }
+
+
+def accountant_inputs(bars: int = 10_000_000, long_short: bool = False, cost_bps: float = 10.0,
+                      switch_rate: float = 1.0 / 22.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(closes, positions) for `bench_accountant`: positions a two-state Markov chain that flips with
+    probability `switch_rate` per bar (long/flat, or long/short); closes a log random walk (1e-3 per bar,
+    0.01 ticks from 40,000) that drifts the policy's way (up after a long bar, down otherwise) by what the
+    flips cost: equity stays near the balance over millions of fills instead of paying itself away (sizes
+    would round to 0), and the price stays near its start."""
+    rng = np.random.default_rng(seed)
+    state = np.cumsum(rng.random(bars) < switch_rate) % 2
+    positions = (2 * state - 1 if long_short else state).astype(np.int8)
+    way = 2.0 * np.concatenate(([0], state[:-1])) - 1.0  # +1 after a long bar, -1 after a flat or short one
+    sigma, fee = 1e-3, cost_bps / 1e4
+    turnover, exposure = (2.0, 1.0) if long_short else (1.0, 0.5)  # equity traded per flip, share of bars held
+    drift = fee * switch_rate * turnover / exposure + sigma**2 / 2
+    log_close = np.cumsum(sigma * rng.standard_normal(bars) + drift * way)
+    return np.round(40_000.0 * np.exp(log_close), 2), positions
+
+
+def bench_accountant(bars: int = 10_000_000, repeats: int = 5) -> dict:
+    """`backtest.accountant_bars_per_s`: bars/s of `evaluation.accountant.account` (fills, equity curve, per-bar
+    fees and notional, the Nautilus account's equity) at 10 bps and one flip every ~22 bars, median of `repeats`."""
+    from rl_lifecycle.evaluation.accountant import account
+
+    def run(close: np.ndarray, positions: np.ndarray) -> tuple[float, object]:
+        started = time.perf_counter()
+        result = account(close, positions, 10.0, 100_000.0, 6, price_precision=2, currency_precision=8)
+        result.fees, result.traded_notional, result.quantities  # noqa: B018  (the per-bar arrays, materialised)
+        return time.perf_counter() - started, result
+
+    rates: dict[str, float] = {}
+    booked = {}
+    for kind in ("long_flat", "long_short"):
+        close, positions = accountant_inputs(bars, long_short=kind == "long_short")
+        seconds = [run(close, positions) for _ in range(repeats)]
+        rates[kind] = bars / statistics.median(s for s, _ in seconds)
+        booked[kind] = seconds[-1][1]
+    rate = rates["long_flat"]
+    return {
+        "backtest.accountant_bars_per_s": {
+            "value": round(rate), "unit": "bars/s", "baseline": None, "ratio": None, "target": ">= 20000000",
+            "met": rate >= 20_000_000, "bars": bars, "fills": booked["long_flat"].fills, "cost_bps": 10.0,
+            "seconds": round(bars / rate, 3), "long_short_bars_per_s": round(rates["long_short"]),
+            "long_short_fills": booked["long_short"].fills,
+            "final_equity": round(booked["long_flat"].account_equity, 2),
+        }
+    }

@@ -37,6 +37,7 @@ app.add_typer(models.mlflow_app, name="mlflow")
 app.add_typer(evaluation.report_app, name="report")
 app.add_typer(decisions.paper_app, name="paper")
 app.add_typer(ops.metrics_app, name="metrics")
+app.add_typer(promotion.gates_app, name="gates")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""The champion by hand: `promote`, `rollback`, and the promotion `audit`.
+"""The champion by hand: `promote`, `rollback`, and the promotion `audit`; `gates calibrate`.
 
-Top-level commands, registered on the root app by `rl_lifecycle.cli.main`.
+Top-level commands, registered on the root app by `rl_lifecycle.cli.main`; `gates_app` is a sub-app.
 """
 
 from __future__ import annotations
@@ -84,3 +84,49 @@ def audit(
         if gates and r.gates:
             for row in [GATE_TABLE_HEADERS, *gate_rows(r.gates)]:
                 typer.echo("    " + "  ".join(f"{c:<28}" if i == 0 else f"{c:<14}" for i, c in enumerate(row)))
+
+
+gates_app = typer.Typer(no_args_is_help=True, help="The promotion gates: how often they let luck through.")
+
+
+@gates_app.command("calibrate")
+def gates_calibrate(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h: its stored candles are traded")],
+    nulls: Annotated[int, typer.Option(min=1, help="skill-less challenger/champion decisions")] = 500,
+    edge: Annotated[float, typer.Option(min=0.0, max=1.0, help="planted edge: the share of bars on which the "
+                                        "challenger knows the next bar's direction")] = 0.4,
+    edge_trials: Annotated[int | None, typer.Option(min=1, help="planted-edge decisions [default: --nulls]")] = None,
+    trials: Annotated[int, typer.Option(min=2, help="evaluations of the market the DSR deflates by")] = 10,
+    windows: Annotated[int, typer.Option(min=1, help="the market's last windows with candles that are traded")] = 3,
+    policy: Annotated[str | None, typer.Option(help="gate policy YAML [default: the shipped policy]")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Run the whole gate policy on skill-less challengers (false-promotion rate, 95% interval) and on
+    planted-edge challengers (power), over the market's stored candles."""
+    import json
+    import sys
+
+    from tqdm import tqdm
+
+    from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
+    from rl_lifecycle.promotion.calibration import calibrate, market_bars
+    from rl_lifecycle.promotion.policy import load_policy
+
+    parsed, gate_policy = Market.parse(market), load_policy(policy)  # bad input is refused before any work
+    with connect(open_database(load_settings())) as conn:
+        bars = market_bars(conn, parsed, WINDOW_SCHEME, windows)
+    total = nulls + (nulls if edge_trials is None else edge_trials)
+    with tqdm(total=total, desc="decisions", unit="decision", file=sys.stderr, disable=None) as bar:
+        result = calibrate(bars, gate_policy, nulls=nulls, edge=edge, edge_trials=edge_trials, n_trials=trials,
+                           seed=seed, progress=lambda done, _: bar.update(done - bar.n))
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    low, high = result.ci95
+    typer.echo(f"{result.market}: {result.bars} bars, {result.folds} folds, {result.n_trials} trials, "
+               f"policy {result.policy_sha256[:12]}")
+    typer.echo(f"  false promotions  {result.false_promotions}/{result.nulls} = {result.false_promotion_rate:.2%} "
+               f"(95% interval {low:.2%} .. {high:.2%})")
+    typer.echo(f"  power at edge {result.edge:g}  {result.edge_promotions}/{result.edge_trials} = {result.power:.2%}")
+    typer.echo("  nulls rejected by: " + ", ".join(f"{code} {n}" for code, n in result.null_reasons.items()))

@@ -104,6 +104,13 @@ class EvaluationPlan:
     fold_timeout_s: float | None = None
 
 
+def contenders_fold_config(config: FoldConfig, specs: list[ModelSpec]) -> FoldConfig:
+    """The one fold config every contender is evaluated on (paired tests need the same folds): each fold
+    trains on at least the longest of their episodes."""
+    episodes = [spec.episode_length for spec in specs if spec.episode_length is not None]
+    return config.with_episode_length(max(episodes)) if episodes else config
+
+
 def plan_evaluation(
     conn: psycopg.Connection, market: Market, window: Window, spec: ModelSpec, config: FoldConfig, *,
     workdir: Path, starting_balance: float = 100_000.0, fold_timeout_s: float | None = None,

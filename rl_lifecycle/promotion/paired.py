@@ -64,11 +64,6 @@ def block_length(differences: np.ndarray) -> int:
     return int(min(max(1, round(estimate)), max(1, len(differences) // 10)))
 
 
-def _moments(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(mean a, mean b, mean a², mean b²) along the last axis."""
-    return np.stack([a.mean(-1), b.mean(-1), (a * a).mean(-1), (b * b).mean(-1)], axis=-1)
-
-
 def _sharpe_difference_and_gradient(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Δ = μa/σa - μb/σb from moments (μa, μb, γa, γb), and ∇Δ (Ledoit & Wolf 2008, eq. 3)."""
     mu_a, mu_b, g_a, g_b = np.moveaxis(m, -1, 0)
@@ -92,12 +87,23 @@ def _hac_covariance(y: np.ndarray, bandwidth: int) -> np.ndarray:
     return cov
 
 
-def _block_covariance(y: np.ndarray, block: int) -> np.ndarray:
-    """Per resample (R x T x k), the block-based long-run covariance over its whole blocks (R x k x k)."""
-    n_blocks = y.shape[1] // block
-    centred = y[:, : n_blocks * block] - y[:, : n_blocks * block].mean(axis=1, keepdims=True)
-    sums = centred.reshape(y.shape[0], n_blocks, block, y.shape[2]).sum(axis=2) / math.sqrt(block)
-    return np.einsum("rjk,rjl->rkl", sums, sums) / n_blocks
+def _circular_block_sums(y: np.ndarray, block: int) -> np.ndarray:
+    """For every start s, the sum of y over the circular block [s, s + block) (n x k)."""
+    wrapped = np.concatenate([y, y[: block - 1]]) if block > 1 else y
+    cumulative = np.concatenate([np.zeros((1, y.shape[1])), np.cumsum(wrapped, axis=0)])
+    return cumulative[block : block + len(y)] - cumulative[: len(y)]
+
+
+def _resampled_moments_and_covariance(sums: np.ndarray, starts: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample (its whole blocks, R x blocks): the means of y and its block-based long-run covariance.
+
+    A circular block bootstrap resample is a row of blocks of the original series, so each block's sum is
+    the precomputed circular sum at its start: nothing of length T is built per resample."""
+    per_block = sums[starts]  # R x blocks x k
+    n_bars = starts.shape[1] * block
+    means = per_block.sum(axis=1) / n_bars
+    centred = (per_block - block * means[:, None, :]) / math.sqrt(block)
+    return means, np.matmul(centred.transpose(0, 2, 1), centred) / starts.shape[1]  # batched BLAS
 
 
 def _p_value(observed_t: float, resampled_t: np.ndarray) -> float:
@@ -126,27 +132,28 @@ def paired_test(challenger: np.ndarray, champion: np.ndarray, *, replications: i
     d = a - b
     block = block_size or block_length(d)
     bootstrap = CircularBlockBootstrap(block, np.arange(n), seed=seed)
-    index = np.stack([bootstrap.update_indices() for _ in range(replications)])  # R x n
-    ra, rb = a[index], b[index]
+    # each resample's whole blocks, by where they start in the original series
+    starts = np.stack([bootstrap.update_indices()[: (n // block) * block : block] for _ in range(replications)])
 
     # the mean difference
     mean_d = float(d.mean())
     se = math.sqrt(max(_hac_covariance(d[:, None], block)[0, 0], 0.0) / n)
     mean_t = mean_d / se if se > 0 else math.nan
-    rd = ra - rb
-    rse = np.sqrt(np.maximum(_block_covariance(rd[..., None], block)[:, 0, 0], 0.0) / n)
+    r_mean, r_cov = _resampled_moments_and_covariance(_circular_block_sums(d[:, None], block), starts, block)
+    r_n = starts.shape[1] * block
     with np.errstate(divide="ignore", invalid="ignore"):
-        resampled_mean_t = (rd.mean(axis=1) - mean_d) / rse
+        resampled_mean_t = (r_mean[:, 0] - mean_d) / np.sqrt(np.maximum(r_cov[:, 0, 0], 0.0) / r_n)
 
     # the Sharpe difference, by the delta method
-    delta, gradient = _sharpe_difference_and_gradient(_moments(a, b))
     y = np.stack([a, b, a * a, b * b], axis=-1)
+    delta, gradient = _sharpe_difference_and_gradient(y.mean(axis=0))
     psi = _hac_covariance(y, block)
     sharpe_se = math.sqrt(max(float(gradient @ psi @ gradient), 0.0) / n) if np.isfinite(gradient).all() else math.nan
     sharpe_t = float(delta) / sharpe_se if sharpe_se and math.isfinite(sharpe_se) else math.nan
-    r_delta, r_gradient = _sharpe_difference_and_gradient(_moments(ra, rb))
-    r_psi = _block_covariance(np.stack([ra, rb, ra * ra, rb * rb], axis=-1), block)
-    r_se = np.sqrt(np.maximum(np.einsum("rk,rkl,rl->r", r_gradient, r_psi, r_gradient), 0.0) / n)
+    r_moments, r_psi = _resampled_moments_and_covariance(_circular_block_sums(y, block), starts, block)
+    r_delta, r_gradient = _sharpe_difference_and_gradient(r_moments)
+    quadratic = (np.matmul(r_psi, r_gradient[..., None])[..., 0] * r_gradient).sum(axis=1)
+    r_se = np.sqrt(np.maximum(quadratic, 0.0) / r_n)
     with np.errstate(divide="ignore", invalid="ignore"):
         resampled_sharpe_t = (r_delta - float(delta)) / r_se
 

@@ -60,17 +60,17 @@ class GatePolicy(BaseModel):
 
     # paired (challenger minus champion)
     paired_test: PairedTestRule | None = Field(default_factory=PairedTestRule)
-    min_median_sharpe_delta: float | None = 0.0
-    min_median_return_delta: float | None = 0.0
+    min_median_sharpe_delta: float | None = None  # off by default: the calibration does not justify fold counts
+    min_median_return_delta: float | None = None
     max_drawdown_worsening: float | None = Field(default=0.05, ge=0.0)
-    min_fold_wins: FoldWins | None = Field(default_factory=lambda: FoldWins(fraction=0.5))
+    min_fold_wins: FoldWins | None = None
     # absolute
     max_failed_folds: int = Field(default=0, ge=0)
     min_excess_return_over_flat: float | None = 0.0
     min_excess_return_over_buy_and_hold: float | None = 0.0
     min_trades_per_fold: int | None = Field(default=1, ge=0)
     min_psr: float | None = Field(default=0.9, ge=0.0, le=1.0)
-    min_dsr: float | None = Field(default=0.5, ge=0.0, le=1.0)
+    min_dsr: float | None = Field(default=0.95, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _finite(self) -> GatePolicy:

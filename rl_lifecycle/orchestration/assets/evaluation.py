@@ -69,7 +69,7 @@ class FoldTask:
     description="The folds of the partition's dataset for the challenger's spec and the champion's (same folds).")
 def plan_folds(context: OpExecutionContext, config: FoldReportConfig, database: PostgresResource,
                mlflow: MlflowResource):
-    from rl_lifecycle.evaluation.service import plan_evaluation
+    from rl_lifecycle.evaluation.service import contenders_fold_config, plan_evaluation
     from rl_lifecycle.models.service import registered_spec, training_data
     from rl_lifecycle.promotion.service import contenders
 
@@ -77,9 +77,11 @@ def plan_folds(context: OpExecutionContext, config: FoldReportConfig, database: 
     registry = mlflow.registry()
     with user_errors_fail_the_step(), database.connect() as conn:
         horizon = training_data(conn, market, window).dataset.spec.forward_return_horizon
-        folds = fold_config(config, horizon)
-        for role, version in contenders(conn, registry, market, window).items():
-            plan = plan_evaluation(conn, market, window, registered_spec(registry, version), folds,
+        specs = {role: (version, registered_spec(registry, version))
+                 for role, version in contenders(conn, registry, market, window).items()}
+        folds = contenders_fold_config(fold_config(config, horizon), [spec for _, spec in specs.values()])
+        for role, (version, spec) in specs.items():
+            plan = plan_evaluation(conn, market, window, spec, folds,
                                    workdir=load_settings().home / "evaluations",
                                    starting_balance=config.starting_balance, fold_timeout_s=config.fold_timeout_s)
             context.log.info(f"{role} v{version.version} ({plan.spec.name}): {len(plan.folds)} folds")
