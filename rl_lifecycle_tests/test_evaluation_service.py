@@ -11,7 +11,7 @@ from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.datasets.builder import build_dataset
 from rl_lifecycle.datasets.service import spec_ending_at
 from rl_lifecycle.evaluation.folds import FoldConfig
-from rl_lifecycle.evaluation.service import check_leak_free, evaluate_spec
+from rl_lifecycle.evaluation.service import check_backtest_parity, check_leak_free, evaluate_spec, report_json
 from rl_lifecycle.evaluation.store import read_report
 from rl_lifecycle.features.spec import load_feature_set
 from rl_lifecycle.markets.keys import Market
@@ -49,6 +49,11 @@ def test_each_fold_trains_its_own_model_and_is_backtested_then_the_report_is_sto
     assert all(f.metrics["trades"] >= 0 and "sharpe" in f.metrics for f in report.folds)
     assert {"flat", "buy_and_hold"} <= set(report.folds[0].baselines)
     assert "psr" in report.aggregates and "dsr" in report.aggregates
+    # the accountant books every fold's positions beside Nautilus, to the last bit
+    assert check_backtest_parity(report) == []
+    assert all(f.baselines["accountant"]["max_equity_difference"] == 0.0 for f in report.folds)
+    assert report_json(report)["folds"][0]["accountant"]["total_return"] == pytest.approx(
+        report.folds[0].metrics["total_return"], abs=1e-12)
     stored = read_report(dataset, report.id)
     assert stored.dataset_hash == report.dataset_hash and len(stored.folds) == 2
     n_rows = (31 + 29 + 31) * 24  # Jan..Mar, all warm (December is the warmup)

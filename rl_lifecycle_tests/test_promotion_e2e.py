@@ -4,8 +4,10 @@ random walk's challenger is rejected with the reason codes of a policy without s
 Both markets are imported from candle files (the validation every import goes through), their data
 assets and then `challenger_model` -> `fold_report` -> `promotion_decision` are launched through the
 workspace's code location, as the UI, schedules and sensors launch them, and the default gate policy
-(`rl_lifecycle/promotion/policy.yaml`) judges them. Neither market has a champion, so the decisions
-are bootstrap decisions: the absolute gates alone.
+(`rl_lifecycle/promotion/policy.yaml`) judges them. Neither market has a champion, so those decisions
+are bootstrap decisions: the absolute gates alone. Then a challenger without skill (a policy that has
+barely trained) meets the edge market's new champion on the same folds and is rejected by the paired
+test on every test bar.
 
 Everything is seeded (candles, PPO, the env's episodes) and CPU training is deterministic, so each
 outcome is a fixed fact of this test, not a probability. See `planted_markets` for why the edge is
@@ -33,6 +35,7 @@ from rl_lifecycle.promotion.gates import (
     NO_COMPLETED_FOLDS,
     NOT_BETTER_THAN_BUY_AND_HOLD,
     NOT_BETTER_THAN_FLAT,
+    PAIRED_TEST_NOT_SIGNIFICANT,
     PSR_BELOW_MIN,
 )
 from rl_lifecycle_tests.planted_markets import oscillating_candles, random_walk_candles, write_candle_csv
@@ -46,8 +49,8 @@ LIFECYCLE_ASSETS = ["challenger_model", "fold_report", "promotion_decision"]
 
 # The test's own model spec, pinned here so that tuning the shipped specs cannot change these
 # outcomes: the values of rl_lifecycle/models/specs/ppo_small.yaml when this test was written.
-# 4096 PPO timesteps learn the planted edge in every walk-forward fold, fold 0 included (it trains
-# on ~100 rows: folds=3 with the largest test ranges that fit, the fold_report defaults).
+# 4096 PPO timesteps learn the planted edge in every walk-forward fold, fold 0 included (it trains on
+# ~540 rows: folds=3 of the largest test ranges that still train each fold on at least as many rows).
 SPEC = {
     "name": "planted_edge_ppo",
     "algorithm": "PPO",
@@ -139,3 +142,20 @@ def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, database
     assert rejected.challenger_version == walk_run.metadata["promotion_decision"]["challenger_version"]
     assert list(rejected.reason_codes) == codes
     assert rejected.evaluation_report_id == walk_run.metadata["fold_report"]["report_id"]
+
+    # -- a skill-less challenger meets the edge's champion: rejected by the paired test ---------------------
+    untrained = tmp_path / "untrained_ppo.yaml"
+    untrained.write_text(yaml.safe_dump({**SPEC, "name": "untrained_ppo", "total_timesteps": 64}))
+    (again,) = materialize(dagster_instance, defs, LIFECYCLE_ASSETS, keys[:1],
+                           run_config={"ops": {"challenger_model": {"config": {"spec": str(untrained)}}}})
+    assert again.ok, again.errors
+    decision = again.metadata["promotion_decision"]
+    assert decision["outcome"] == "rejected" and decision["bootstrap"] is False, decision["gates"]
+    assert PAIRED_TEST_NOT_SIGNIFICANT in decision["reason_codes"].split(", ")
+    assert decision["champion_before"] == decision["champion_after"] == f"v{version}"
+    assert decision["paired_p_value"] > 0.05
+    paired = next(g for g in decision["gate_values"] if g["code"] == PAIRED_TEST_NOT_SIGNIFICANT)
+    assert paired["details"]["n_bars"] > 1000 and paired["details"]["statistic"] == "sharpe"
+    latest, first = history(conn, edge.key)
+    assert latest.action == "reject" and PAIRED_TEST_NOT_SIGNIFICANT in latest.reason_codes
+    assert first.action == "promote" and current_champion(conn, edge.key) == version

@@ -18,8 +18,9 @@ def main() -> int:
     # imported when run, not when this module is: some groups load torch, SB3 or NautilusTrader at import
     from rl_lifecycle.bench.backfill import bench_backfill
     from rl_lifecycle.bench.decisions import bench_decide
-    from rl_lifecycle.bench.evaluation import bench_rl_vs_trivial, bench_walkforward_speedup
+    from rl_lifecycle.bench.evaluation import bench_accountant, bench_rl_vs_trivial, bench_walkforward_speedup
     from rl_lifecycle.bench.features import bench_pipeline_vs_talib
+    from rl_lifecycle.bench.gates import bench_gates
     from rl_lifecycle.bench.models import bench_inference, bench_sb3_fps
     from rl_lifecycle.bench.storage import bench_datasets, bench_snapshots
     from rl_lifecycle.db import resolve_database_url
@@ -45,6 +46,10 @@ def main() -> int:
         print("backtest.rl_vs_trivial_strategy, walkforward.speedup_2_workers ...", flush=True)
         results.update(bench_rl_vs_trivial(scratch))
         results.update(bench_walkforward_speedup(scratch))
+    print("backtest.accountant_bars_per_s ...", flush=True)
+    results.update(bench_accountant())
+    print("gates.false_promotion_rate, gates.power (500 + 500 calibration decisions) ...", flush=True)
+    results.update(bench_gates())
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     settings.bench_dir.mkdir(parents=True, exist_ok=True)
     (settings.bench_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))

@@ -20,15 +20,17 @@ policy takes exactly as a fold backtest in NautilusTrader does (`backtest.py`), 
 All of it is exact: quantities, prices and fees per fill, the equity curve and the account equity
 equal the backtest's to the last bit (rl_lifecycle_tests/test_accountant.py runs both).
 
-Vectorised. A fill's size depends on the equity left by the fills before it, so the sizes form a
-chain; they are solved in windows of fills: guess every size in the window from an equity path,
-book the guesses with cumulative sums (the exact float64 arithmetic the strategy would do with
-them), recompute each size from the state so booked, and accept every fill up to the first that
-differs (it is recomputed from an exact state, so it is accepted too). The guess for the next window
-is the equity path just booked, rescaled to the exact equity where the window starts: a size only
-moves the equity by the P&L of its rounding, so a few hundred fills are accepted per window.
-The first guess is the equity of the unrounded strategy (a continued fraction, evaluated by a
-fixed-point iteration). A stretch where windows accept few fills is booked one fill at a time.
+Vectorised: nothing loops over bars. A fill's size depends on the equity the fills before it left,
+so the sizes form a chain, which `_Chain` solves in windows of fills: guess the holding after each
+fill of the window from an equity path (at first the unrounded strategy's, a continued fraction; then
+the path last booked, rescaled to the exact equity where the window starts), book the guesses with
+cumulative sums (the float64 operations the strategy would do with them, in its order), recompute
+every size from the state so booked, and accept the fills up to the first that differs, and that one
+(recomputed from an exact state). A size moves the later equity only by the P&L of its rounding over
+one holding period, a few thousandths of a size increment, so a window accepts hundreds of fills.
+Where a holding runs to very many increments, sizes become sensitive to each other's rounding and
+windows gain little; then the scalar loop (the strategy's code, one fill at a time) takes stretches.
+Speed: `backtest.accountant_bars_per_s` in rl_lifecycle/bench/evaluation.py (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -490,8 +492,9 @@ def account(close: np.ndarray, positions: np.ndarray, cost_bps: float, starting_
     n = len(close)
     if targets.shape != (n,):
         raise ValueError(f"positions: need one per close ({n}), got shape {targets.shape}")
-    if n and not (targets.min() >= -1 and targets.max() <= 1
-                  and (targets.dtype.kind in "iub" or np.array_equal(targets, np.round(targets)))):
+    lowest, highest = (targets.min(), targets.max()) if n else (0, 0)
+    if not (lowest >= -1 and highest <= 1
+            and (targets.dtype.kind in "iub" or np.array_equal(targets, np.round(targets)))):
         raise ValueError(f"positions: targets must be -1, 0 or 1, got {np.unique(targets)[:10].tolist()}")
     if initial_position not in (-1, 0, 1):
         raise ValueError(f"initial_position={initial_position!r}: must be -1, 0 or 1")
@@ -505,7 +508,7 @@ def account(close: np.ndarray, positions: np.ndarray, cost_bps: float, starting_
     if n and not (close.min() > 0 and close.max() < math.inf):  # NaN fails both
         raise ValueError("close: every close must be a positive finite number")
     targets = targets.astype(np.int8, copy=False)
-    shorts = bool(n and targets.min() < 0) or initial_position < 0
+    shorts = bool(lowest < 0) or initial_position < 0
     margin = shorts if margin is None else bool(margin)
     if shorts and not margin and (targets[:-1] < 0).any():
         raise ValueError("a cash account cannot hold shorts: book positions with shorts with margin=True")
@@ -578,6 +581,45 @@ def account_candles(market: str | Market, candles: CandleArrays, positions: np.n
                    price_precision=precisions.price, currency_precision=precisions.currency, margin=margin)
 
 
+def replay(market: str | Market, candles: CandleArrays, result: FoldResult, cost_bps: float, *,
+           initial_position: int = 0, margin: bool | None = None) -> dict:
+    """The accountant's booking of a finished backtest's positions, compared with its book: a JSON-ready
+    summary (`agrees` when fills, equity curve and account equity are equal: the tolerance is 0).
+
+    `margin`: the account the backtest used (a margin account iff its policy could go short). None: a
+    margin account when the positions go short; otherwise both kinds are tried (a long-only book of a
+    policy that could have gone short ran on a margin account) and the closer one is reported."""
+    positions = np.asarray(result.positions, dtype=np.int8)
+    if margin is not None:
+        kinds = [bool(margin)]
+    else:
+        kinds = [True] if len(positions) and positions.min() < 0 else [False, True]
+    best = None
+    for kind in kinds:
+        booked = account_candles(market, candles, positions, cost_bps, result.starting_balance, initial_position,
+                                 margin=kind)
+        difference = abs(booked.account_equity - result.account_equity)
+        if best is None or difference < best[1]:
+            best = (booked, difference)
+    booked, account_difference = best
+    same_length = len(booked.equity) == len(result.equity)
+    equity_difference = float(np.max(np.abs(booked.equity - result.equity), initial=0.0)) if same_length else None
+    fills_agree = [(f.bar, f.quantity, f.price, f.fee) for f in result.fills] == list(zip(
+        booked.fill_bars.tolist(), booked.fill_quantities.tolist(), booked.fill_prices.tolist(),
+        booked.fill_fees.tolist(), strict=True))
+    return {
+        "agrees": bool(fills_agree and equity_difference == 0.0 and account_difference == 0.0),
+        "tolerance": 0.0,
+        "fills": booked.fills,
+        "fills_agree": fills_agree,
+        "max_equity_difference": equity_difference,
+        "account_equity_difference": float(account_difference),
+        "account": "margin" if booked.margin else "cash",
+        "account_equity": float(booked.account_equity),
+        "total_return": booked.total_return,
+    }
+
+
 def fold_result(fold_index: int, close_ts: np.ndarray, close: np.ndarray, positions: np.ndarray, cost_bps: float,
                 starting_balance: float = 100_000.0, *, size_precision: int | None = None,
                 price_precision: int | None = None, currency_precision: int = 8, margin: bool | None = None,
@@ -603,4 +645,26 @@ def fold_result(fold_index: int, close_ts: np.ndarray, close: np.ndarray, positi
         account_equity=booked.account_equity, timings={},
     )
 
+
+# Nautilus and the accountant book the same fills with the same arithmetic: they agree to the last bit
+# (rl_lifecycle_tests/test_accountant.py). The check allows a millionth of a quote unit per bar so that
+# it guards the books, not float formatting.
+PARITY_TOLERANCE = 1e-6
+
+
+def replay(market: str | Market, candles: CandleArrays, result: FoldResult, cost_bps: float) -> dict:
+    """A Nautilus fold's positions booked again by the accountant, and how far the two books are apart:
+    what every fold report keeps beside the engine of record (the `backtest_parity` check reads it)."""
+    booked = account_candles(market, candles, result.positions, cost_bps, result.starting_balance)
+    equity_gap = float(np.max(np.abs(booked.equity - result.equity))) if len(booked.equity) else 0.0
+    account_gap = abs(booked.account_equity - result.account_equity)
+    return {
+        "total_return": float(booked.equity[-1] / booked.equity[0] - 1.0) if len(booked.equity) else 0.0,
+        "account_equity": float(booked.account_equity),
+        "fills": int(len(booked.fill_bars)),
+        "max_equity_difference": equity_gap,
+        "account_equity_difference": float(account_gap) if math.isfinite(account_gap) else None,
+        "tolerance": PARITY_TOLERANCE,
+        "agrees": bool(equity_gap <= PARITY_TOLERANCE and (not math.isfinite(account_gap) or account_gap <= PARITY_TOLERANCE)),
+    }
 

@@ -90,6 +90,7 @@ class FoldResult:
     trade_pnls: list[float] = field(default_factory=list)
     account_equity: float = math.nan  # quote balance + position x last close, read from the Nautilus account
     timings: dict[str, float] = field(default_factory=dict)
+    replay: dict | None = None  # the same positions booked by the exact accountant (`accountant.replay`)
 
     @property
     def ok(self) -> bool:

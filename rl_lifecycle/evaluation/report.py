@@ -94,6 +94,8 @@ def summarise(
             "flat": flat_baseline(result.close, result.starting_balance, periods),
             "buy_and_hold": buy_and_hold_baseline(result.close, cost_bps, result.starting_balance, periods),
         }
+        if result.replay is not None:  # not a baseline: the same positions booked by the accountant
+            baselines["accountant"] = result.replay
         uri = None
         if curves_dir is not None:
             hold_curve, _ = buy_and_hold_equity(result.close, cost_bps, result.starting_balance)

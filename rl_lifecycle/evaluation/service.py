@@ -152,7 +152,18 @@ def run_one_fold(conn: psycopg.Connection, plan: EvaluationPlan, fold_index: int
     except Exception:
         return FoldResult.failed(fold.index, traceback.format_exc(), {"train_s": round(time.perf_counter() - started, 3)})
     log(f"{plan.spec.name} fold {fold.index}: backtesting {fold.test_range[1] - fold.test_range[0]} bars")
-    return run_fold_backtest(job)
+    return with_replay(job, run_fold_backtest(job))
+
+
+def with_replay(job: FoldJob, result: FoldResult) -> FoldResult:
+    """The Nautilus result with the accountant's booking of the same positions beside it."""
+    from dataclasses import replace
+
+    from rl_lifecycle.evaluation.accountant import replay
+
+    if not result.ok:
+        return result
+    return replace(result, replay=replay(job.market, job.candles, result, job.cost_bps))
 
 
 def assemble_report(
@@ -201,11 +212,27 @@ def evaluate_spec(
         jobs.append(_fold_job(plan, data, candles, fold, train_fold(data, spec, fold, plan.root / f"policy-{fold.index}")))
     trained_at = time.perf_counter()
     log(f"{spec.name}: backtesting {len(jobs)} folds on {workers} worker(s)")
-    results = run_folds(jobs, workers)
+    results = [with_replay(job, result) for job, result in zip(jobs, run_folds(jobs, workers), strict=True)]
     return assemble_report(conn, plan, results, strict=strict, timings={
         "train_s": round(trained_at - started, 3), "backtest_s": round(time.perf_counter() - trained_at, 3),
         "workers": workers,
     })
+
+
+def check_backtest_parity(report: EvaluationReport) -> list[str]:
+    """Folds whose Nautilus book and the accountant's disagree beyond the tolerance, or that lack the
+    accountant's replay (a report stored before it was kept): one line each; [] when every fold agrees."""
+    problems = []
+    for fold in report.folds:
+        if fold.status != "ok":
+            continue
+        replay = (fold.baselines or {}).get("accountant")
+        if replay is None:
+            problems.append(f"fold {fold.index}: no accountant replay stored (re-materialize fold_report)")
+        elif not replay.get("agrees"):
+            problems.append(f"fold {fold.index}: equity differs by up to {replay.get('max_equity_difference')}, "
+                            f"account by {replay.get('account_equity_difference')} (tolerance {replay.get('tolerance')})")
+    return problems
 
 
 def check_leak_free(report: EvaluationReport, n_rows: int) -> list[str]:
@@ -313,7 +340,8 @@ def report_json(report: EvaluationReport) -> dict:
                 "train_rows": [list(r) for r in f.train_ranges],
                 "test_rows": list(f.test_range),
                 "metrics": f.metrics,
-                "baselines": f.baselines,
+                "baselines": {k: v for k, v in (f.baselines or {}).items() if k != "accountant"},
+                "accountant": (f.baselines or {}).get("accountant"),
                 "error": f.error,
                 "equity_curve": f.equity_curve_uri,
             }

@@ -140,6 +140,9 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
         "aggregates": MetadataValue.json({k: v for k, v in aggregates.items() if not isinstance(v, dict)}),
         "psr": aggregates.get("psr"),
         "dsr": aggregates.get("dsr"),
+        # what the DSR was deflated by when the report was assembled (a decision deflates again, by the trials then)
+        "dsr_n_trials": aggregates.get("n_trials"),
+        "dsr_trial_sharpe_variance": aggregates.get("trial_sharpe_variance"),
         "missing_folds": str(aggregates.get("missing_folds", [])),
         # the figures `rl_evaluation_folds` / `rl_evaluation_fold_failures` export, per partition in the UI
         "folds": len(report.folds),
@@ -213,4 +216,24 @@ def folds_complete(context: AssetCheckExecutionContext, database: PostgresResour
                             metadata={"errors": MetadataValue.json([{"fold": f.index, "error": f.error} for f in failed])})
 
 
-EVALUATION_CHECKS = [folds_leak_free, folds_complete]
+@asset_check(asset=fold_report, blocking=True, partitions_def=market_window_partitions,
+             description="Every completed fold's NautilusTrader book equals the exact accountant's booking of the same "
+             "positions (equity per bar and the account at the end, within a millionth of a quote unit).")
+def backtest_parity(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
+    from rl_lifecycle.evaluation.service import challenger_report, check_backtest_parity
+
+    market, window = parse_partition_key(context.partition_key)
+    with database.connect() as conn:
+        report, _ = challenger_report(conn, mlflow.registry(), market, window)
+    if report is None:
+        return AssetCheckResult(passed=False, description=f"no evaluation stored for {context.partition_key}")
+    problems = check_backtest_parity(report)
+    if problems:
+        return AssetCheckResult(passed=False, description=f"{len(problems)} fold(s) disagree: {problems[0]}",
+                                metadata={"problems": MetadataValue.json(problems)})
+    worst = max((f.baselines["accountant"]["max_equity_difference"] for f in report.folds if f.status == "ok"), default=0.0)
+    return AssetCheckResult(passed=True, description=f"{len(report.folds)} folds: the accountant books what Nautilus "
+                            f"booked (largest equity difference {worst:g})")
+
+
+EVALUATION_CHECKS = [folds_leak_free, folds_complete, backtest_parity]
