@@ -100,7 +100,8 @@ def test_the_accountant_books_what_the_nautilus_backtest_books_to_the_last_bit(c
             _assert_same(booked, result, candles)
         assert booked.margin == margin
         summary = replay(market, candles, result, job.cost_bps, initial_position=initial)  # the account inferred
-        assert summary["agrees"] and summary["max_equity_difference"] == summary["account_equity_difference"] == 0.0
+        assert summary["agrees"] and summary["exact"] and summary["fills_agree"]
+        assert summary["max_equity_difference"] == summary["account_equity_difference"] == 0.0
         assert summary["account"] == ("margin" if margin else "cash") or name == "no_trades"
         expected_fills = {"flips": len(candles) - 1, "no_trades": 0, "always_long": 1}
         if name in expected_fills:

@@ -163,7 +163,9 @@ def with_replay(job: FoldJob, result: FoldResult) -> FoldResult:
 
     if not result.ok:
         return result
-    return replace(result, replay=replay(job.market, job.candles, result, job.cost_bps))
+    # the account the backtest ran on: a margin account iff the policy can go short (backtest.run_fold_in_this_process)
+    return replace(result, replay=replay(job.market, job.candles, result, job.cost_bps,
+                                         initial_position=job.initial_position, margin=min(job.policy.positions) < 0))
 
 
 def assemble_report(

@@ -231,9 +231,9 @@ def backtest_parity(context: AssetCheckExecutionContext, database: PostgresResou
     if problems:
         return AssetCheckResult(passed=False, description=f"{len(problems)} fold(s) disagree: {problems[0]}",
                                 metadata={"problems": MetadataValue.json(problems)})
-    worst = max((f.baselines["accountant"]["max_equity_difference"] for f in report.folds if f.status == "ok"), default=0.0)
+    exact = all(f.baselines["accountant"].get("exact") for f in report.folds if f.status == "ok")
     return AssetCheckResult(passed=True, description=f"{len(report.folds)} folds: the accountant books what Nautilus "
-                            f"booked (largest equity difference {worst:g})")
+                            f"booked ({'to the last bit' if exact else 'within the tolerance'})")
 
 
 EVALUATION_CHECKS = [folds_leak_free, folds_complete, backtest_parity]
