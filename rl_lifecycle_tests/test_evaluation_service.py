@@ -52,6 +52,9 @@ def test_each_fold_trains_its_own_model_and_is_backtested_then_the_report_is_sto
     # the accountant books every fold's positions beside Nautilus, to the last bit
     assert check_backtest_parity(report) == []
     assert all(f.baselines["accountant"]["max_equity_difference"] == 0.0 for f in report.folds)
+    shown = report_json(report)
+    assert shown["scheme"] == "expanding" and shown["aggregate"]["pbo"] is None
+    assert shown["aggregate"]["n_trials"] >= 1 and "trial_sharpe_variance" in shown["aggregate"]
     assert report_json(report)["folds"][0]["accountant"]["total_return"] == pytest.approx(
         report.folds[0].metrics["total_return"], abs=1e-12)
     stored = read_report(dataset, report.id)

@@ -331,7 +331,9 @@ def report_json(report: EvaluationReport) -> dict:
         "purge_bars": report.fold_config.purge_bars,
         "embargo_bars": report.fold_config.embargo_bars,
         "fold_config": report.fold_config.model_dump(mode="json"),
-        "aggregate": report.aggregates,
+        "scheme": report.fold_config.scheme,
+        # pbo: null until the probability of backtest overfitting over the market's trials is computed
+        "aggregate": {**report.aggregates, "pbo": report.aggregates.get("pbo")},
         "timings": report.timings,
         "folds": [
             {
