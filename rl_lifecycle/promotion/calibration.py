@@ -152,10 +152,10 @@ def account_fold(fold_index: int, close_ts: np.ndarray, close: np.ndarray, posit
 
 
 class _Decider:
-    """One market's folds and gates: positions in, the decision out."""
+    """One market's folds: a contender's positions in, its report (or its Sharpe as a trial) out."""
 
-    def __init__(self, bars: Bars, folds: list[Fold], policy: GatePolicy, cost_bps: float, simulate: Simulate):
-        self.bars, self.folds, self.policy, self.cost_bps, self.simulate = bars, folds, policy, cost_bps, simulate
+    def __init__(self, bars: Bars, folds: list[Fold], cost_bps: float, simulate: Simulate):
+        self.bars, self.folds, self.cost_bps, self.simulate = bars, folds, cost_bps, simulate
 
     def results(self, positions: np.ndarray) -> list[FoldResult]:
         """Each fold's test range booked with the contender's positions over the whole series."""
@@ -198,7 +198,7 @@ def calibrate(bars: Bars, policy: GatePolicy, *, nulls: int = 500, edge: float =
               progress: Callable[[int, int], None] | None = None) -> Calibration:
     """The false-promotion rate over `nulls` skill-less decisions and the power at `edge` (see the module)."""
     folds = make_folds(len(bars.close), fold_config or FoldConfig(), 1)
-    decider = _Decider(bars, folds, policy, cost_bps, simulate)
+    decider = _Decider(bars, folds, cost_bps, simulate)
     rng = np.random.default_rng(seed)
     n = len(bars.close)
     edge_trials = nulls if edge_trials is None else edge_trials
@@ -206,9 +206,8 @@ def calibrate(bars: Bars, policy: GatePolicy, *, nulls: int = 500, edge: float =
     background = [decider.sharpe(skill_less_positions(rng, n, switch_rate)) for _ in range(max(0, n_trials - 2))]
 
     def decide(challenger_positions: np.ndarray) -> tuple[bool, tuple[str, ...]]:
-        champion_positions = skill_less_positions(rng, n, switch_rate)
-        prior = Trials.of(len(background) + 1, [*background, decider.sharpe(champion_positions)])
-        champion = decider.report(champion_positions, Trials.of(len(background), background))
+        champion = decider.report(skill_less_positions(rng, n, switch_rate), Trials.of(len(background), background))
+        prior = Trials.of(len(background) + 1, [*background, champion.aggregate.get("sharpe_per_bar")])
         challenger = decider.report(challenger_positions, prior)
         decision = evaluate(challenger, champion, policy, auto_promotion=True)
         return decision.gates_passed, decision.reason_codes

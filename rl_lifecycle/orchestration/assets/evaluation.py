@@ -178,18 +178,28 @@ def fold_report(challenger_model):
     return assemble_fold_report(plan_folds(trained=challenger_model).map(run_fold).collect())
 
 
-@asset_check(asset=fold_report, blocking=True, partitions_def=market_window_partitions,
-             description="Re-derive the folds from the stored ranges; verify purge, embargo and disjointness against "
-             "the label horizon.")
-def folds_leak_free(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
-    from rl_lifecycle.evaluation.service import challenger_report, check_leak_free
+def _stored_challenger_report(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource):
+    """(the partition challenger's stored report, its training data), or a failed check result when none is stored."""
+    from rl_lifecycle.evaluation.service import challenger_report
 
     market, window = parse_partition_key(context.partition_key)
     with database.connect() as conn:
         report, data = challenger_report(conn, mlflow.registry(), market, window)
-        if report is None:
-            return AssetCheckResult(passed=False, description=f"no evaluation stored for {context.partition_key}")
-        problems = check_leak_free(report, len(data.content))
+    if report is None:
+        return None, None, AssetCheckResult(passed=False, description=f"no evaluation stored for {context.partition_key}")
+    return report, data, None
+
+
+@asset_check(asset=fold_report, blocking=True, partitions_def=market_window_partitions,
+             description="Re-derive the folds from the stored ranges; verify purge, embargo and disjointness against "
+             "the label horizon.")
+def folds_leak_free(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
+    from rl_lifecycle.evaluation.service import check_leak_free
+
+    report, data, missing = _stored_challenger_report(context, database, mlflow)
+    if missing is not None:
+        return missing
+    problems = check_leak_free(report, len(data.content))
     if problems:
         return AssetCheckResult(passed=False, description=f"{len(problems)} leak(s): {problems[0]}",
                                 metadata={"problems": MetadataValue.json(problems)})
@@ -200,13 +210,9 @@ def folds_leak_free(context: AssetCheckExecutionContext, database: PostgresResou
 @asset_check(asset=fold_report, blocking=True, partitions_def=market_window_partitions,
              description="Strict mode (RL_STRICT_BACKTEST): every fold backtest completed.")
 def folds_complete(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
-    from rl_lifecycle.evaluation.service import challenger_report
-
-    market, window = parse_partition_key(context.partition_key)
-    with database.connect() as conn:
-        report, _ = challenger_report(conn, mlflow.registry(), market, window)
-    if report is None:
-        return AssetCheckResult(passed=False, description=f"no evaluation stored for {context.partition_key}")
+    report, _, missing = _stored_challenger_report(context, database, mlflow)
+    if missing is not None:
+        return missing
     failed = [f for f in report.folds if f.status != "ok"]
     if not failed:
         return AssetCheckResult(passed=True, description=f"all {len(report.folds)} folds completed")
@@ -220,13 +226,11 @@ def folds_complete(context: AssetCheckExecutionContext, database: PostgresResour
              description="Every completed fold's NautilusTrader book equals the exact accountant's booking of the same "
              "positions (equity per bar and the account at the end, within a millionth of a quote unit).")
 def backtest_parity(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
-    from rl_lifecycle.evaluation.service import challenger_report, check_backtest_parity
+    from rl_lifecycle.evaluation.service import check_backtest_parity
 
-    market, window = parse_partition_key(context.partition_key)
-    with database.connect() as conn:
-        report, _ = challenger_report(conn, mlflow.registry(), market, window)
-    if report is None:
-        return AssetCheckResult(passed=False, description=f"no evaluation stored for {context.partition_key}")
+    report, _, missing = _stored_challenger_report(context, database, mlflow)
+    if missing is not None:
+        return missing
     problems = check_backtest_parity(report)
     if problems:
         return AssetCheckResult(passed=False, description=f"{len(problems)} fold(s) disagree: {problems[0]}",
