@@ -1,14 +1,32 @@
-"""The fold equity curves a report keeps beside it (Parquet, one file per fold), read back as returns."""
+"""The fold equity curves a report keeps beside it (Parquet, one file per fold): written once, read back as returns."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import polars as pl
 
+from rl_lifecycle.evaluation.backtest import FoldResult
 from rl_lifecycle.evaluation.metrics import simple_returns
+
+
+def write_equity_curve(path: Path, result: FoldResult, buy_and_hold: np.ndarray) -> str:
+    """Parquet with the fold's bars: close time, close, equity, position and the buy-and-hold curve."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame({
+        "ts": pl.Series(result.close_ts, dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+        "close": result.close, "equity": result.equity, "position": result.positions.astype(np.int8),
+        "buy_and_hold": buy_and_hold, "flat": np.full(len(result.close), result.starting_balance),
+    })
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
+    os.close(handle)
+    frame.write_parquet(temporary)
+    os.replace(temporary, path)  # readers never see half a file; a rerun replaces it whole
+    return path.resolve().as_uri()
 
 
 def curve_path(uri: str) -> Path:

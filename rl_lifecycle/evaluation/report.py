@@ -8,15 +8,13 @@ and the aggregates cover the completed folds only (`missing_folds` names the oth
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from rl_lifecycle.evaluation.backtest import FoldResult
+from rl_lifecycle.evaluation.curves import write_equity_curve
 from rl_lifecycle.evaluation.folds import Fold, Range
 from rl_lifecycle.evaluation.metrics import (
     Trials,
@@ -48,21 +46,6 @@ class FoldRecord:
 def row_span(ts: np.ndarray, rows: Range, interval_us: int) -> tuple[int, int]:
     """Time span of dataset rows [start, end): the first row's open to the last row's close."""
     return int(ts[rows[0]]), int(ts[rows[1] - 1]) + interval_us
-
-
-def write_equity_curve(path: Path, result: FoldResult, buy_and_hold: np.ndarray) -> str:
-    """Parquet with the fold's bars: close time, close, equity, position and the buy-and-hold curve."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pl.DataFrame({
-        "ts": pl.Series(result.close_ts, dtype=pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
-        "close": result.close, "equity": result.equity, "position": result.positions.astype(np.int8),
-        "buy_and_hold": buy_and_hold, "flat": np.full(len(result.close), result.starting_balance),
-    })
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
-    os.close(handle)
-    frame.write_parquet(temporary)
-    os.replace(temporary, path)  # readers never see half a file; a rerun replaces it whole
-    return path.resolve().as_uri()
 
 
 def summarise(

@@ -296,12 +296,14 @@ def equity_curves_png(report: EvaluationReport) -> bytes | None:
     import matplotlib.pyplot as plt
     import polars as pl
 
+    from rl_lifecycle.evaluation.curves import curve_path
+
     curves = [(f.index, f.equity_curve_uri) for f in report.folds if f.equity_curve_uri]
     if not curves:
         return None
     fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.2), dpi=80, squeeze=False)
     for ax, (index, uri) in zip(axes[0], curves, strict=True):
-        frame = pl.read_parquet(uri.removeprefix("file://"))
+        frame = pl.read_parquet(curve_path(uri))
         ts = frame["ts"].to_numpy()
         for column, style in (("equity", "-"), ("buy_and_hold", "--"), ("flat", ":")):
             ax.plot(ts, frame[column].to_numpy(), style, linewidth=0.8, label=column)
