@@ -206,6 +206,38 @@ class Fold:
         return cls(int(data["index"]), train, ((int(data["test_range"][0]), int(data["test_range"][1])),))
 
 
+@dataclass(frozen=True)
+class Backtest:
+    """One contiguous test range traded by one fold's model: what one backtest runs and one report row
+    keeps. A walk-forward fold is one backtest; a CPCV split one per tested group (its model trades each
+    group on its own, so no position is held across the training rows between them)."""
+
+    index: int  # the report's row: 0.. over all folds' backtests, split by split
+    split: int  # the fold (walk-forward) or split (CPCV) whose model trades it
+    test_range: Range
+    test_group: int | None = None  # CPCV: the group tested
+
+
+def backtests(folds: list[Fold]) -> list[Backtest]:
+    """Every fold's backtests, in fold order; a walk-forward fold's backtest has the fold's index."""
+    out: list[Backtest] = []
+    for fold in folds:
+        groups = fold.test_groups or (None,) * len(fold.test_ranges)
+        out += [Backtest(len(out), fold.index, rows, group) for rows, group in zip(fold.test_ranges, groups, strict=True)]
+    return out
+
+
+def splits_of(backtests_: list[Backtest], train_ranges: dict[int, tuple[Range, ...]]) -> list[Fold]:
+    """The folds back from their backtests (each fold's test ranges in order) and train ranges: how a
+    stored report's folds are re-derived for the leak check."""
+    folds = []
+    for fold in sorted({b.split for b in backtests_}):
+        tests = sorted((b for b in backtests_ if b.split == fold), key=lambda b: b.test_range)
+        groups = tuple(b.test_group for b in tests) if all(b.test_group is not None for b in tests) else ()
+        folds.append(Fold(fold, train_ranges[fold], tuple(b.test_range for b in tests), groups))
+    return folds
+
+
 def _subtract(span: Range, holes: list[Range]) -> tuple[Range, ...]:
     """`span` minus the `holes` (sorted by start; they may overlap), as ordered non-empty ranges."""
     pieces, cursor = [], span[0]

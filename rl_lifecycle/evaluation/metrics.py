@@ -121,6 +121,31 @@ def fold_metrics(
     }
 
 
+def path_metrics(returns: np.ndarray, periods_per_year: float) -> dict[str, float]:
+    """A CPCV backtest path's figures from its per-bar returns (its groups' backtests chained)."""
+    returns = np.asarray(returns, dtype=np.float64)
+    equity = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
+    return {"total_return": float(equity[-1] - 1.0), "sharpe": sharpe_per_bar(returns) * math.sqrt(periods_per_year),
+            "max_drawdown": max_drawdown(equity), "bars": int(len(returns))}
+
+
+def returns_by_bar(spans_and_returns: Iterable[tuple[tuple[int, int], np.ndarray]]) -> np.ndarray:
+    """One return per tested bar: the returns of backtests over the same span (the CPCV paths through a
+    group) averaged bar by bar, the spans in time order, concatenated. Walk-forward folds test each span
+    once: their returns, fold after fold."""
+    by_span: dict[tuple[int, int], list[np.ndarray]] = {}
+    for span, returns in spans_and_returns:
+        by_span.setdefault(tuple(span), []).append(np.asarray(returns, dtype=np.float64))
+    series = []
+    for span in sorted(by_span):
+        lengths = {len(r) for r in by_span[span]}
+        if len(lengths) != 1:
+            raise ValueError(f"backtests of span {span} have {sorted(lengths)} returns: the same span must have "
+                             "the same bars")
+        series.append(np.mean(by_span[span], axis=0))
+    return np.concatenate(series) if series else np.empty(0)
+
+
 def flat_baseline(close: np.ndarray, starting_balance: float, periods_per_year: float) -> dict[str, float]:
     n = len(close)
     return fold_metrics(np.full(n, float(starting_balance)), np.zeros(n, np.int8), np.zeros(n), 0.0, [], periods_per_year)
@@ -281,7 +306,7 @@ _LOWER_IS_WORSE = {"total_return", "log_return", "annual_return", "sharpe", "sor
 
 
 def aggregate_folds(metrics_by_fold: dict[int, dict], returns_by_fold: dict[int, np.ndarray],
-                    other_trials: Trials) -> dict:
+                    other_trials: Trials, pooled_returns: np.ndarray | None = None) -> dict:
     """Over the folds given (the completed ones): mean/median/std/worst of every metric, the share of
     positive folds, the worst fold, and over the folds' per-bar returns taken together their summary
     statistics (`sharpe_per_bar`, `n_returns`, `skew`, `kurtosis`), PSR against 0 and DSR.
@@ -289,12 +314,15 @@ def aggregate_folds(metrics_by_fold: dict[int, dict], returns_by_fold: dict[int,
     `other_trials` are the market's trials known now, this evaluation excluded: it counts as one more
     (`n_trials`), and its pooled Sharpe joins the Sharpe ratios whose variance
     (`trial_sharpe_variance`) the DSR deflates by. A decision recomputes the DSR against the trials of
-    its time with `deflated_sharpe_at_decision`."""
+    its time with `deflated_sharpe_at_decision`. `pooled_returns`: the returns the pooled statistics
+    are taken over, when not the folds' returns one after another (CPCV: `returns_by_bar`, so a bar
+    tested by several paths counts once)."""
     if not metrics_by_fold:
         trials = other_trials.plus(None)
         return {"folds": 0, "n_trials": trials.n_trials, "trial_sharpe_variance": trials.variance}
     indices = sorted(metrics_by_fold)
-    pooled = np.concatenate([np.asarray(returns_by_fold[i], dtype=np.float64) for i in indices])
+    pooled = (np.concatenate([np.asarray(returns_by_fold[i], dtype=np.float64) for i in indices])
+              if pooled_returns is None else np.asarray(pooled_returns, dtype=np.float64))
     summary = sharpe_moments(pooled)
     trials = other_trials.plus(summary.sharpe)
     result: dict = {"folds": len(metrics_by_fold), "n_trials": trials.n_trials,

@@ -1,4 +1,10 @@
-"""From fold backtests to a report: per-fold metrics and baselines, aggregates, status, curve files.
+"""From fold backtests to a report: per-backtest metrics and baselines, aggregates, status, curve files.
+
+A report keeps one row (`FoldRecord`) per backtest (`folds.backtests`): a walk-forward fold is one, a
+CPCV split one per tested group. A CPCV report's aggregates add its backtest paths (`paths`): each of
+the φ(N, k) paths chains one backtest per group, and its figures are those of the chained returns.
+The pooled statistics (PSR, DSR, the trial's Sharpe) are over one return per tested bar
+(`metrics.returns_by_bar`: a CPCV bar's φ backtests averaged).
 
 Strict mode: any failed fold fails the evaluation (status `failed`; the report still lists every
 fold, the failed ones with their traceback). Non-strict: status `partial` when folds are missing,
@@ -15,7 +21,7 @@ import numpy as np
 
 from rl_lifecycle.evaluation.backtest import FoldResult
 from rl_lifecycle.evaluation.curves import write_equity_curve
-from rl_lifecycle.evaluation.folds import Fold, Range
+from rl_lifecycle.evaluation.folds import Backtest, Fold, Range, backtests, cpcv_paths
 from rl_lifecycle.evaluation.metrics import (
     Trials,
     aggregate_folds,
@@ -24,6 +30,8 @@ from rl_lifecycle.evaluation.metrics import (
     buy_and_hold_equity,
     flat_baseline,
     fold_metrics,
+    path_metrics,
+    returns_by_bar,
     simple_returns,
 )
 from rl_lifecycle.markets.keys import Market
@@ -41,6 +49,12 @@ class FoldRecord:
     baselines: dict | None = None
     error: str | None = None
     equity_curve_uri: str | None = None
+    split: int | None = None  # the fold or CPCV split whose model traded it; None: `index` (walk-forward)
+    test_group: int | None = None  # CPCV: the group it tested
+
+    @property
+    def backtest(self) -> Backtest:
+        return Backtest(self.index, self.index if self.split is None else self.split, self.test_range, self.test_group)
 
 
 def row_span(ts: np.ndarray, rows: Range, interval_us: int) -> tuple[int, int]:
@@ -58,18 +72,21 @@ def summarise(
     strict: bool,
     curves_dir: Path | None = None,
 ) -> tuple[list[FoldRecord], dict, str]:
-    """Fold records, aggregates over the completed folds, and the evaluation status. `other_trials`: the
-    market's trials without this evaluation (`store.market_trials(..., excluding=its key)`)."""
+    """A record per backtest, aggregates over the completed ones, and the evaluation status. `results`:
+    one per backtest (`FoldResult.fold_index` = `Backtest.index`). `other_trials`: the market's trials
+    without this evaluation (`store.market_trials(..., excluding=its key)`)."""
     by_index = {r.fold_index: r for r in results}
+    train = {fold.index: fold.train_ranges for fold in folds}
     periods = bars_per_year(market.interval)
     records, metrics_by_fold, returns_by_fold = [], {}, {}
-    for fold in folds:
-        result = by_index.get(fold.index) or FoldResult.failed(fold.index, "no backtest result for this fold")
-        spans = tuple(row_span(ts, r, market.interval_us) for r in fold.train_ranges)
-        test_span = row_span(ts, fold.test_range, market.interval_us)
+    for test in backtests(folds):
+        result = by_index.get(test.index) or FoldResult.failed(test.index, "no backtest result for this fold")
+        spans = tuple(row_span(ts, r, market.interval_us) for r in train[test.split])
+        row = dict(index=test.index, train_ranges=train[test.split], test_range=test.test_range, train_spans=spans,
+                   test_span=row_span(ts, test.test_range, market.interval_us),
+                   split=None if test.test_group is None else test.split, test_group=test.test_group)
         if not result.ok:
-            records.append(FoldRecord(fold.index, fold.train_ranges, fold.test_range, spans, test_span, "failed",
-                                      error=result.error))
+            records.append(FoldRecord(**row, status="failed", error=result.error))
             continue
         metrics = fold_metrics(result.equity, result.positions, result.traded_notional, result.fees_paid,
                                result.trade_pnls, periods)
@@ -82,12 +99,14 @@ def summarise(
         uri = None
         if curves_dir is not None:
             hold_curve, _ = buy_and_hold_equity(result.close, cost_bps, result.starting_balance)
-            uri = write_equity_curve(curves_dir / f"fold-{fold.index}.parquet", result, hold_curve)
-        records.append(FoldRecord(fold.index, fold.train_ranges, fold.test_range, spans, test_span, "ok",
-                                  metrics, baselines, None, uri))
-        metrics_by_fold[fold.index] = metrics
-        returns_by_fold[fold.index] = simple_returns(result.equity)
-    aggregates = aggregate_folds(metrics_by_fold, returns_by_fold, other_trials)
+            uri = write_equity_curve(curves_dir / f"fold-{test.index}.parquet", result, hold_curve)
+        records.append(FoldRecord(**row, status="ok", metrics=metrics, baselines=baselines, equity_curve_uri=uri))
+        metrics_by_fold[test.index] = metrics
+        returns_by_fold[test.index] = simple_returns(result.equity)
+    pooled = returns_by_bar((records[i].test_range, r) for i, r in returns_by_fold.items()) if returns_by_fold else None
+    aggregates = aggregate_folds(metrics_by_fold, returns_by_fold, other_trials, pooled)
+    if any(fold.test_groups for fold in folds):
+        aggregates["paths"] = cpcv_path_figures(folds, records, returns_by_fold, periods)
     missing = [r.index for r in records if r.status != "ok"]
     aggregates["missing_folds"] = missing
     if not missing:
@@ -97,6 +116,34 @@ def summarise(
     else:
         status = "partial"
     return records, aggregates, status
+
+
+def path_returns(folds: list[Fold], records: list[FoldRecord], returns_by_backtest: dict[int, np.ndarray],
+                 ) -> list[np.ndarray | None]:
+    """Per CPCV backtest path (`folds.cpcv_paths` order): its groups' backtest returns chained in time
+    order; None for a path through a backtest that did not complete."""
+    n_groups = len({g for fold in folds for g in fold.test_groups})
+    index = {(r.backtest.split, r.test_group): r.index for r in records}
+    out = []
+    for path in cpcv_paths(n_groups, len(folds[0].test_groups)):
+        parts = [returns_by_backtest.get(index[step]) for step in path]
+        out.append(None if any(p is None for p in parts) else np.concatenate(parts))
+    return out
+
+
+def cpcv_path_figures(folds: list[Fold], records: list[FoldRecord], returns_by_backtest: dict[int, np.ndarray],
+                      periods_per_year: float) -> dict:
+    """`count` paths; per path its figures (null when one of its backtests failed); mean, median and
+    worst of each figure over the complete paths."""
+    per_path = [None if r is None else path_metrics(r, periods_per_year)
+                for r in path_returns(folds, records, returns_by_backtest)]
+    done = [p for p in per_path if p is not None]
+    out: dict = {"count": len(per_path), "complete": len(done), "per_path": per_path}
+    for key, worst in (("total_return", min), ("sharpe", min), ("max_drawdown", max)):
+        values = [p[key] for p in done if math.isfinite(p[key])]
+        out[key] = ({"mean": float(np.mean(values)), "median": float(np.median(values)), "worst": float(worst(values))}
+                    if values else {"mean": math.nan, "median": math.nan, "worst": math.nan})
+    return out
 
 
 def json_safe(value):

@@ -21,7 +21,15 @@ import psycopg
 
 from rl_lifecycle.candles.store import load_candles
 from rl_lifecycle.evaluation.backtest import FoldJob, FoldResult, align_candles, run_fold_backtest, run_folds
-from rl_lifecycle.evaluation.folds import Fold, FoldConfig, make_folds, verify_folds
+from rl_lifecycle.evaluation.folds import (
+    Backtest,
+    Fold,
+    FoldConfig,
+    backtests,
+    make_folds,
+    splits_of,
+    verify_folds,
+)
 from rl_lifecycle.evaluation.report import summarise
 from rl_lifecycle.evaluation.store import (
     EvaluationReport,
@@ -126,21 +134,26 @@ def plan_evaluation(
                           workdir / market.key / key[:16], starting_balance, fold_timeout_s)
 
 
-def _fold_job(plan: EvaluationPlan, data: TrainingData, candles, fold: Fold, policy: SavedPolicy) -> FoldJob:
-    start, end = fold.test_range
-    return FoldJob(plan.market.key, fold.index, candles.slice(start, end), data.content.values[start:end], policy,
+def _fold_job(plan: EvaluationPlan, data: TrainingData, candles, test: Backtest, policy: SavedPolicy) -> FoldJob:
+    start, end = test.test_range
+    return FoldJob(plan.market.key, test.index, candles.slice(start, end), data.content.values[start:end], policy,
                    plan.spec.cost_bps, plan.starting_balance, timeout_s=plan.fold_timeout_s)
+
+
+def _backtests_of(plan: EvaluationPlan, fold_index: int) -> list[Backtest]:
+    return [b for b in backtests(list(plan.folds)) if b.split == fold_index]
 
 
 def _aligned_candles(conn: psycopg.Connection, market: Market, ts: np.ndarray):
     return align_candles(load_candles(conn, market, int(ts[0]), int(ts[-1]) + market.interval_us), ts)
 
 
-def run_one_fold(conn: psycopg.Connection, plan: EvaluationPlan, fold_index: int, log=print) -> FoldResult:
-    """Train the fold's fresh model and backtest its test range (in a process of its own). Never raises:
-    a fold that fails, in training or in the backtest, is a failed FoldResult with its traceback."""
+def run_one_fold(conn: psycopg.Connection, plan: EvaluationPlan, fold_index: int, log=print) -> list[FoldResult]:
+    """Train the fold's fresh model and backtest each of its test ranges (one for a walk-forward fold, one
+    per tested group for a CPCV split), each in a process of its own. Never raises: a fold that fails, in
+    training or in a backtest, gives failed FoldResults with the traceback."""
     started = time.perf_counter()
-    fold = plan.folds[fold_index]
+    fold, tests = plan.folds[fold_index], _backtests_of(plan, fold_index)
     try:
         data = training_data(conn, plan.market, plan.window)
         if data.dataset.dataset_hash != plan.dataset_hash:
@@ -148,11 +161,18 @@ def run_one_fold(conn: psycopg.Connection, plan: EvaluationPlan, fold_index: int
                                f"({plan.dataset_hash[:12]} -> {data.dataset.dataset_hash[:12]})")
         log(f"{plan.spec.name} fold {fold.index}: training on {fold.train_rows} rows")
         policy = train_fold(data, plan.spec, fold, plan.root / f"policy-{fold.index}")
-        job = _fold_job(plan, data, _aligned_candles(conn, plan.market, data.content.ts), fold, policy)
+        candles = _aligned_candles(conn, plan.market, data.content.ts)
+        jobs = [_fold_job(plan, data, candles, test, policy) for test in tests]
     except Exception:
-        return FoldResult.failed(fold.index, traceback.format_exc(), {"train_s": round(time.perf_counter() - started, 3)})
-    log(f"{plan.spec.name} fold {fold.index}: backtesting {fold.test_range[1] - fold.test_range[0]} bars")
-    return with_replay(job, run_fold_backtest(job))
+        error, timings = traceback.format_exc(), {"train_s": round(time.perf_counter() - started, 3)}
+        return [FoldResult.failed(test.index, error, timings) for test in tests]
+    results = []
+    for job, test in zip(jobs, tests, strict=True):
+        start, end = test.test_range
+        log(f"{plan.spec.name} fold {fold.index}: backtesting {end - start} bars"
+            + ("" if test.test_group is None else f" of group {test.test_group}"))
+        results.append(with_replay(job, run_fold_backtest(job)))
+    return results
 
 
 def with_replay(job: FoldJob, result: FoldResult) -> FoldResult:
@@ -178,12 +198,33 @@ def assemble_report(
     trials = market_trials(conn, plan.market, excluding=key)  # this evaluation counts itself (a rerun: once)
     records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
                                             trials, strict, plan.root / "curves")
+    aggregates["pbo"], aggregates["pbo_detail"] = market_pbo(conn, plan.market, records, excluding_key=key)
     report = EvaluationReport(
         market=plan.market.key, spec=json.loads(plan.spec.canonical_json()), model_spec_hash=plan.spec.spec_hash,
         dataset_hash=plan.dataset_hash, fold_config=plan.config, label_horizon=plan.label_horizon, strict=strict,
         status=status, aggregates=aggregates, folds=records, timings=timings,
     )
     return replace(report, id=write_report(conn, report))
+
+
+def market_pbo(conn: psycopg.Connection, market: Market, records, *, excluding_key: str | None = None,
+               ) -> tuple[float | None, dict]:
+    """The PBO over the market's trials on the test bars of `records` (a report's rows, this report
+    included as one trial whether stored yet or not), and what it was computed from."""
+    from rl_lifecycle.evaluation.trials import (
+        bar_returns_of,
+        pbo_of,
+        record_backtests,
+        stored_trial_matrix,
+        tested_spans,
+    )
+
+    backtests = record_backtests(records)
+    own = bar_returns_of(backtests)
+    matrix = stored_trial_matrix(conn, market, tested_spans(backtests), excluding_key=excluding_key,
+                                 extra=[] if own is None else [(None, own)])
+    detail = pbo_of(matrix)
+    return detail["pbo"], detail
 
 
 def evaluate_spec(
@@ -211,9 +252,10 @@ def evaluate_spec(
     jobs = []
     for fold in plan.folds:
         log(f"{spec.name} fold {fold.index}: training on {fold.train_rows} rows")
-        jobs.append(_fold_job(plan, data, candles, fold, train_fold(data, spec, fold, plan.root / f"policy-{fold.index}")))
+        policy = train_fold(data, spec, fold, plan.root / f"policy-{fold.index}")
+        jobs += [_fold_job(plan, data, candles, test, policy) for test in _backtests_of(plan, fold.index)]
     trained_at = time.perf_counter()
-    log(f"{spec.name}: backtesting {len(jobs)} folds on {workers} worker(s)")
+    log(f"{spec.name}: backtesting {len(jobs)} test ranges on {workers} worker(s)")
     results = [with_replay(job, result) for job, result in zip(jobs, run_folds(jobs, workers), strict=True)]
     return assemble_report(conn, plan, results, strict=strict, timings={
         "train_s": round(trained_at - started, 3), "backtest_s": round(time.perf_counter() - trained_at, 3),
@@ -238,8 +280,10 @@ def check_backtest_parity(report: EvaluationReport) -> list[str]:
 
 
 def check_leak_free(report: EvaluationReport, n_rows: int) -> list[str]:
-    """Re-derive the report's folds from its stored ranges and verify purge, embargo and disjointness."""
-    folds = [Fold(r.index, tuple(tuple(x) for x in r.train_ranges), tuple(r.test_range)) for r in report.folds]
+    """Re-derive the report's folds (CPCV: its splits) from its stored ranges and verify purge, embargo and
+    disjointness."""
+    train = {r.backtest.split: tuple(tuple(x) for x in r.train_ranges) for r in report.folds}
+    folds = splits_of([r.backtest for r in report.folds], train)
     return verify_folds(folds, n_rows, report.label_horizon, report.fold_config)
 
 
@@ -317,6 +361,42 @@ def equity_curves_png(report: EvaluationReport) -> bytes | None:
     return buffer.getvalue()
 
 
+def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
+    """A CPCV report's backtest paths: each path's equity (its groups' backtests chained) on one panel,
+    the groups' boundaries marked; None for a walk-forward report or when no path is complete."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rl_lifecycle.evaluation.curves import fold_returns
+    from rl_lifecycle.evaluation.report import path_returns
+
+    if report.fold_config.scheme != "cpcv":
+        return None
+    train = {r.backtest.split: r.train_ranges for r in report.folds}
+    folds = splits_of([r.backtest for r in report.folds], train)
+    paths = [(p, r) for p, r in enumerate(path_returns(folds, report.folds, fold_returns(report))) if r is not None]
+    if not paths:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3), dpi=80)
+    for index, returns in paths:
+        ax.plot(np.concatenate([[1.0], np.cumprod(1.0 + returns)]), linewidth=0.8, label=f"path {index}")
+    group_rows = sorted({r.test_range for r in report.folds})
+    for boundary in np.cumsum([end - start - 1 for start, end in group_rows])[:-1]:  # returns per group
+        ax.axvline(boundary, color="grey", linewidth=0.5, linestyle=":")
+    ax.set_title(f"{len(paths)} CPCV paths: equity (start = 1)", fontsize=8)
+    ax.set_xlabel("tested bar", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6, ncol=min(len(paths), 5))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def report_json(report: EvaluationReport) -> dict:
     """The report as one JSON object; time ranges as [start, end) ISO-8601 UTC pairs, NaN as null."""
     from rl_lifecycle.evaluation.report import json_safe
@@ -334,12 +414,15 @@ def report_json(report: EvaluationReport) -> dict:
         "embargo_bars": report.fold_config.embargo_bars,
         "fold_config": report.fold_config.model_dump(mode="json"),
         "scheme": report.fold_config.scheme,
-        # pbo: null until the probability of backtest overfitting over the market's trials is computed
+        **({"paths": (report.aggregates.get("paths") or {}).get("count")} if report.fold_config.scheme == "cpcv" else {}),
+        # pbo: null when not computed (fewer than two trials of the market on these test bars)
         "aggregate": {**report.aggregates, "pbo": report.aggregates.get("pbo")},
         "timings": report.timings,
         "folds": [
             {
                 "index": f.index,
+                "split": f.backtest.split,
+                "test_group": f.test_group,
                 "status": f.status,
                 "train_ranges": [[iso(s), iso(e)] for s, e in f.train_spans],
                 "test_range": [iso(f.test_span[0]), iso(f.test_span[1])],

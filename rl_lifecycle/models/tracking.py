@@ -141,9 +141,11 @@ class ModelRegistry:
     def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(directory), artifact_path)
 
-    def log_walkforward(self, run_id: str, aggregates: dict, equity_png: bytes | None = None) -> None:
+    def log_walkforward(self, run_id: str, aggregates: dict, equity_png: bytes | None = None,
+                        paths_png: bytes | None = None) -> None:
         """A challenger's walk-forward aggregates as `walkforward/...` metrics on its training run (nested dicts
-        flattened, non-numbers and NaN left out), and its equity curves as `plots/walkforward_equity.png`."""
+        flattened, non-numbers and NaN left out), its equity curves as `plots/walkforward_equity.png` and a
+        CPCV report's paths as `plots/cpcv_paths.png`."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -156,11 +158,12 @@ class ModelRegistry:
         metrics = [Metric(k, float(v), now, 0) for k, v in flat.items()
                    if isinstance(v, int | float) and not isinstance(v, bool) and v == v]
         self.client.log_batch(run_id, metrics=metrics)
-        if equity_png is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "walkforward_equity.png"
-                path.write_bytes(equity_png)
-                self.client.log_artifact(run_id, str(path), "plots")
+        for name, png in (("walkforward_equity.png", equity_png), ("cpcv_paths.png", paths_png)):
+            if png is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / name
+                    path.write_bytes(png)
+                    self.client.log_artifact(run_id, str(path), "plots")
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)

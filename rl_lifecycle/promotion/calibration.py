@@ -18,7 +18,7 @@ code a real decision takes: the market's stored candles cut into the default wal
   challengers promoted over a skill-less champion.
 - **Trials**: each decision's DSR is deflated by `n_trials` skill-less evaluations of the market (the
   champion, the challenger and `n_trials - 2` more), as a market with that many stored evaluations
-  would deflate it.
+  would deflate it; the PBO gate chooses among the same trials' returns on the test bars.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.evaluation.backtest import FoldResult
-from rl_lifecycle.evaluation.folds import Fold, FoldConfig, make_folds
-from rl_lifecycle.evaluation.metrics import Trials, sharpe_moments, simple_returns
+from rl_lifecycle.evaluation.folds import Fold, FoldConfig, backtests, make_folds
+from rl_lifecycle.evaluation.metrics import Trials, returns_by_bar, sharpe_moments, simple_returns
 from rl_lifecycle.evaluation.report import summarise
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.promotion.gates import ReportSummary, evaluate
@@ -158,27 +158,35 @@ class _Decider:
         self.bars, self.folds, self.cost_bps, self.simulate = bars, folds, cost_bps, simulate
 
     def results(self, positions: np.ndarray) -> list[FoldResult]:
-        """Each fold's test range booked with the contender's positions over the whole series."""
+        """Each backtest's test range booked with the contender's positions over the whole series."""
         out = []
-        for fold in self.folds:
-            start, end = fold.test_range
+        for test in backtests(self.folds):
+            start, end = test.test_range
             close_ts = self.bars.ts[start:end] + self.bars.market.interval_us
-            out.append(self.simulate(fold.index, close_ts, self.bars.close[start:end], positions[start:end],
+            out.append(self.simulate(test.index, close_ts, self.bars.close[start:end], positions[start:end],
                                      self.cost_bps))
         return out
 
-    def report(self, positions: np.ndarray, trials: Trials) -> ReportSummary:
-        """The report of a contender holding `positions`, deflated by `trials` (the market's others) and itself."""
+    def bar_returns(self, results: list[FoldResult]) -> np.ndarray:
+        """A contender's return per tested bar (a trial's column in the PBO's matrix)."""
+        tests = backtests(self.folds)
+        return returns_by_bar((tests[r.fold_index].test_range, simple_returns(r.equity)) for r in results)
+
+    def report(self, positions: np.ndarray, trials: Trials, others: list[np.ndarray]) -> tuple[ReportSummary, np.ndarray]:
+        """The report of a contender holding `positions`, deflated by `trials` (the market's others) and
+        itself, its PBO over `others` (their bar returns) and itself; with its bar returns."""
         results = self.results(positions)
         records, aggregates, _ = summarise(self.bars.market, self.folds, results, self.bars.ts, self.cost_bps,
                                            trials, strict=True)
         returns = {r.fold_index: simple_returns(r.equity) for r in results if r.ok}
+        own = self.bar_returns(results)
         return ReportSummary.from_stored(_StoredReport(records, aggregates), returns,
-                                         trials.plus(aggregates.get("sharpe_per_bar")))
+                                         trials.plus(aggregates.get("sharpe_per_bar")),
+                                         np.column_stack([*others, own])), own
 
-    def sharpe(self, positions: np.ndarray) -> float:
-        """The per-bar Sharpe of a contender's pooled fold returns (a trial's contribution to V)."""
-        return sharpe_moments(np.concatenate([simple_returns(r.equity) for r in self.results(positions)])).sharpe
+    def trial(self, positions: np.ndarray) -> np.ndarray:
+        """A background trial of the market: its bar returns (its Sharpe joins V, its column the PBO)."""
+        return self.bar_returns(self.results(positions))
 
 
 @dataclass(frozen=True)
@@ -203,12 +211,14 @@ def calibrate(bars: Bars, policy: GatePolicy, *, nulls: int = 500, edge: float =
     n = len(bars.close)
     edge_trials = nulls if edge_trials is None else edge_trials
     total = nulls + edge_trials
-    background = [decider.sharpe(skill_less_positions(rng, n, switch_rate)) for _ in range(max(0, n_trials - 2))]
+    trials = [decider.trial(skill_less_positions(rng, n, switch_rate)) for _ in range(max(0, n_trials - 2))]
+    background = [sharpe_moments(r).sharpe for r in trials]
 
     def decide(challenger_positions: np.ndarray) -> tuple[bool, tuple[str, ...]]:
-        champion = decider.report(skill_less_positions(rng, n, switch_rate), Trials.of(len(background), background))
+        champion, champion_returns = decider.report(skill_less_positions(rng, n, switch_rate),
+                                                    Trials.of(len(background), background), trials)
         prior = Trials.of(len(background) + 1, [*background, champion.aggregate.get("sharpe_per_bar")])
-        challenger = decider.report(challenger_positions, prior)
+        challenger, _ = decider.report(challenger_positions, prior, [*trials, champion_returns])
         decision = evaluate(challenger, champion, policy, auto_promotion=True)
         return decision.gates_passed, decision.reason_codes
 

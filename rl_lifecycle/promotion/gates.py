@@ -5,7 +5,9 @@ different folds cannot be compared: that is refused, not guessed): the paired te
 (`rl_lifecycle.promotion.paired`), and descriptive fold-by-fold deltas.
 With no champion (bootstrap) only the absolute gates apply. A NaN value (a Sharpe undefined on a
 short fold, a PSR without variation, a metric the report lacks) fails its gate: a gate passes only
-on a number that clears its threshold.
+on a number that clears its threshold. The one exception is PBO_ABOVE_MAX where fewer than two trials
+test the challenger's bars: there is no choice among trials to overfit, so it passes with no value and
+says why in its details.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.evaluation.metrics import Trials, deflated_sharpe_at_decision, expected_max_sharpe
+from rl_lifecycle.evaluation.metrics import (
+    Trials,
+    deflated_sharpe_at_decision,
+    expected_max_sharpe,
+    returns_by_bar,
+)
 from rl_lifecycle.promotion.policy import GatePolicy
 
 PROMOTED, REJECTED, PENDING_MANUAL = "promoted", "rejected", "pending_manual"
@@ -37,11 +44,12 @@ RETURN_DELTA_BELOW_MIN = "RETURN_DELTA_BELOW_MIN"
 DRAWDOWN_WORSE_THAN_MAX = "DRAWDOWN_WORSE_THAN_MAX"
 TOO_FEW_FOLD_WINS = "TOO_FEW_FOLD_WINS"
 PAIRED_TEST_NOT_SIGNIFICANT = "PAIRED_TEST_NOT_SIGNIFICANT"
+PBO_ABOVE_MAX = "PBO_ABOVE_MAX"
 # Not a gate: why a decision whose gates all passed waits for a person.
 MANUAL_APPROVAL_REQUIRED = "MANUAL_APPROVAL_REQUIRED"
 
 ABSOLUTE_CODES = (NO_COMPLETED_FOLDS, FOLD_FAILED, NOT_BETTER_THAN_FLAT, NOT_BETTER_THAN_BUY_AND_HOLD,
-                  TOO_FEW_TRADES, PSR_BELOW_MIN, DSR_BELOW_MIN)
+                  TOO_FEW_TRADES, PSR_BELOW_MIN, DSR_BELOW_MIN, PBO_ABOVE_MAX)
 PAIRED_CODES = (PAIRED_TEST_NOT_SIGNIFICANT, SHARPE_DELTA_BELOW_MIN, RETURN_DELTA_BELOW_MIN, DRAWDOWN_WORSE_THAN_MAX,
                 TOO_FEW_FOLD_WINS)
 REASON_CODES = ABSOLUTE_CODES + PAIRED_CODES + (MANUAL_APPROVAL_REQUIRED,)
@@ -96,6 +104,9 @@ class ReportSummary:
     market: str | None = None
     returns: Mapping[int, np.ndarray] = field(default_factory=dict)  # fold -> per-bar net returns (paired test)
     trials: Trials | None = None  # the market's trials at decision time; None: the DSR stored with the report
+    # the market's trials on the challenger's test bars at decision time (T bars x N trials, the challenger
+    # one of them: `evaluation.trials`); None: the PBO stored with the report
+    trial_returns: np.ndarray | None = None
 
     def deflated_sharpe(self) -> tuple[float, dict]:
         """The DSR against the market's trials now (when known and the report keeps its Sharpe statistics),
@@ -109,9 +120,21 @@ class ReportSummary:
             "n_trials": self.aggregate.get("n_trials"), "trial_sharpe_variance": self.aggregate.get("trial_sharpe_variance"),
             "at": "report"}
 
+    def overfitting(self) -> tuple[float, dict]:
+        """The probability of backtest overfitting over the market's trials on these test bars: computed
+        now from `trial_returns` when given, else the one stored with the report; NaN when not computed."""
+        if self.trial_returns is not None:
+            from rl_lifecycle.evaluation.trials import TrialMatrix, pbo_of
+
+            detail = {**pbo_of(TrialMatrix(self.trial_returns, (None,) * self.trial_returns.shape[1])), "at": "decision"}
+            detail.pop("report_ids")
+        else:
+            detail = {**(self.aggregate.get("pbo_detail") or {"pbo": self.aggregate.get("pbo")}), "at": "report"}
+        return as_number(detail.get("pbo")), detail
+
     @classmethod
     def from_stored(cls, report, returns: Mapping[int, np.ndarray] | None = None,
-                    trials: Trials | None = None) -> ReportSummary:
+                    trials: Trials | None = None, trial_returns: np.ndarray | None = None) -> ReportSummary:
         """From `rl_lifecycle.evaluation.store.EvaluationReport` (as `read_report` returns it), with its
         folds' per-bar returns (`rl_lifecycle.evaluation.curves.fold_returns`) for the paired test."""
         folds = tuple(
@@ -123,7 +146,7 @@ class ReportSummary:
             for f in sorted(report.folds, key=lambda f: f.index)
         )
         return cls(report.id, folds, dict(report.aggregates or {}), report.dataset_hash, report.market,
-                   dict(returns or {}), trials)
+                   dict(returns or {}), trials, trial_returns)
 
     @property
     def completed_folds(self) -> tuple[FoldOutcome, ...]:
@@ -253,23 +276,39 @@ def absolute_gates(report: ReportSummary, policy: GatePolicy) -> list[GateResult
         gates.append(_gate(DSR_BELOW_MIN, dsr, policy.min_dsr, ">=",
                            f"deflated Sharpe ratio of the pooled fold returns, against {deflation['n_trials']} trials",
                            details=deflation))
+    if policy.max_pbo is not None:
+        gates.append(pbo_gate(report, policy.max_pbo))
     return gates
+
+
+def pbo_gate(report: ReportSummary, max_pbo: float) -> GateResult:
+    """PBO_ABOVE_MAX: choosing the best of the market's trials on these test bars must not overfit more
+    often than `max_pbo`. Fewer than two trials there is no choice to overfit: the gate passes, saying so."""
+    pbo, detail = report.overfitting()
+    if not math.isfinite(pbo):
+        return GateResult(PBO_ABOVE_MAX, True, math.nan, float(max_pbo),
+                          f"probability of backtest overfitting not computed: {detail.get('reason', 'not stored')}",
+                          "<=", detail)
+    return _gate(PBO_ABOVE_MAX, pbo, max_pbo, "<=",
+                 f"probability of backtest overfitting (CSCV, S={detail.get('n_partitions')}) over the "
+                 f"{detail.get('n_trials')} trials of the market on these test bars", details=detail)
 
 
 def paired_returns(challenger: ReportSummary, champion: ReportSummary,
                    pairs: list[tuple[FoldOutcome, FoldOutcome]]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both contenders' per-bar returns over every paired fold, bar for bar; None when a fold's returns
-    are missing or the two differ in length (then the paired test cannot run, and its gate fails)."""
+    """Both contenders' returns on every paired test bar, one per bar (`returns_by_bar`: a CPCV bar's
+    paths averaged); None when a fold's returns are missing or the two differ in length (then the
+    paired test cannot run, and its gate fails)."""
     ours, theirs = [], []
     for a, b in pairs:
         ra, rb = challenger.returns.get(a.index), champion.returns.get(b.index)
         if ra is None or rb is None or len(ra) != len(rb):
             return None
-        ours.append(np.asarray(ra, dtype=np.float64))
-        theirs.append(np.asarray(rb, dtype=np.float64))
+        ours.append((a.identity[1], ra))
+        theirs.append((a.identity[1], rb))
     if not ours:
         return None
-    return np.concatenate(ours), np.concatenate(theirs)
+    return returns_by_bar(ours), returns_by_bar(theirs)
 
 
 def paired_test_gate(challenger: ReportSummary, champion: ReportSummary, pairs, policy: GatePolicy) -> GateResult:
@@ -286,7 +325,7 @@ def paired_test_gate(challenger: ReportSummary, champion: ReportSummary, pairs, 
     p_value = test.sharpe_p_value if rule.statistic == "sharpe" else test.mean_p_value
     return _gate(PAIRED_TEST_NOT_SIGNIFICANT, p_value, rule.alpha, "<=",
                  f"one-sided p-value of the {statistic} (challenger - champion) on {test.n_bars} paired test bars "
-                 f"of {len(pairs)} folds, circular block bootstrap (block {test.block_size})",
+                 f"of {len(pairs)} paired backtests, circular block bootstrap (block {test.block_size})",
                  details={"statistic": rule.statistic, **test.to_json()})
 
 

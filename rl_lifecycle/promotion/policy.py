@@ -71,6 +71,7 @@ class GatePolicy(BaseModel):
     min_trades_per_fold: int | None = Field(default=1, ge=0)
     min_psr: float | None = Field(default=0.9, ge=0.0, le=1.0)
     min_dsr: float | None = Field(default=0.95, ge=0.0, le=1.0)
+    max_pbo: float | None = Field(default=0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _finite(self) -> GatePolicy:

@@ -45,14 +45,21 @@ def _market(market: Market | str) -> Market:
     return market if isinstance(market, Market) else Market.parse(market)
 
 
-def _summary(report, trials=None) -> ReportSummary:
+def _summary(report, trials=None, conn: psycopg.Connection | None = None) -> ReportSummary:
     """Stored reports come with their folds' per-bar returns, read from the equity curves beside them, and
-    the market's trials as they are now (the DSR is deflated at decision time)."""
+    (given `conn`) the market's trials as they are now: the DSR is deflated and the PBO computed at
+    decision time."""
     from rl_lifecycle.evaluation.curves import fold_returns
 
     if isinstance(report, ReportSummary):
         return report
-    return ReportSummary.from_stored(report, fold_returns(report), trials)
+    matrix = None
+    if conn is not None:
+        from rl_lifecycle.evaluation.trials import record_backtests, stored_trial_matrix, tested_spans
+
+        matrix = stored_trial_matrix(conn, Market.parse(report.market),
+                                     tested_spans(record_backtests(report.folds))).returns
+    return ReportSummary.from_stored(report, fold_returns(report), trials, matrix)
 
 
 def _reason(reason: str | None) -> str:
@@ -137,7 +144,7 @@ def decide(
     from rl_lifecycle.evaluation.store import market_trials
 
     market = _market(market)
-    challenger = _summary(challenger_report, market_trials(conn, market))
+    challenger = _summary(challenger_report, market_trials(conn, market), conn)
     champion_summary = None if champion_report is None else _summary(champion_report)
     with market_decision_lock(conn, market.key):
         champion = audit.current_champion(conn, market.key)

@@ -38,8 +38,11 @@ from rl_lifecycle.settings import load_settings
 
 
 class FoldReportConfig(Config):
-    folds: int = Field(default=3, ge=1, le=100, description="number of walk-forward folds")
-    scheme: str = Field(default="expanding", description="expanding, or rolling (with train_size)")
+    folds: int = Field(default=3, ge=1, le=100, description="number of walk-forward folds (cpcv: ignored)")
+    scheme: str = Field(default="expanding", description="expanding, rolling (with train_size), or cpcv (with "
+                        "groups and test_groups)")
+    groups: int | None = Field(default=None, description="cpcv only: contiguous groups N")
+    test_groups: int | None = Field(default=None, description="cpcv only: groups each split tests, k < N")
     train_size: int | None = Field(default=None, description="rows per training window (rolling only)")
     test_size: int | None = Field(default=None, description="rows per test range; None: the largest that fits")
     purge: int | None = Field(default=None, description="bars purged before each test range; None: the label horizon")
@@ -49,9 +52,12 @@ class FoldReportConfig(Config):
 
 
 def fold_config(config: FoldReportConfig, label_horizon: int) -> FoldConfig:
+    layout = ({"n_groups": config.groups, "n_test_groups": config.test_groups} if config.scheme == "cpcv"
+              else {"n_folds": config.folds, "n_groups": config.groups, "n_test_groups": config.test_groups})
     return FoldConfig.create(
-        n_folds=config.folds, scheme=config.scheme, train_size=config.train_size, test_size=config.test_size,
-        purge_bars=label_horizon if config.purge is None else config.purge, embargo_bars=config.embargo,
+        **{k: v for k, v in layout.items() if v is not None}, scheme=config.scheme, train_size=config.train_size,
+        test_size=config.test_size, purge_bars=label_horizon if config.purge is None else config.purge,
+        embargo_bars=config.embargo,
     )
 
 
@@ -89,16 +95,17 @@ def plan_folds(context: OpExecutionContext, config: FoldReportConfig, database: 
                 yield DynamicOutput(FoldTask(role, version.version, plan, fold.index), mapping_key=f"{role}_{fold.index}")
 
 
-@op(description="Train the fold's fresh model on its train rows and backtest its test range in NautilusTrader "
-    "(a process of its own). A failing fold is a result, not an error: the other folds go on.")
+@op(description="Train the fold's fresh model on its train rows and backtest its test range (a CPCV split: each "
+    "tested group) in NautilusTrader, a process each. A failing fold is a result, not an error: the other folds go on.")
 def run_fold(context: OpExecutionContext, task: FoldTask, database: PostgresResource) -> tuple:
     from rl_lifecycle.evaluation.service import run_one_fold
 
     with database.connect() as conn:
-        result = run_one_fold(conn, task.plan, task.fold_index, log=context.log.info)
-    if not result.ok:
-        context.log.error(f"{task.role} fold {task.fold_index} failed: {result.error}")
-    return task, result
+        results = run_one_fold(conn, task.plan, task.fold_index, log=context.log.info)
+    for result in results:
+        if not result.ok:
+            context.log.error(f"{task.role} fold {task.fold_index} (backtest {result.fold_index}) failed: {result.error}")
+    return task, results
 
 
 @op(description="Metrics, baselines and aggregates per contender, stored as evaluation reports; metadata and MLflow.")
@@ -107,28 +114,30 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
     from rl_lifecycle.evaluation.service import (
         FOLD_TABLE_HEADERS,
         assemble_report,
+        cpcv_paths_png,
         equity_curves_png,
         fold_table,
     )
 
     settings = load_settings()
     by_role: dict[str, list] = {}
-    for task, result in fold_results:
-        by_role.setdefault(task.role, []).append((task, result))
+    for task, results in fold_results:
+        by_role.setdefault(task.role, []).extend((task, result) for result in results)
     reports, versions = {}, {}
     with database.connect() as conn:
         for role, items in by_role.items():
             plan = items[0][0].plan
             versions[role] = items[0][0].version
-            timings = {"fold_steps": len(items), "fold_s_total": round(sum(r.timings.get("total_s", 0.0) for _, r in items), 3)}
+            timings = {"fold_steps": len({task.fold_index for task, _ in items}),
+                       "fold_s_total": round(sum(r.timings.get("total_s", 0.0) for _, r in items), 3)}
             reports[role] = assemble_report(conn, plan, [r for _, r in items], strict=settings.strict_backtest,
                                             timings=timings)
     report = reports["challenger"]
     registry = mlflow.registry()
     run_id = registry.version(parse_partition_key(context.partition_key)[0], versions["challenger"]).run_id
     aggregates = report.aggregates
-    png = equity_curves_png(report)
-    registry.log_walkforward(run_id, aggregates, png)
+    png, paths_png = equity_curves_png(report), cpcv_paths_png(report)
+    registry.log_walkforward(run_id, aggregates, png, paths_png)
     metadata = {
         "report_id": report.id,
         "status": report.status,
@@ -143,6 +152,8 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
         # what the DSR was deflated by when the report was assembled (a decision deflates again, by the trials then)
         "dsr_n_trials": aggregates.get("n_trials"),
         "dsr_trial_sharpe_variance": aggregates.get("trial_sharpe_variance"),
+        "pbo": aggregates.get("pbo"),
+        "pbo_n_trials": (aggregates.get("pbo_detail") or {}).get("n_trials"),
         "missing_folds": str(aggregates.get("missing_folds", [])),
         # the figures `rl_evaluation_folds` / `rl_evaluation_fold_failures` export, per partition in the UI
         "folds": len(report.folds),
@@ -150,6 +161,12 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
     }
     if png is not None:
         metadata["equity_curves"] = png_markdown(png, "equity per fold vs buy-and-hold and flat")
+    if report.fold_config.scheme == "cpcv":
+        paths = aggregates.get("paths") or {}
+        metadata["cpcv_paths"] = paths.get("count")
+        metadata["cpcv_path_sharpe"] = MetadataValue.json({k: paths.get("sharpe", {}).get(k) for k in ("mean", "median", "worst")})
+        if paths_png is not None:
+            metadata["cpcv_paths_plot"] = png_markdown(paths_png, "equity of each CPCV backtest path")
     if "champion" in reports:
         metadata["champion_report_id"] = reports["champion"].id
         metadata["champion_version"] = versions["champion"]
