@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from rl_lifecycle.cli.common import check_windows_exist, print_table
+from rl_lifecycle.config_files import validated
 from rl_lifecycle.db.connection import connect
 from rl_lifecycle.db.migrate import open_database
 from rl_lifecycle.errors import UserInputError
@@ -22,27 +23,36 @@ report_app = typer.Typer(no_args_is_help=True, help="Walk-forward evaluation rep
 def evaluate(
     market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
     window: Annotated[str, typer.Option(help="window key: evaluates that partition's challenger on its dataset")],
-    folds: Annotated[int, typer.Option(help="walk-forward folds")] = 3,
+    folds: Annotated[int, typer.Option(help="walk-forward folds (not with --scheme cpcv: C(groups, test-groups) splits)")] = 3,
+    scheme: Annotated[str, typer.Option(help="expanding, rolling (with --train-size) or cpcv (with --groups and "
+                                        "--test-groups): combinatorial purged CV")] = "expanding",
+    groups: Annotated[int | None, typer.Option(help="cpcv: contiguous groups N")] = None,
+    test_groups: Annotated[int | None, typer.Option(help="cpcv: groups each split tests, k < N")] = None,
+    train_size: Annotated[int | None, typer.Option(help="rolling: rows per training window")] = None,
     purge: Annotated[int | None, typer.Option(help="bars purged before each test range (default: the label horizon)")] = None,
     embargo: Annotated[int, typer.Option(help="bars embargoed after each test range")] = 0,
     test_size: Annotated[int | None, typer.Option(help="rows per test range (default: the largest that fits)")] = None,
     workers: Annotated[int, typer.Option(help="fold steps at once (train + backtest), one process each")] = 2,
 ) -> None:
-    """Walk-forward NautilusTrader evaluation (materializes `fold_report` with its checks)."""
-    from rl_lifecycle.evaluation.folds import FoldConfig
+    """Walk-forward or CPCV NautilusTrader evaluation (materializes `fold_report` with its checks)."""
+    from rl_lifecycle.orchestration.assets.evaluation import FoldReportConfig, fold_config
     from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
 
     parsed_market, parsed_window = Market.parse(market), WINDOW_SCHEME.parse(window)
     key = partition_key(parsed_market, parsed_window)
     check_windows_exist([key])
+    if scheme == "cpcv" and folds != 3:
+        raise UserInputError(f"--folds {folds}: with --scheme cpcv the splits are C(--groups, --test-groups); "
+                             "leave --folds out")
+    config = {"folds": folds, "scheme": scheme, "groups": groups, "test_groups": test_groups,
+              "train_size": train_size, "purge": purge, "embargo": embargo, "test_size": test_size}
     # refuse bad numbers before launching anything (the label horizon is checked against purge in the run)
-    FoldConfig.create(n_folds=folds, purge_bars=purge or 0, embargo_bars=embargo, test_size=test_size)
+    fold_config(validated(FoldReportConfig, config, "evaluation options", "(command line)"), purge or 0)
     if workers < 1:
         raise UserInputError(f"--workers {workers} is invalid: at least 1")
     from rl_lifecycle.cli.runs import materialize_with_progress
 
     settings = load_settings()
-    config = {"folds": folds, "purge": purge, "embargo": embargo, "test_size": test_size}
     (result,) = materialize_with_progress(settings, open_database(settings), ["fold_report"], [key],
                                           run_config={"ops": {"fold_report": {"config": config}},
                                                       "execution": {"config": {"max_concurrent": workers}}})
@@ -89,5 +99,13 @@ def _print_report(report) -> None:
                f"dataset {report.dataset_hash[:12]}: {report.status}; purge {report.fold_config.purge_bars}, "
                f"embargo {report.fold_config.embargo_bars}, label horizon {report.label_horizon}")
     print_table(FOLD_TABLE_HEADERS, fold_table(report))
-    shown = {k: agg.get(k) for k in ("psr", "dsr", "positive_share", "worst_fold") if k in agg}
+    shown = {k: agg.get(k) for k in ("psr", "dsr", "pbo", "positive_share", "worst_fold") if k in agg}
     typer.echo("  aggregates: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    if paths := agg.get("paths"):
+        sharpe = paths.get("sharpe") or {}
+
+        def number(value) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
+        typer.echo(f"  cpcv: {paths.get('count')} paths ({paths.get('complete')} complete); path Sharpe median "
+                   f"{number(sharpe.get('median'))}, worst {number(sharpe.get('worst'))}")

@@ -222,8 +222,8 @@ def backtests(folds: list[Fold]) -> list[Backtest]:
     """Every fold's backtests, in fold order; a walk-forward fold's backtest has the fold's index."""
     out: list[Backtest] = []
     for fold in folds:
-        groups = fold.test_groups or (None,) * len(fold.test_ranges)
-        out += [Backtest(len(out), fold.index, rows, group) for rows, group in zip(fold.test_ranges, groups, strict=True)]
+        for rows, group in zip(fold.test_ranges, fold.test_groups or (None,) * len(fold.test_ranges), strict=True):
+            out.append(Backtest(len(out), fold.index, rows, group))
     return out
 
 

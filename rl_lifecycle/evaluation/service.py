@@ -282,9 +282,13 @@ def check_backtest_parity(report: EvaluationReport) -> list[str]:
 def check_leak_free(report: EvaluationReport, n_rows: int) -> list[str]:
     """Re-derive the report's folds (CPCV: its splits) from its stored ranges and verify purge, embargo and
     disjointness."""
-    train = {r.backtest.split: tuple(tuple(x) for x in r.train_ranges) for r in report.folds}
-    folds = splits_of([r.backtest for r in report.folds], train)
-    return verify_folds(folds, n_rows, report.label_horizon, report.fold_config)
+    train: dict[int, set] = {}
+    for record in report.folds:
+        train.setdefault(record.backtest.split, set()).add(tuple(tuple(x) for x in record.train_ranges))
+    problems = [f"split {split}: its backtests record {len(ranges)} different train ranges (one model trades them all)"
+                for split, ranges in sorted(train.items()) if len(ranges) > 1]
+    folds = splits_of([r.backtest for r in report.folds], {split: min(ranges) for split, ranges in train.items()})
+    return problems + verify_folds(folds, n_rows, report.label_horizon, report.fold_config)
 
 
 def partition_report(conn: psycopg.Connection, market: Market, model_spec_hash: str, dataset_hash: str) -> EvaluationReport | None:
