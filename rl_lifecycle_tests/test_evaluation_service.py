@@ -77,3 +77,24 @@ def test_strict_mode_fails_an_evaluation_with_a_broken_fold_and_keeps_its_report
                             strict=False, fold_timeout_s=0.01, log=lambda _: None)
     assert lenient.status == "failed"  # non-strict still fails when no fold completed at all
     assert lenient.aggregates["missing_folds"] == [0, 1]
+
+
+def test_a_cpcv_evaluation_backtests_each_tested_group_in_nautilus_and_recombines_its_paths(dataset, tmp_path):
+    config = FoldConfig.create(scheme="cpcv", n_groups=3, n_test_groups=2, purge_bars=2, embargo_bars=2)
+    spec = _tiny_spec(tmp_path)
+    report = evaluate_spec(dataset, BTC, WINDOW, spec, config, workdir=tmp_path / "evals", workers=2, log=lambda _: None)
+    assert report.status == "ok", [f.error for f in report.folds]
+    # C(3, 2) = 3 splits, each trading its 2 test groups in a backtest of its own: 6 rows, phi(3, 2) = 2 paths
+    assert [(f.split, f.test_group) for f in report.folds] == [(0, 0), (0, 1), (1, 0), (1, 2), (2, 1), (2, 2)]
+    assert report.aggregates["paths"]["count"] == report.aggregates["paths"]["complete"] == 2
+    assert check_backtest_parity(report) == []
+    stored = read_report(dataset, report.id)
+    assert check_leak_free(stored, (31 + 29 + 31) * 24) == []
+    shown = report_json(stored)
+    assert shown["scheme"] == "cpcv" and shown["paths"] == 2
+    assert shown["aggregate"]["pbo"] is None  # one trial on these bars: nothing chosen among yet
+    # a second trial on the same folds (another seed): the PBO of choosing between them is computed
+    reseeded = spec.model_copy(update={"seed": spec.seed + 1})
+    second = evaluate_spec(dataset, BTC, WINDOW, reseeded, config, workdir=tmp_path / "evals", workers=2,
+                           log=lambda _: None)
+    assert second.aggregates["pbo_detail"]["n_trials"] == 2 and 0.0 <= second.aggregates["pbo"] <= 1.0

@@ -326,7 +326,8 @@ def fold_table(report: EvaluationReport) -> list[tuple]:
     for fold in report.folds:
         m, b = fold.metrics or {}, fold.baselines or {}
         rows.append((
-            fold.index, fold.status, iso(fold.test_span[0]), iso(fold.test_span[1]), pct(m.get("total_return")),
+            fold.index if fold.test_group is None else f"{fold.index} (split {fold.split}, group {fold.test_group})",
+            fold.status, iso(fold.test_span[0]), iso(fold.test_span[1]), pct(m.get("total_return")),
             "-" if m.get("sharpe") is None else f"{m['sharpe']:.2f}",
             "-" if m.get("max_drawdown") is None else f"{m['max_drawdown']:.2%}", m.get("trades", "-"),
             pct((b.get("flat") or {}).get("total_return")), pct((b.get("buy_and_hold") or {}).get("total_return")),

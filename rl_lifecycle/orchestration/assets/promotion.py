@@ -3,6 +3,7 @@
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from rl_lifecycle.evaluation.report import json_safe
 from rl_lifecycle.orchestration.assets.presentation import markdown_table
 from rl_lifecycle.orchestration.failures import user_errors_fail_the_step
 from rl_lifecycle.orchestration.partitions import (
@@ -11,7 +12,13 @@ from rl_lifecycle.orchestration.partitions import (
     parse_partition_key,
 )
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
-from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, PAIRED_TEST_NOT_SIGNIFICANT, gate_rows
+from rl_lifecycle.promotion.gates import (
+    DSR_BELOW_MIN,
+    GATE_TABLE_HEADERS,
+    PAIRED_TEST_NOT_SIGNIFICANT,
+    PBO_ABOVE_MAX,
+    gate_rows,
+)
 from rl_lifecycle.settings import load_settings
 
 
@@ -66,7 +73,7 @@ def promotion_decision(
         "evaluation_report_id": reports.challenger_report.id,
         "champion_report_id": reports.champion_report.id if reports.champion_report is not None else "-",
         "audit_id": record.id,
-        **_paired_test_metadata(decision),
+        **_statistics_metadata(decision),
     })
 
 
@@ -74,9 +81,17 @@ def _version(version: int | None) -> str:
     return "-" if version is None else f"v{version}"
 
 
-def _paired_test_metadata(decision) -> dict:
-    """The paired test's statistic and p-values, when the decision ran it (a champion existed)."""
-    gate = next((g for g in decision.gates if g.code == PAIRED_TEST_NOT_SIGNIFICANT and g.details), None)
-    if gate is None:
-        return {}
-    return {"paired_test": MetadataValue.json(dict(gate.details)), "paired_p_value": gate.value}
+def _statistics_metadata(decision) -> dict:
+    """The paired test (statistic, p-values: when a champion existed), the DSR with its N and V, and the
+    PBO with its trials, as the decision computed them."""
+    gates = {g.code: g for g in decision.gates}
+    out = {}
+    if (paired := gates.get(PAIRED_TEST_NOT_SIGNIFICANT)) is not None and paired.details:
+        out |= {"paired_test": MetadataValue.json(dict(paired.details)), "paired_p_value": paired.value}
+    if (dsr := gates.get(DSR_BELOW_MIN)) is not None:
+        details = dict(dsr.details or {})
+        out |= {"dsr": dsr.value, "dsr_n_trials": details.get("n_trials"),
+                "dsr_trial_sharpe_variance": details.get("trial_sharpe_variance")}
+    if (pbo := gates.get(PBO_ABOVE_MAX)) is not None:
+        out |= {"pbo": json_safe(pbo.value), "pbo_detail": MetadataValue.json(json_safe(dict(pbo.details or {})))}
+    return out
