@@ -116,6 +116,7 @@ def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, database
     assert current_champion(conn, edge.key) == version  # the audit, which decides who is champion
     assert registry.version(edge, "champion").version == version  # and the MLflow alias follows it
     assert all(g["passed"] for g in decision["gate_values"])
+    assert decision["pbo"] is None and decision["pbo_detail"]["n_trials"] == 1  # nothing chosen among yet
 
     # -- the walk: rejected for want of skill, nothing moves ------------------------------------------
     decision = walk_run.metadata["promotion_decision"]
@@ -156,6 +157,10 @@ def test_a_planted_edge_is_promoted_and_a_random_walk_is_rejected(conn, database
     assert decision["paired_p_value"] > 0.05
     paired = next(g for g in decision["gate_values"] if g["code"] == PAIRED_TEST_NOT_SIGNIFICANT)
     assert paired["details"]["n_bars"] > 1000 and paired["details"]["statistic"] == "sharpe"
+    # two trials on these test bars now (the champion's evaluation and this one): choosing the champion's
+    # edge over them is no overfit, so the PBO gate passes and the paired test alone rejects
+    pbo = next(g for g in decision["gate_values"] if g["code"] == "PBO_ABOVE_MAX")
+    assert decision["pbo_detail"]["n_trials"] == 2 and pbo["passed"] and decision["pbo"] < 0.5, pbo
     latest, first = history(conn, edge.key)
     assert latest.action == "reject" and PAIRED_TEST_NOT_SIGNIFICANT in latest.reason_codes
     assert first.action == "promote" and current_champion(conn, edge.key) == version
