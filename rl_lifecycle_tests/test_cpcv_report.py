@@ -25,9 +25,9 @@ from rl_lifecycle.evaluation.folds import FoldConfig, backtests, cpcv_paths, mak
 from rl_lifecycle.evaluation.metrics import Trials, sharpe_per_bar, simple_returns
 from rl_lifecycle.evaluation.overfitting import probability_of_backtest_overfitting
 from rl_lifecycle.evaluation.report import path_returns, summarise
-from rl_lifecycle.evaluation.service import check_leak_free, cpcv_paths_png, market_pbo, report_json
+from rl_lifecycle.evaluation.service import check_leak_free, cpcv_paths_png, report_json
 from rl_lifecycle.evaluation.store import EvaluationReport, read_report, write_report
-from rl_lifecycle.evaluation.trials import TrialMatrix, pbo_of, stored_trial_matrix
+from rl_lifecycle.evaluation.trials import TrialMatrix, pbo_of, report_pbo, stored_trial_matrix
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.promotion.calibration import Bars, calibrate
 from rl_lifecycle.promotion.gates import PBO_ABOVE_MAX, ReportSummary, evaluate, paired_folds, paired_returns
@@ -170,8 +170,8 @@ def test_the_pbo_over_stored_trials_on_the_same_bars(conn, candles, tmp_path):
     matrix = stored_trial_matrix(conn, MARKET, spans)
     assert matrix.report_ids == tuple(r.id for r in reports)
     # the oracle is best in sample and out of sample in every combination: no overfitting
-    pbo, detail = market_pbo(conn, MARKET, reports[2].folds, excluding_key=reports[2].evaluation_key)
-    assert pbo == 0.0 and detail["n_trials"] == 3 and detail["n_partitions"] == 16
+    detail = report_pbo(conn, MARKET, reports[2].folds, excluding_key=reports[2].evaluation_key)
+    assert detail["pbo"] == 0.0 and detail["n_trials"] == 3 and detail["n_partitions"] == 16
     assert pbo_of(matrix)["pbo"] == probability_of_backtest_overfitting(matrix.returns, 16).pbo
     # a trial whose curve files are gone is left out, not guessed
     for f in reports[0].folds:

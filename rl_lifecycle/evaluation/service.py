@@ -38,6 +38,7 @@ from rl_lifecycle.evaluation.store import (
     read_report,
     write_report,
 )
+from rl_lifecycle.evaluation.trials import report_pbo
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy
@@ -198,33 +199,14 @@ def assemble_report(
     trials = market_trials(conn, plan.market, excluding=key)  # this evaluation counts itself (a rerun: once)
     records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
                                             trials, strict, plan.root / "curves")
-    aggregates["pbo"], aggregates["pbo_detail"] = market_pbo(conn, plan.market, records, excluding_key=key)
+    pbo = report_pbo(conn, plan.market, records, excluding_key=key)
+    aggregates["pbo"], aggregates["pbo_detail"] = pbo["pbo"], pbo
     report = EvaluationReport(
         market=plan.market.key, spec=json.loads(plan.spec.canonical_json()), model_spec_hash=plan.spec.spec_hash,
         dataset_hash=plan.dataset_hash, fold_config=plan.config, label_horizon=plan.label_horizon, strict=strict,
         status=status, aggregates=aggregates, folds=records, timings=timings,
     )
     return replace(report, id=write_report(conn, report))
-
-
-def market_pbo(conn: psycopg.Connection, market: Market, records, *, excluding_key: str | None = None,
-               ) -> tuple[float | None, dict]:
-    """The PBO over the market's trials on the test bars of `records` (a report's rows, this report
-    included as one trial whether stored yet or not), and what it was computed from."""
-    from rl_lifecycle.evaluation.trials import (
-        bar_returns_of,
-        pbo_of,
-        record_backtests,
-        stored_trial_matrix,
-        tested_spans,
-    )
-
-    backtests = record_backtests(records)
-    own = bar_returns_of(backtests)
-    matrix = stored_trial_matrix(conn, market, tested_spans(backtests), excluding_key=excluding_key,
-                                 extra=[] if own is None else [(None, own)])
-    detail = pbo_of(matrix)
-    return detail["pbo"], detail
 
 
 def evaluate_spec(
@@ -287,8 +269,16 @@ def check_leak_free(report: EvaluationReport, n_rows: int) -> list[str]:
         train.setdefault(record.backtest.split, set()).add(tuple(tuple(x) for x in record.train_ranges))
     problems = [f"split {split}: its backtests record {len(ranges)} different train ranges (one model trades them all)"
                 for split, ranges in sorted(train.items()) if len(ranges) > 1]
-    folds = splits_of([r.backtest for r in report.folds], {split: min(ranges) for split, ranges in train.items()})
-    return problems + verify_folds(folds, n_rows, report.label_horizon, report.fold_config)
+    return problems + verify_folds(report_folds(report), n_rows, report.label_horizon, report.fold_config)
+
+
+def report_folds(report: EvaluationReport) -> list[Fold]:
+    """The folds (CPCV: the splits) a report's rows came from, rebuilt from the rows (a split's train
+    ranges from its first row)."""
+    train: dict[int, tuple] = {}
+    for record in report.folds:
+        train.setdefault(record.backtest.split, tuple(tuple(x) for x in record.train_ranges))
+    return splits_of([r.backtest for r in report.folds], train)
 
 
 def partition_report(conn: psycopg.Connection, market: Market, model_spec_hash: str, dataset_hash: str) -> EvaluationReport | None:
@@ -381,9 +371,8 @@ def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
 
     if report.fold_config.scheme != "cpcv":
         return None
-    train = {r.backtest.split: r.train_ranges for r in report.folds}
-    folds = splits_of([r.backtest for r in report.folds], train)
-    paths = [(p, r) for p, r in enumerate(path_returns(folds, report.folds, fold_returns(report))) if r is not None]
+    paths = [(p, r) for p, r in enumerate(path_returns(report_folds(report), report.folds, fold_returns(report)))
+             if r is not None]
     if not paths:
         return None
     fig, ax = plt.subplots(figsize=(7, 3), dpi=80)

@@ -114,3 +114,19 @@ def stored_trial_matrix(conn: psycopg.Connection, market: Market, test_spans: Sp
 def record_backtests(records) -> list[tuple[tuple[int, int], str, str | None]]:
     """(test span, status, curve URI) of a report's records (`FoldRecord`s)."""
     return [((int(f.test_span[0]), int(f.test_span[1])), f.status, f.equity_curve_uri) for f in records]
+
+
+def trials_on_bars_of(conn: psycopg.Connection, market: Market, records, *, excluding_key: str | None = None,
+                      own: bool = False) -> TrialMatrix:
+    """The market's stored trials on the test bars of a report's `records` (but `excluding_key`); with
+    `own`, the records' own returns as the last column (a report being assembled, not stored yet)."""
+    backtests = record_backtests(records)
+    extra = bar_returns_of(backtests) if own else None
+    return stored_trial_matrix(conn, market, tested_spans(backtests), excluding_key=excluding_key,
+                               extra=[] if extra is None else [(None, extra)])
+
+
+def report_pbo(conn: psycopg.Connection, market: Market, records, *, excluding_key: str | None = None) -> dict:
+    """The PBO over the market's trials on the test bars of `records`, the report they belong to included
+    as one trial whether stored yet or not (`excluding_key`: its evaluation key, so a rerun counts once)."""
+    return pbo_of(trials_on_bars_of(conn, market, records, excluding_key=excluding_key, own=True))
