@@ -8,8 +8,12 @@ from this table, and `load_settings()` reads the environment through it (at each
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from rl_lifecycle.errors import UserInputError
 
@@ -66,6 +70,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RL_ALERT_WEBHOOK_URL", None, "Slack-compatible webhook; unset: alerts are only stored and logged"),
     Variable("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS", "5", "timeout of one webhook POST (capped at 30)"),
     Variable("RL_DAGSTER_UI_URL", "http://127.0.0.1:3000", "base of the run links in alerts and backfills"),
+    # Bounds on a candle file (`ingest` and the inbox), checked while it streams in: rl_lifecycle/candles/limits.py
+    Variable("RL_INGEST_MAX_FILE_BYTES", "1073741824", "largest candle file taken, as stored (compressed or not)"),
+    Variable("RL_INGEST_MAX_DECOMPRESSED_BYTES", "1073741824",
+             "largest CSV text after decompression (.gz, .zip) and largest uncompressed Parquet candle columns"),
+    Variable("RL_INGEST_MAX_COLUMNS", "64", "most columns a candle file may have"),
+    Variable("RL_INGEST_MAX_LINE_BYTES", "16384", "longest line of a candle CSV, in bytes"),
+    Variable("RL_INGEST_MAX_ROWS", "10000000", "most data rows of a candle file"),
+    Variable("RL_INBOX_SETTLE_SECONDS", "10",
+             "an inbox file is taken once its size and mtime have stayed the same this long, over two sensor ticks"),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -101,6 +114,88 @@ def _number(name: str) -> float:
         raise UserInputError(f"{name}={value!r} is not a number") from None
 
 
+def _bound(name: str, *, zero: bool = False) -> int:
+    """A whole number >= 1 (>= 0 with `zero`): the candle intake limits and the inbox settling time."""
+    value = _text(name)
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        number = None
+    if number is None or number < (0 if zero else 1):
+        raise UserInputError(f"{name}={value!r} is not a whole number >= {0 if zero else 1}")
+    return number
+
+
+def _date(name: str) -> str | None:
+    """A YYYY-MM-DD date (Dagster's partition start format), or None when unset."""
+    value = _text(name)
+    if value is None:
+        return None
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError("expected YYYY-MM-DD")
+        date.fromisoformat(value)
+    except ValueError as exc:
+        raise UserInputError(f"{name}={value!r} is not a date such as 2024-01-01 ({exc})") from None
+    return value
+
+
+def without_password(url: str) -> str:
+    """`url` with its password, if any, replaced by `***`: for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{netloc[2]}", parts.path, parts.query, parts.fragment))
+
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _database_url(name: str) -> str | None:
+    """A PostgreSQL URL (`postgresql://`, `postgres://`, `postgresql+DRIVER://`), or None when unset."""
+    value = _text(name)
+    if value is None:
+        return None
+    problem = None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number in 0..65535
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme.split("+", 1)[0].lower() not in _POSTGRES_SCHEMES:
+            problem = f"scheme {parts.scheme + '://' if parts.scheme else '(none)'} is not PostgreSQL's"
+    if problem:
+        raise UserInputError(f"{name}={without_password(value)!r} is not a PostgreSQL URL: {problem}; expected "
+                             "postgresql://USER:PASSWORD@HOST:5432/DATABASE (or postgres://, postgresql+psycopg2://)")
+    return value
+
+
+_writable_dirs: set[Path] = set()
+
+
+def _state_dir(name: str) -> Path:
+    """A directory this process can create files in (or create, under a writable parent)."""
+    value = _text(name)
+    path = Path(value).expanduser().resolve()
+    if path in _writable_dirs:
+        return path
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(f"{name}={value!r} cannot be the state dir: {existing} is not a directory")
+    try:  # a real write, not os.access: root passes access() checks on read-only and virtual filesystems
+        os.rmdir(tempfile.mkdtemp(prefix=".rl_write_check_", dir=existing))
+    except OSError as exc:
+        raise UserInputError(f"{name}={value!r} cannot be the state dir: files cannot be created in {existing} "
+                             f"({exc.strerror or exc})") from None
+    _writable_dirs.add(path)
+    return path
+
+
 @dataclass(frozen=True)
 class Settings:
     """The settings as read now; each field is its variable's `Variable.field`."""
@@ -120,6 +215,12 @@ class Settings:
     alert_webhook_url: str | None
     alert_webhook_timeout_seconds: float
     dagster_ui_url: str
+    ingest_max_file_bytes: int
+    ingest_max_decompressed_bytes: int
+    ingest_max_columns: int
+    ingest_max_line_bytes: int
+    ingest_max_rows: int
+    inbox_settle_seconds: int
 
     @property
     def pgdata(self) -> Path:
@@ -151,11 +252,18 @@ def default_window_start(cadence: str) -> str:
     return DEFAULT_WINDOW_START.get(cadence, DEFAULT_WINDOW_START["monthly"])
 
 
+def is_set(name: str) -> bool:
+    """Whether the environment gives the variable a value (its default is not in force)."""
+    if name not in {v.name for v in VARIABLES}:
+        raise KeyError(f"{name} is not a setting")
+    return bool(os.environ.get(name))
+
+
 def load_settings() -> Settings:
     cadence = _text("RL_WINDOW_CADENCE")
     return Settings(
-        home=Path(_text("RL_HOME")).expanduser().resolve(),
-        database_url=_text("RL_DATABASE_URL"),
+        home=_state_dir("RL_HOME"),
+        database_url=_database_url("RL_DATABASE_URL"),
         strict_backtest=_flag("RL_STRICT_BACKTEST"),
         online_learning_enabled=_flag("RL_ONLINE_LEARNING_ENABLED"),
         auto_promotion=_flag("RL_AUTO_PROMOTION"),
@@ -164,11 +272,17 @@ def load_settings() -> Settings:
         alert_webhook_url=_text("RL_ALERT_WEBHOOK_URL"),
         alert_webhook_timeout_seconds=_number("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS"),
         dagster_ui_url=_text("RL_DAGSTER_UI_URL"),
+        ingest_max_file_bytes=_bound("RL_INGEST_MAX_FILE_BYTES"),
+        ingest_max_decompressed_bytes=_bound("RL_INGEST_MAX_DECOMPRESSED_BYTES"),
+        ingest_max_columns=_bound("RL_INGEST_MAX_COLUMNS"),
+        ingest_max_line_bytes=_bound("RL_INGEST_MAX_LINE_BYTES"),
+        ingest_max_rows=_bound("RL_INGEST_MAX_ROWS"),
+        inbox_settle_seconds=_bound("RL_INBOX_SETTLE_SECONDS", zero=True),
         feature_set=_text("RL_FEATURE_SET"),
         window_cadence=cadence,
         mlflow_artifacts=_text("RL_MLFLOW_ARTIFACTS"),
         mlflow_ui_url=_text("RL_MLFLOW_UI_URL"),
-        window_start=_text("RL_WINDOW_START") or default_window_start(cadence),
+        window_start=_date("RL_WINDOW_START") or default_window_start(cadence),
     )
 
 

@@ -227,12 +227,19 @@ def test_append_closed_bars_appends_exactly_the_closed_bars(conn):
         append_closed_bars(conn, get_market(conn, BTC), now)
 
 
-def _context(dagster_instance, rl_env):
+def _context(dagster_instance, rl_env, cursor=None):
     from rl_lifecycle.orchestration.resources import PostgresResource
 
     return build_sensor_context(
-        instance=dagster_instance, resources={"database": PostgresResource(url=rl_env["RL_DATABASE_URL"])}
+        instance=dagster_instance, resources={"database": PostgresResource(url=rl_env["RL_DATABASE_URL"])},
+        cursor=cursor,
     )
+
+
+def _tick(sensor, dagster_instance, rl_env, cursor=None):
+    """One evaluation with the cursor of the previous one, as the daemon does: (result, cursor)."""
+    context = _context(dagster_instance, rl_env, cursor)
+    return sensor(context), context.cursor
 
 
 def _record_like_the_daemon(instance, result: SensorResult) -> None:
@@ -243,19 +250,23 @@ def _record_like_the_daemon(instance, result: SensorResult) -> None:
         instance.report_runless_asset_event(event)
 
 
-def test_inbox_sensor_skips_an_empty_inbox_and_observes_what_a_drop_wrote(conn, rl_env, dagster_instance):
+def test_inbox_sensor_skips_an_empty_inbox_and_observes_what_a_drop_wrote(conn, rl_env, dagster_instance,
+                                                                          monkeypatch):
     from rl_lifecycle.orchestration.automation.inbox import inbox_sensor
     from rl_lifecycle.settings import load_settings
 
+    monkeypatch.setenv("RL_INBOX_SETTLE_SECONDS", "0")  # still two looks: the first only sees the files
     add_market(conn, BTC)
     inbox = load_settings().inbox_dir
-    skipped = inbox_sensor(_context(dagster_instance, rl_env))
+    skipped, cursor = _tick(inbox_sensor, dagster_instance, rl_env)
     assert isinstance(skipped, SkipReason) and "no new candle files" in skipped.skip_message
     assert (inbox / "BTCUSDT-1h").is_dir()  # created so a user sees where to drop
 
     _drop(inbox / "BTCUSDT-1h", "new.csv", GOOD_ROWS)
     _drop(inbox / "BTCUSDT-1h", "bad.csv", ["2024-03-01T00:00:00Z,1,0.5,2,1,1"])
-    result = inbox_sensor(_context(dagster_instance, rl_env))
+    settling, cursor = _tick(inbox_sensor, dagster_instance, rl_env, cursor)
+    assert isinstance(settling, SkipReason) and "2 file(s) settling" in settling.skip_message
+    result, cursor = _tick(inbox_sensor, dagster_instance, rl_env, cursor)
 
     assert isinstance(result, SensorResult)
     assert "1 file(s) imported" in result.skip_reason.skip_message and "1 rejected" in result.skip_reason.skip_message
@@ -281,7 +292,7 @@ def test_inbox_sensor_skips_an_empty_inbox_and_observes_what_a_drop_wrote(conn, 
     assert [r.partition_key for r in records] == ["BTCUSDT-1h|2024-02-01", "BTCUSDT-1h|2024-03-01"]
     assert records[0].storage_id < records[1].storage_id
 
-    again = inbox_sensor(_context(dagster_instance, rl_env))
+    again, _ = _tick(inbox_sensor, dagster_instance, rl_env, cursor)
     assert isinstance(again, SkipReason)
 
 
@@ -308,7 +319,7 @@ def test_live_feed_sensor_appends_closed_bars_of_synthetic_markets(conn, rl_env,
     assert isinstance(live_feed_sensor(_context(dagster_instance, rl_env)), SkipReason)
 
 
-def test_inbox_sensor_through_dagster_tick_evaluation(conn, rl_env, dagster_instance):
+def test_inbox_sensor_through_dagster_tick_evaluation(conn, rl_env, dagster_instance, monkeypatch):
     """The path the daemon takes (evaluate_tick in a code location with these sensors added)."""
     from dagster import Definitions, partition_loading_context
 
@@ -320,14 +331,18 @@ def test_inbox_sensor_through_dagster_tick_evaluation(conn, rl_env, dagster_inst
     merged = Definitions.merge(defs, Definitions(sensors=[inbox_sensor, live_feed_sensor]))
     repository = merged.get_repository_def()
     sensor_def = repository.get_sensor_def("inbox_sensor")
+    monkeypatch.setenv("RL_INBOX_SETTLE_SECONDS", "0")
     add_market(conn, BTC)
     _drop(load_settings().inbox_dir / "BTCUSDT-1h", "new.csv", GOOD_ROWS)
-    context = build_sensor_context(
-        instance=dagster_instance, repository_def=repository,
-        resources={"database": PostgresResource(url=rl_env["RL_DATABASE_URL"])},
-    )
-    with partition_loading_context(dynamic_partitions_store=dagster_instance):
-        data = sensor_def.evaluate_tick(context)
+    cursor = None
+    for _ in range(2):  # the first tick sees the file, the second takes it unchanged
+        context = build_sensor_context(
+            instance=dagster_instance, repository_def=repository, cursor=cursor,
+            resources={"database": PostgresResource(url=rl_env["RL_DATABASE_URL"])},
+        )
+        with partition_loading_context(dynamic_partitions_store=dagster_instance):
+            data = sensor_def.evaluate_tick(context)
+        cursor = data.cursor
     assert not data.run_requests and data.skip_message.startswith("inbox: 1 file(s) imported (5 candles written)")
     assert [str(e.partition) for e in data.asset_events] == ["BTCUSDT-1h|2024-02-01", "BTCUSDT-1h|2024-03-01"]
 

@@ -111,3 +111,44 @@ def test_local_exchange_times_are_stored_in_utc(capsys, monkeypatch, rl_env, con
     assert code == 0, err
     first = conn.execute("SELECT min(ts) AT TIME ZONE 'UTC' FROM market_candles").fetchone()[0]
     assert first.isoformat() == "2024-02-29T23:00:00"  # 00:00 in Berlin (UTC+1 in winter)
+
+
+def _candle_digest(conn) -> str:
+    return conn.execute(
+        "SELECT md5(coalesce(string_agg(concat_ws(',', pair, ts, open, high, low, close, volume), ';' ORDER BY pair, ts), ''))"
+        " FROM market_candles"
+    ).fetchone()[0]
+
+
+def test_synthetic_ingest_into_an_imported_market_is_refused(capsys, monkeypatch, rl_env, conn, tmp_path):
+    code, _, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--csv", str(_write(tmp_path, GOOD_ROWS)))
+    assert code == 0, err
+    before = _candle_digest(conn)
+
+    code, out, err = run_cli(capsys, monkeypatch, "ingest", "--market", "EURUSD-1h", "--synthetic",
+                             "--start", "2024-03-01", "--end", "2024-03-02")
+
+    assert code == 2, (out, err)
+    assert "market EURUSD-1h is an imported market: it holds 4 imported candles" in err
+    assert "SIMEURUSD-1h" in err and "Traceback" not in err  # what to do instead
+    assert _candle_digest(conn) == before and _candles(conn) == 4
+
+
+def test_synthetic_ingest_makes_a_synthetic_market_of_one_seed(capsys, monkeypatch, rl_env, conn, tmp_path):
+    from rl_lifecycle.markets.keys import Market
+    from rl_lifecycle.markets.table import get_market
+
+    args = ["ingest", "--market", "SIMUSDT-1h", "--synthetic", "--start", "2024-03-01", "--end", "2024-03-02"]
+    code, out, err = run_cli(capsys, monkeypatch, *args, "--seed", "7")
+    assert code == 0 and "inserted 24" in out, err
+    record = get_market(conn, Market.parse("SIMUSDT-1h"))
+    assert (record.source, record.synthetic_seed) == ("synthetic", 7)
+    before = _candle_digest(conn)
+
+    code, _, err = run_cli(capsys, monkeypatch, *args, "--seed", "8")  # other bars over the same ones
+    assert code == 2 and "synthetic with seed 7" in err and "--seed 7" in err
+    code, _, err = run_cli(capsys, monkeypatch, *args, "--seed", "-1")
+    assert code == 2 and "out of range" in err
+    code, _, err = run_cli(capsys, monkeypatch, "ingest", "--market", "SIMUSDT-1h", "--csv", str(_write(tmp_path, GOOD_ROWS)))
+    assert code == 2 and "is synthetic" in err  # the reverse, as before
+    assert _candle_digest(conn) == before

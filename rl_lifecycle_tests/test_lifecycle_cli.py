@@ -56,7 +56,7 @@ def test_train_list_evaluate_and_show_a_report(rl_env, tmp_path, capsys, monkeyp
     assert "total_return" in fold["baselines"]["flat"] and "total_return" in fold["baselines"]["buy_and_hold"]
 
     code, _, err = cli("evaluate", "--market", "BTCUSDT-1h", "--window", "2024-03-01", "--folds", "0")
-    assert code == 2 and "n_folds=0" in err
+    assert code == 2 and "--folds 0 is invalid" in err
     code, _, err = cli("report", "show", "--market", "ETHUSDT-1h")
     assert code == 2 and "no evaluation report" in err
 

@@ -58,8 +58,9 @@ def test_a_challenger_is_registered_with_its_lineage_and_passes_both_gates(conn,
     spec = load_model_spec(str(tiny_spec(tmp_path)))
     seen = []
     trained = train_challenger(conn, registry, market, WINDOW, spec, progress=lambda done, total: seen.append((done, total)))
-    version = registry.version(market, CHALLENGER)
-    assert version.version == trained.version.version
+    # registered, but not the challenger until its blocking checks have passed
+    assert CHALLENGER not in registry.version(market, trained.version.version).aliases
+    version = registry.version(market, trained.version.version)
     data = training_data(conn, market, WINDOW)
     assert version.tags["dataset_hash"] == data.dataset.dataset_hash
     assert version.tags["fingerprint"] == load_feature_set("ta_v2").fingerprint
@@ -70,8 +71,13 @@ def test_a_challenger_is_registered_with_its_lineage_and_passes_both_gates(conn,
         trained.run_id, "episode_reward")
     assert history
     assert check_lineage(conn, registry, market, WINDOW).passed
+    assert CHALLENGER not in registry.version(market, version.version).aliases  # one check is not enough
     report = check_reproducible(conn, registry, market, WINDOW)
     assert report.passed, report.summary
+    checked = registry.version(market, CHALLENGER)  # both passed: recorded on the version, and the alias follows
+    assert checked.version == version.version
+    assert {k: v for k, v in checked.tags.items() if k.startswith("check.")} == {
+        "check.model_lineage": "passed", "check.model_reproducible": "passed"}
 
 
 def test_lineage_fails_when_the_dataset_file_no_longer_holds_what_the_model_saw(conn, market, registry, tmp_path):
@@ -93,7 +99,7 @@ def test_same_seed_same_weights_other_seed_other_weights(conn, market, registry,
     assert first.weights_hash == again.weights_hash
     assert other.weights_hash != first.weights_hash
     assert [v.version for v in registry.versions(market)] == [3, 2, 1]
-    assert registry.version(market, CHALLENGER).version == 3
+    assert all(CHALLENGER not in v.aliases for v in registry.versions(market))  # none checked yet
 
 
 def test_a_spec_for_another_feature_set_is_refused_before_training(conn, market, registry, tmp_path):
@@ -104,8 +110,8 @@ def test_a_spec_for_another_feature_set_is_refused_before_training(conn, market,
 
 
 def test_the_policy_refuses_vectors_of_another_fingerprint_and_rolls_out_exactly(conn, market, registry, tmp_path):
-    train_challenger(conn, registry, market, WINDOW, load_model_spec(str(tiny_spec(tmp_path))))
-    policy = load_registered_policy(registry, market, CHALLENGER)
+    trained = train_challenger(conn, registry, market, WINDOW, load_model_spec(str(tiny_spec(tmp_path))))
+    policy = load_registered_policy(registry, market, trained.version.version)
     data = training_data(conn, market, WINDOW)
     vectors = data.content.values[:300]
     with pytest.raises(UserInputError, match="trained on"):

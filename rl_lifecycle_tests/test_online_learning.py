@@ -42,7 +42,7 @@ from rl_lifecycle.orchestration.automation.online import (
 from rl_lifecycle.orchestration.definitions import defs
 from rl_lifecycle.orchestration.jobs import lifecycle_job, market_data_job
 from rl_lifecycle.orchestration.partitions import sync_market_partitions
-from rl_lifecycle.orchestration.resources import PostgresResource
+from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
 from rl_lifecycle.windows import WindowScheme, to_us
 
 BTC = Market("BTCUSDT", "1h")
@@ -64,19 +64,24 @@ def _record(instance: DagsterInstance, event) -> int:
     return instance.event_log_storage.get_maximum_record_id()
 
 
+def _resources() -> dict:
+    database = PostgresResource()
+    return {"database": database, "mlflow": MlflowResource(database=database)}
+
+
 def _evaluate(instance: DagsterInstance, cursor: str | None):
-    context = build_sensor_context(instance=instance, cursor=cursor, resources={"database": PostgresResource()})
-    result = online_learning_sensor(context)
+    # a resource with a nested resource (mlflow's database) is opened in the context's scope
+    with build_sensor_context(instance=instance, cursor=cursor, resources=_resources()) as context:
+        result = online_learning_sensor(context)
     # and as the daemon evaluates it: run requests must resolve against the sensor's target jobs
     import dagster
 
     from rl_lifecycle.orchestration.definitions import defs
 
-    with dagster.partition_loading_context(dynamic_partitions_store=instance):
-        online_learning_sensor.evaluate_tick(build_sensor_context(
-            instance=instance, cursor=cursor, resources={"database": PostgresResource()},
-            definitions=defs,
-        ))
+    with dagster.partition_loading_context(dynamic_partitions_store=instance), build_sensor_context(
+        instance=instance, cursor=cursor, resources=_resources(), definitions=defs,
+    ) as tick_context:
+        online_learning_sensor.evaluate_tick(tick_context)
     return result, context
 
 
@@ -141,7 +146,11 @@ def test_disabled_sensor_skips_with_the_reason_and_leaves_its_cursor(conn, dagst
 
 def test_new_candles_of_a_completed_window_request_the_data_job_once(conn, dagster_instance, enabled):
     _market_with_candles(conn, dagster_instance, "2024-01-01", "2024-03-01")  # January and February complete
-    cursor = current_cursor(dagster_instance).to_json()
+    # the sensor last looked when December was the newest completed window: January and February
+    # completed since, so new candles for either call for the data job
+    at = current_cursor(dagster_instance)
+    cursor = OnlineCursor(at.candles_materialization, at.candles_observation, at.training_dataset,
+                          windows={BTC.key: "2023-12-01"}).to_json()
     observed = _record(dagster_instance, AssetObservation("candles", partition="BTCUSDT-1h|2024-02-01"))
     materialized = _record(dagster_instance, AssetMaterialization("candles", partition="BTCUSDT-1h|2024-01-01"))
     result, _ = _evaluate(dagster_instance, cursor)
@@ -158,6 +167,10 @@ def test_new_candles_of_a_completed_window_request_the_data_job_once(conn, dagst
     assert again.skip_reason is not None
     replay, _ = _evaluate(dagster_instance, cursor)
     assert sorted(r.run_key for r in _requests(replay)) == sorted(r.run_key for r in requests)
+    # a sensor that never looked at the market acts on its newest completed window only (January is history)
+    first, _ = _evaluate(dagster_instance, at.to_json())
+    assert [r.partition_key for r in _requests(first)] == ["BTCUSDT-1h|2024-02-01"]
+    assert OnlineCursor.from_json(first.cursor).windows == {BTC.key: "2024-02-01"}
 
 
 def test_an_open_window_is_not_requested(conn, dagster_instance, enabled):
@@ -224,11 +237,12 @@ def test_a_real_data_run_leads_to_lifecycle_runs_and_never_to_another_data_run(c
     assert all(r.ok for r in runs), [r.errors for r in runs]
     result, _ = _evaluate(dagster_instance, cursor)
     requests = _requests(result)
-    # the run's own candles are carried forward by it: no data run; every complete window is trained once
+    # the run's own candles are carried forward by it: no data run; of the complete windows only the
+    # newest is trained (the sensor never looked at this market before: the older ones are history)
     assert {r.job_name for r in requests} == {LIFECYCLE_JOB}
     closes = conn.execute("SELECT max(ts) FROM market_candles").fetchone()[0]
     complete = [k for k in keys if MONTHLY.parse(k.split("|")[1]).end <= to_us(closes) + BTC.interval_us]
-    assert sorted(r.partition_key for r in requests) == complete
+    assert [r.partition_key for r in requests] == complete[-1:]
     assert all(r.run_key.startswith(f"lifecycle:{r.partition_key}:") for r in requests)
     assert _requests(_evaluate(dagster_instance, result.cursor)[0]) == []
 

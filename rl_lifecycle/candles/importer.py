@@ -2,6 +2,10 @@
 
 The importer is deliberately forgiving at the row level and strict at the file level:
 
+- A file is streamed through `IntakeLimits` (`rl_lifecycle.candles.limits`: size as stored, size
+  decompressed, columns, line length, rows) before anything is parsed, so a decompression bomb or a
+  file of millions of columns is refused in constant memory; only the candle columns are then parsed.
+
 - A file that cannot be understood (missing, empty, required columns absent, no time column,
   ambiguous date order) raises `UserInputError` naming every such problem at once.
 - A row whose timestamp or number cannot be parsed keeps a null in that cell; `validation`
@@ -13,15 +17,22 @@ Everything on the data path is a polars expression: no per-row Python.
 from __future__ import annotations
 
 import gzip
-import io
+import lzma
+import os
 import re
+import stat
 import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
 from rl_lifecycle.candles.frame import VALUE_COLUMNS
+from rl_lifecycle.candles.limits import CsvScan, IntakeLimits, excerpt, quoted, refuse
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.windows import DAY_US as _DAY_US
 
@@ -58,6 +69,9 @@ RAW_SCHEMA = {
 
 _CSV_EXTENSIONS = (".csv", ".txt")
 _PARQUET_EXTENSIONS = (".parquet", ".pq")
+_CHUNK = 1 << 20  # bytes per read while a file is streamed through the limits
+_MAX_ZIP_ENTRIES = 100  # a candle zip holds one CSV (and perhaps a readme); more is not a candle file
+_MAX_PARQUET_FOOTER = 16 << 20  # Parquet metadata grows with columns x row groups; real files have kilobytes
 
 # Time-of-day and offset parts shared by the two date layouts. Offsets: Z, UTC, GMT, +05:30, -0200,
 # `GMT+0100` (Dukascopy "Local time").
@@ -92,48 +106,81 @@ class RawCandles:
 
 
 def read_candle_file(
-    path: str | Path, *, ts_column: str | None = None, ts_format: str | None = None, ts_timezone: str | None = None
+    path: str | Path, *, ts_column: str | None = None, ts_format: str | None = None, ts_timezone: str | None = None,
+    limits: IntakeLimits | None = None, handle: BinaryIO | None = None,
 ) -> RawCandles:
     """Read a CSV/Parquet candle file; file-level problems raise UserInputError, row-level ones become nulls.
 
     `ts_column` names the time column (case-insensitive); `ts_format` is a strptime format
     (`%d.%m.%Y %H:%M:%S.%f`) or one of `epoch_s|epoch_ms|epoch_us|epoch_ns`; `ts_timezone` is the IANA
     zone of date-times written without an offset (default UTC), e.g. an exchange's local time.
+    `limits` bound what the file may hold (default: the RL_INGEST_* settings). `handle`: the file already
+    opened by the caller (the inbox opens it without following links); `path` then only names it.
     """
     file = Path(path)
-    if not file.exists():
-        raise UserInputError(f"candle file {str(file)!r} does not exist")
-    if not file.is_file():
-        raise UserInputError(f"candle file {str(file)!r} is not a regular file")
-    if file.stat().st_size == 0:
-        raise UserInputError(f"candle file {str(file)!r} is empty")
     if ts_format is not None and not ts_format.strip():
         raise UserInputError("--ts-format is empty; pass a strptime format or epoch_s|epoch_ms|epoch_us|epoch_ns")
     if ts_timezone is not None:
         ts_timezone = check_timezone(ts_timezone)
+    limits = limits or IntakeLimits.from_settings()
+    if handle is not None:
+        return _read_open_file(file, handle, limits, ts_column, ts_format, ts_timezone)
+    with open_candle_file(file) as opened:
+        return _read_open_file(file, opened, limits, ts_column, ts_format, ts_timezone)
 
-    kind = _file_kind(file)
+
+@contextmanager
+def open_candle_file(file: Path) -> Iterator[BinaryIO]:
+    """Open a candle file for reading; what cannot be opened, or is not a regular file, is refused.
+
+    O_NONBLOCK: a FIFO or a device given as a candle file is refused, never waited on.
+    """
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise UserInputError(f"candle file {str(file)!r} does not exist") from None
+    except PermissionError:
+        raise UserInputError(f"candle file {str(file)!r} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise UserInputError(f"candle file {str(file)!r} cannot be opened: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        yield handle
+
+
+def _read_open_file(
+    file: Path, handle: BinaryIO, limits: IntakeLimits, ts_column: str | None, ts_format: str | None,
+    ts_timezone: str | None,
+) -> RawCandles:
+    label = str(file)
+    info = os.fstat(handle.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        raise UserInputError(f"candle file {label!r} is not a regular file")
+    if info.st_size == 0:
+        raise UserInputError(f"candle file {label!r} is empty")
+    if info.st_size > limits.max_file_bytes:
+        raise refuse(label, f"is {info.st_size} bytes, over", limits.max_file_bytes, "RL_INGEST_MAX_FILE_BYTES")
+
+    kind = _file_kind(file, handle)
     if kind == "parquet":
-        try:
-            table = pl.read_parquet(file)
-        except Exception as exc:  # polars raises several error types for corrupt files
-            raise UserInputError(f"candle file {str(file)!r} is not a readable Parquet file: {exc}") from exc
-        names = list(table.columns)
+        table, names, all_names = _read_parquet_table(file, handle, info.st_size, limits, ts_column)
         rows = pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
         layout = "Parquet"
     else:
-        data = _csv_bytes(file, kind)
-        table, names, rows, layout = _read_csv_table(file, data)
+        data, skipped_lines = _csv_text(file, handle, kind, info.st_size, limits)
+        table, names, rows, layout, all_names = _read_csv_table(file, data, skipped_lines, ts_column)
+        del data
 
-    roles = _resolve_columns(file, table, names, ts_column)
+    roles = _resolve_columns(file, table, names, ts_column, all_names)
+    if kind == "parquet":
+        _check_parquet_types(file, table, names, roles)
     frame, unparsed, ts_desc = _build_frame(file, table, roles, rows, ts_format, ts_timezone,
                                             drop_blank=kind != "parquet")
     if frame.height == 0:
-        raise UserInputError(f"candle file {str(file)!r} has no data rows")
+        raise UserInputError(f"candle file {label!r} has no data rows")
     ts_names = [names[table.columns.index(c)].strip() or "<unnamed>" for c in roles["ts"]]
     source = f"{file} ({layout}; time column {' + '.join(map(repr, ts_names))}: {ts_desc})"
     return RawCandles(
-        frame=frame, path=str(file), source=source, ts_column=" + ".join(ts_names),
+        frame=frame, path=label, source=source, ts_column=" + ".join(ts_names),
         ts_format=ts_desc, unparsed=unparsed,
     )
 
@@ -141,7 +188,7 @@ def read_candle_file(
 # --------------------------------------------------------------------------------------------- files
 
 
-def _file_kind(file: Path) -> str:
+def _file_kind(file: Path, handle: BinaryIO) -> str:
     """csv | parquet | zip | gzip: by extension, else by magic bytes."""
     name = file.name.lower()
     if name.endswith(_PARQUET_EXTENSIONS):
@@ -152,8 +199,8 @@ def _file_kind(file: Path) -> str:
         return "gzip"
     if name.endswith(_CSV_EXTENSIONS):
         return "csv"
-    with file.open("rb") as handle:
-        magic = handle.read(4)
+    handle.seek(0)
+    magic = handle.read(4)
     if magic == b"PAR1":
         return "parquet"
     if magic.startswith(b"PK\x03\x04"):
@@ -163,53 +210,126 @@ def _file_kind(file: Path) -> str:
     return "csv"
 
 
-def _csv_bytes(file: Path, kind: str) -> bytes:
-    """The CSV text; Binance publishes single-member zips, so those are opened transparently."""
-    if kind == "zip":
-        try:
-            with zipfile.ZipFile(file) as archive:
-                members = [m for m in archive.namelist() if not m.endswith("/")]
-                csvs = [m for m in members if m.lower().endswith(_CSV_EXTENSIONS)] or members
-                if len(csvs) != 1:
-                    raise UserInputError(
-                        f"zip file {str(file)!r} must hold exactly one CSV; it holds {members or 'nothing'}"
-                    )
-                return archive.read(csvs[0])
-        except zipfile.BadZipFile as exc:
-            raise UserInputError(f"candle file {str(file)!r} is not a readable zip file: {exc}") from exc
+@contextmanager
+def _unreadable(label: str, kind: str) -> Iterator[None]:
+    """Errors of the decompressors and readers as the UserInputError they are (limits pass through)."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+            ValueError, pl.exceptions.PolarsError) as exc:  # polars: ComputeError/NoDataError; the message is what matters
+        what = {"gzip": "gzip", "zip": "zip", "parquet": "Parquet"}.get(kind, "CSV")
+        raise UserInputError(f"candle file {label!r} is not a readable {what} file: {excerpt(exc)}") from exc
+
+
+@contextmanager
+def _csv_stream(file: Path, handle: BinaryIO, kind: str, limits: IntakeLimits) -> Iterator[BinaryIO]:
+    """The CSV text as a stream; Binance publishes single-member zips, so those are opened transparently."""
+    handle.seek(0)
     if kind == "gzip":
-        try:
-            return gzip.decompress(file.read_bytes())
-        except OSError as exc:
-            raise UserInputError(f"candle file {str(file)!r} is not a readable gzip file: {exc}") from exc
-    return file.read_bytes()
+        with gzip.GzipFile(fileobj=handle, mode="rb") as stream:
+            yield stream
+    elif kind == "zip":
+        _check_zip_directory(file, handle)
+        with zipfile.ZipFile(handle) as archive:
+            member = _zip_member(file, archive, limits)
+            with archive.open(member) as stream:
+                yield stream
+    else:
+        yield handle
 
 
-def _read_csv_table(file: Path, data: bytes) -> tuple[pl.DataFrame, list[str], pl.Expr, str]:
-    """All-string table, display names per column, the row-number expression, and a layout label."""
-    data = data.removeprefix(b"\xef\xbb\xbf")
-    # Leading blank lines would make polars guess one column; skip them but keep line numbers right.
-    lead = re.match(rb"(?:[ \t]*\r?\n)*", data)
-    skipped_lines = lead.group().count(b"\n") if lead else 0
-    data = data[lead.end():] if lead else data
-    if not data[:65536].strip() and not data.strip():
-        raise UserInputError(f"candle file {str(file)!r} is empty")
+def _check_zip_directory(file: Path, handle: BinaryIO) -> None:
+    """Refuse a zip of many entries before `ZipFile` builds an object for each of them."""
+    end = zipfile._EndRecData(handle)  # the end-of-central-directory record: entry count, directory size
+    if end is None:
+        raise zipfile.BadZipFile("File is not a zip file")
+    entries = end[zipfile._ECD_ENTRIES_TOTAL]
+    if entries > _MAX_ZIP_ENTRIES:
+        raise UserInputError(
+            f"zip file {str(file)!r} holds {entries} entries; a candle zip holds exactly one CSV file"
+        )
+    handle.seek(0)
+
+
+def _zip_member(file: Path, archive: zipfile.ZipFile, limits: IntakeLimits) -> zipfile.ZipInfo:
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    csvs = [m for m in members if m.filename.lower().endswith(_CSV_EXTENSIONS)] or members
+    if len(csvs) != 1:
+        names = [m.filename for m in members]
+        raise UserInputError(
+            f"zip file {str(file)!r} must hold exactly one CSV; it holds {excerpt(names) if names else 'nothing'}"
+        )
+    member = csvs[0]
+    if member.file_size > limits.max_decompressed_bytes:  # as declared; the stream is counted all the same
+        raise refuse(str(file), f"declares {member.file_size} bytes of CSV text, over", limits.max_decompressed_bytes,
+                     "RL_INGEST_MAX_DECOMPRESSED_BYTES")
+    return member
+
+
+def _csv_text(file: Path, handle: BinaryIO, kind: str, size: int, limits: IntakeLimits) -> tuple[bytes, int]:
+    """The CSV text from its header line on (BOM and leading blank lines dropped), and how many blank lines.
+
+    First pass: the whole text is streamed through `CsvScan` and nothing is kept, so whatever breaks a
+    limit is refused in constant memory. Second pass: the text is read (now known to be within the
+    limits) and scanned again, since the file may have changed in between.
+    """
+    label = str(file)
+    compressed = kind != "csv"
+    first = CsvScan(label, limits, compressed=compressed)
+    with _unreadable(label, kind), _csv_stream(file, handle, kind, limits) as stream:
+        for chunk in iter(lambda: stream.read(_CHUNK), b""):
+            first.feed(chunk)
+    first.finish()
+    if first.header_offset is None:
+        raise UserInputError(f"candle file {label!r} is empty")
+
+    again = CsvScan(label, limits, compressed=compressed)
+    with _unreadable(label, kind), _csv_stream(file, handle, kind, limits) as stream:
+        skip = first.header_offset
+        while skip > 0 and (chunk := stream.read(min(_CHUNK, skip))):
+            again.feed(chunk)
+            skip -= len(chunk)
+        wanted = limits.max_decompressed_bytes - first.header_offset + 1
+        data = stream.read(min(wanted, size + 1) if kind == "csv" else wanted)
+    view = memoryview(data)
+    for offset in range(0, len(data), _CHUNK):
+        again.feed(view[offset:offset + _CHUNK])
+    again.finish()
+    view.release()
+    if (again.header_offset, again.total) != (first.header_offset, first.total):
+        raise UserInputError(f"candle file {label!r} changed while it was being read; import it once it is complete")
+    return data, first.skipped_lines
+
+
+def _candidate_columns(names: list[str], ts_column: str | None) -> list[int]:
+    """Indices of the columns that can play a role (time, OHLCV, an unnamed index): the only ones parsed."""
+    wanted = {*VALUE_COLUMNS, *TS_COLUMN_NAMES, *_UNNAMED_NAMES}
+    if ts_column is not None:
+        wanted.add(ts_column.strip().lower())
+    norm = [n.strip().lower() for n in names]
+    return sorted({0, *(i for i, n in enumerate(norm) if n in wanted or n.startswith("unnamed:"))})
+
+
+def _read_csv_table(
+    file: Path, data: bytes, skipped_lines: int, ts_column: str | None
+) -> tuple[pl.DataFrame, list[str], pl.Expr, str, list[str]]:
+    """String table of the candidate columns, their display names, the row-number expression, a layout
+    label, and the names of every column (for messages)."""
     newline = data.find(b"\n")
     first_line = (data if newline < 0 else data[:newline]).decode("utf-8", errors="replace")
     separator = _sniff_separator(first_line)
-    try:
-        # has_header=False: we decide about the header ourselves, and polars keeps blank lines as
-        # null rows, so the polars row index is the file's line index (quoted newlines aside).
-        table = pl.read_csv(
-            io.BytesIO(data), has_header=False, infer_schema=False, separator=separator,
-            truncate_ragged_lines=True, encoding="utf8-lossy",
-        )
-    except Exception as exc:  # polars raises ComputeError/NoDataError; the message is what matters
-        raise UserInputError(f"candle file {str(file)!r} is not a readable CSV file: {exc}") from exc
-    if table.height == 0:
+    # has_header=False: we decide about the header ourselves, and polars keeps blank lines as
+    # null rows, so the polars row index is the file's line index (quoted newlines aside).
+    options = dict(has_header=False, infer_schema=False, separator=separator, truncate_ragged_lines=True,
+                   encoding="utf8-lossy")
+    with _unreadable(str(file), "csv"):
+        head = pl.read_csv(data, n_rows=1, **options)
+    if head.height == 0:
         raise UserInputError(f"candle file {str(file)!r} is empty")
 
-    first = [("" if v is None else str(v)).strip().strip('"').strip() for v in table.row(0)]
+    first = [("" if v is None else str(v)).strip().strip('"').strip() for v in head.row(0)]
     has_header = _looks_like_header(first)
     ncols = len(first)
     if has_header:
@@ -218,7 +338,6 @@ def _read_csv_table(file: Path, data: bytes) -> tuple[pl.DataFrame, list[str], p
             "CSV, Binance kline layout with header"
             if [n.lower() for n in names] == list(BINANCE_KLINE_COLUMNS) else "CSV, generic OHLCV with header"
         )
-        table = table.slice(1)
     elif ncols == len(BINANCE_KLINE_COLUMNS):
         names, layout = list(BINANCE_KLINE_COLUMNS), "CSV, Binance kline layout without header"
     elif ncols == 6:
@@ -228,9 +347,83 @@ def _read_csv_table(file: Path, data: bytes) -> tuple[pl.DataFrame, list[str], p
             f"candle file {str(file)!r} has no header row and {ncols} columns; expected a header naming the "
             f"columns, 12 columns (Binance kline) or 6 columns (time, open, high, low, close, volume)"
         )
+    wanted = _candidate_columns(names, ts_column)
+    with _unreadable(str(file), "csv"):
+        table = pl.read_csv(data, columns=wanted, **options)
+    if has_header:
+        table = table.slice(1)
     # Line number: polars index + 1, +1 more when the header line was consumed, + leading blank lines.
     rows = pl.int_range(0, pl.len(), dtype=pl.Int64) + (1 + int(has_header) + skipped_lines)
-    return table, names, rows, layout
+    return table, [names[i] for i in wanted], rows, layout, names
+
+
+def _read_parquet_table(
+    file: Path, handle: BinaryIO, size: int, limits: IntakeLimits, ts_column: str | None
+) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """The candidate columns of a Parquet file, their names, and every column's name.
+
+    Columns, rows and the uncompressed size of the columns read are checked on the file's metadata first.
+    """
+    import pyarrow.parquet as pq
+
+    label = str(file)
+    with _unreadable(label, "parquet"):
+        handle.seek(max(0, size - 8))
+        tail = handle.read(8)
+        if size < 12 or tail[4:] != b"PAR1":
+            raise ValueError("no Parquet footer (the file does not end with PAR1)")
+        footer = int.from_bytes(tail[:4], "little")
+        if footer > _MAX_PARQUET_FOOTER:
+            raise UserInputError(
+                f"candle file {label!r} has {footer} bytes of Parquet metadata (at most {_MAX_PARQUET_FOOTER} are "
+                "read): far more columns or row groups than a candle file has"
+            )
+        handle.seek(0)
+        parquet = pq.ParquetFile(handle)
+        names = list(parquet.schema_arrow.names)
+        if len(names) > limits.max_columns:
+            raise refuse(label, f"has {len(names)} columns, over", limits.max_columns, "RL_INGEST_MAX_COLUMNS",
+                         bytes_=False)
+        metadata = parquet.metadata
+        if metadata.num_rows > limits.max_rows:
+            raise refuse(label, f"has {metadata.num_rows} rows, over", limits.max_rows, "RL_INGEST_MAX_ROWS",
+                         bytes_=False)
+        wanted = _candidate_columns(names, ts_column)
+        wanted_names = {names[i] for i in wanted}
+        unpacked = sum(
+            chunk.total_uncompressed_size
+            for group in (metadata.row_group(g) for g in range(metadata.num_row_groups))
+            for chunk in (group.column(c) for c in range(group.num_columns))
+            if chunk.path_in_schema.split(".")[0] in wanted_names
+        )
+        if unpacked > limits.max_decompressed_bytes:
+            raise refuse(label, f"holds {unpacked} bytes of uncompressed candle columns, over",
+                         limits.max_decompressed_bytes, "RL_INGEST_MAX_DECOMPRESSED_BYTES")
+        arrow = parquet.read(columns=[names[i] for i in wanted], use_pandas_metadata=False)
+        table = pl.from_arrow(arrow)
+        del arrow
+    table.columns = [f"column_{i}" for i in wanted]  # names may repeat or be blank; roles map by position
+    return table, [names[i] for i in wanted], names
+
+
+def _check_parquet_types(file: Path, table: pl.DataFrame, names: list[str], roles: dict[str, list[str]]) -> None:
+    """A Parquet column used as time or value must hold what can be read as one (not a list, a duration...)."""
+    for role, columns in roles.items():
+        for column in columns:
+            dtype = table.schema[column]
+            simple = (dtype in (pl.String, pl.Null, pl.Boolean) or dtype.is_numeric()
+                      or isinstance(dtype, (pl.Categorical, pl.Enum)))
+            if simple or (role == "ts" and (isinstance(dtype, pl.Datetime) or dtype == pl.Date)):
+                continue
+            name = names[table.columns.index(column)]
+            if role == "ts":
+                what, expected = "the time column", "timestamps, dates, epoch numbers or text; pass --ts-column to use another column"
+            else:
+                what, expected = f"the {role} column", "numbers (or text holding numbers)"
+            raise UserInputError(
+                f"candle file {str(file)!r}: column {name!r} ({what}) has type {dtype}, which cannot be read as "
+                f"candles; it must hold {expected}"
+            )
 
 
 def _sniff_separator(line: str) -> str:
@@ -254,15 +447,19 @@ def _as_float(text: str) -> float | None:
         return None
 
 
+
 # ------------------------------------------------------------------------------------------- columns
 
 
 def _resolve_columns(
-    file: Path, table: pl.DataFrame, names: list[str], ts_column: str | None
+    file: Path, table: pl.DataFrame, names: list[str], ts_column: str | None, all_names: list[str] | None = None
 ) -> dict[str, list[str]]:
-    """Map roles (ts, open, ...) to table columns; raise once with every file-level problem."""
+    """Map roles (ts, open, ...) to table columns; raise once with every file-level problem.
+
+    `names` are the display names of `table`'s columns; `all_names` every column's of the file (for the message).
+    """
     norm = [n.strip().lower() for n in names]
-    shown = [n if n.strip() else "<unnamed>" for n in names]
+    shown = [n if n.strip() else "<unnamed>" for n in (names if all_names is None else all_names)]
     problems: list[str] = []
     roles: dict[str, list[str]] = {}
 
@@ -301,7 +498,7 @@ def _resolve_columns(
     if problems:
         raise UserInputError(
             f"candle file {str(file)!r} cannot be imported: " + "; ".join(problems)
-            + f". Columns found: {', '.join(shown)}"
+            + f". Columns found: {excerpt(', '.join(shown))}"
         )
     return roles
 
@@ -368,7 +565,7 @@ def _build_frame(
     ).sort("row", "column")
 
     if frame.height and frame.get_column("ts").null_count() == frame.height:
-        examples = ", ".join(repr(v) for v in frame.get_column("ts_raw").drop_nulls().head(3).to_list())
+        examples = excerpt(", ".join(quoted(v, 60) for v in frame.get_column("ts_raw").drop_nulls().head(3).to_list()))
         hint = "check --ts-format" if ts_format else "pass --ts-format (strptime format or epoch_s|epoch_ms|epoch_us|epoch_ns)"
         raise UserInputError(
             f"candle file {str(file)!r}: no value of the time column could be read as a timestamp "
@@ -434,8 +631,8 @@ def parse_timestamps(
     if values.dtype == pl.String:
         with_offset = values.filter(values.str.contains(_OFFSET_AFTER_TIME))
         if len(with_offset):
-            raise UserInputError(f"{where}--ts-timezone is for date-times without an offset, but {with_offset[0]!r} "
-                                 "has one")
+            raise UserInputError(f"{where}--ts-timezone is for date-times without an offset, but "
+                                 f"{quoted(with_offset[0], 60)} has one")
     local = (ts.dt.replace_time_zone(None)
              .dt.replace_time_zone(ts_timezone, ambiguous="null", non_existent="null")
              .dt.convert_time_zone("UTC"))
@@ -611,12 +808,12 @@ def _day_month_branch(
     sep = matched.select(xxy[1]).item(0, 0)
     if first_gt12 and second_gt12:
         raise UserInputError(
-            f"{where}the time column mixes day-first and month-first dates (e.g. {example!r}); "
+            f"{where}the time column mixes day-first and month-first dates (e.g. {quoted(example, 60)}); "
             f"pass --ts-format with the right one"
         )
     if not first_gt12 and not second_gt12:
         raise UserInputError(
-            f"{where}ambiguous time format: {example!r} reads as day-first and as month-first and no value "
+            f"{where}ambiguous time format: {quoted(example, 60)} reads as day-first and as month-first and no value "
             f"decides; pass --ts-format {_suggest_format(example, sep, True)!r} (day first) or "
             f"{_suggest_format(example, sep, False)!r} (month first)"
         )

@@ -4,26 +4,40 @@ Inbox layout (`Settings.inbox_dir`, i.e. `$RL_HOME/inbox`)::
 
     inbox/
       BTCUSDT-1h/                  one directory per registered market (its key)
-        new-candles.csv            dropped here; imported once complete
+        new-candles.csv.partial    being written: ignored
+        new-candles.csv            renamed when complete; imported once settled
         imported/20240301T120000.123456Z_new-candles.csv
         rejected/20240301T120000.123456Z_bad.csv
         rejected/20240301T120000.123456Z_bad.csv.report.json
 
 A file is imported through exactly the path of `rl-lifecycle ingest` (`candles.service.ingest_file`,
-without quarantine): the whole file is validated, and any bad row refuses it with nothing written.
-Files still being written are left alone: hidden names (`.x`), `.tmp`/`.part`/`.partial`/`.crdownload`/
-`.download` suffixes, and files modified less than `min_age_seconds` ago. Writers should write under a
-temporary name and rename, which is atomic on one filesystem.
+without quarantine, within the same `IntakeLimits`): the whole file is validated, and any bad row refuses
+it with nothing written.
+
+Only complete files are taken. The convention: write `name.csv.partial` (or `.part`/`.tmp`, or a hidden
+`.name`), then rename it to `name.csv`, which is atomic on one filesystem. As a second guard a file is
+taken only once it has settled: its mtime is at least `settle_seconds` (RL_INBOX_SETTLE_SECONDS) old and,
+when the caller keeps `seen` between calls (the sensor does, in its cursor), its size, mtime and inode
+were the same on an earlier look at least `settle_seconds` before. A file still changing waits.
+
+The inbox never follows a link: entries are listed with lstat and files opened with O_NOFOLLOW, and a
+symbolic link, FIFO, socket, device or directory dropped where a file belongs is moved to `rejected/`
+with a report, without being opened or read. `imported/` and `rejected/` must be real directories
+inside the inbox: they are opened with O_NOFOLLOW and written only through those handles, so a link
+there is refused (the file stays, unread, with status `refused`) and nothing is written outside.
 
 Plain Python: no Dagster here (the sensors in `rl_lifecycle.orchestration.automation.inbox` adapt it).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +46,10 @@ import numpy as np
 import polars as pl
 import psycopg
 
+from rl_lifecycle.candles.limits import IntakeLimits, excerpt
 from rl_lifecycle.candles.service import ingest_file, ingest_synthetic
 from rl_lifecycle.candles.store import candle_write_seq, newest_candle_ts, written_since
+from rl_lifecycle.candles.validation import bad_row_line
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.markets.table import MarketRecord, list_markets
@@ -42,12 +58,19 @@ from rl_lifecycle.windows import Window, WindowScheme, closed_bars_end, iso
 IMPORTED_DIR = "imported"
 REJECTED_DIR = "rejected"
 REPORT_SUFFIX = ".report.json"
+PARTIAL_SUFFIX = ".partial"  # the convention: write `name.csv.partial`, then rename it to `name.csv`
 SUPPORTED_SUFFIXES = (".csv", ".txt", ".parquet", ".pq", ".zip", ".gz")
-IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".swp")
-DEFAULT_MIN_AGE_SECONDS = 2.0
+IN_PROGRESS_SUFFIXES = (".tmp", ".part", PARTIAL_SUFFIX, ".crdownload", ".download", ".swp")
+DEFAULT_SETTLE_SECONDS = 10.0  # RL_INBOX_SETTLE_SECONDS's default
+MAX_REPORTED_PROBLEMS = 1000  # a report lists this many problems and counts the rest
+MAX_PROBLEM_CHARS = 2000  # one problem's text, whatever raised it
+MAX_TRACKED_FILES = 1000  # files whose settling is followed at once (the oldest first)
 
 IMPORTED = "imported"
 REJECTED = "rejected"
+REFUSED = "refused"  # left where it is, unread: the inbox cannot move it safely (see `problems`)
+
+_O_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 @dataclass(frozen=True)
@@ -56,17 +79,19 @@ class InboxOutcome:
 
     market: str  # the directory name (a market key when valid)
     file: str  # the file name as dropped
-    status: str  # "imported" | "rejected"
+    status: str  # "imported" | "rejected" | "refused"
     rows_read: int = 0
     rows_written: int = 0  # inserted + updated; 0 when the same candles were already stored
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     windows: dict[str, int] = field(default_factory=dict)  # window key -> candles written in it
-    problems: list[str] = field(default_factory=list)  # why a file was rejected (every problem)
+    problems: list[str] = field(default_factory=list)  # why a file was rejected (the first MAX_REPORTED_PROBLEMS)
     notes: list[str] = field(default_factory=list)  # for imported files: gaps, history before RL_WINDOW_START
     moved_to: str | None = None  # where the file is now
     report: str | None = None  # the rejection report beside it
+    problem_count: int = 0  # every problem, also those beyond `problems`
+    not_regular: str | None = None  # what a rejected entry was when not a regular file ("a symbolic link"), unread
 
     @property
     def windows_touched(self) -> list[str]:
@@ -80,11 +105,15 @@ class InboxOutcome:
                 f"updated {self.updated}, unchanged {self.unchanged}; windows: {where}"
             )
             return "\n".join([text, *(f"  {n}" for n in self.notes)])
-        lines = [f"{self.market}/{self.file}: rejected, nothing written ({len(self.problems)} problem(s)); "
-                 f"report: {self.report}"]
+        count = max(self.problem_count, len(self.problems))
+        if self.status == REFUSED:
+            lines = [f"{self.market}/{self.file}: refused, left in place unread, nothing written"]
+        else:
+            lines = [f"{self.market}/{self.file}: rejected, nothing written ({count} problem(s)); "
+                     f"report: {self.report}"]
         lines += [f"  {p}" for p in self.problems[:20]]
-        if len(self.problems) > 20:
-            lines.append(f"  ... and {len(self.problems) - 20} more (see the report)")
+        if count > 20:
+            lines.append(f"  ... and {count - 20} more (see the report)")
         return "\n".join(lines)
 
 
@@ -109,39 +138,72 @@ def default_scheme() -> WindowScheme:
     return WindowScheme(load_settings().window_cadence)
 
 
-def is_in_progress(path: Path, now: float, min_age_seconds: float) -> bool:
-    """A file that may still be being written: hidden, a temporary suffix, or modified very recently."""
-    name = path.name
-    if name.startswith(".") or name.startswith("~") or name.lower().endswith(IN_PROGRESS_SUFFIXES):
-        return True
-    try:
-        return now - path.stat().st_mtime < min_age_seconds
-    except FileNotFoundError:  # renamed or removed under us
-        return True
+def is_in_progress(name: str) -> bool:
+    """A name still being written by the convention: hidden, or a temporary suffix (`.partial`, `.part`, ...)."""
+    return name.startswith(".") or name.startswith("~") or name.lower().endswith(IN_PROGRESS_SUFFIXES)
 
 
-def pending_files(inbox_dir: Path, now: float | None = None, min_age_seconds: float = DEFAULT_MIN_AGE_SECONDS) -> list[Path]:
-    """Complete files waiting in the inbox (in market directories and at its top), oldest first."""
-    inbox_dir = Path(inbox_dir)
-    if not inbox_dir.is_dir():
-        return []
-    now = time.time() if now is None else now
-    found: list[Path] = []
-    for entry in inbox_dir.iterdir():
-        if entry.name.startswith(".") or (entry.is_dir() and entry.name in (IMPORTED_DIR, REJECTED_DIR)):
-            continue  # <inbox>/rejected/ holds files dropped outside any market directory
-        candidates = entry.iterdir() if entry.is_dir() else [entry]
-        for path in candidates:
-            if path.is_file() and not is_in_progress(path, now, min_age_seconds):
-                found.append(path)
+@dataclass(frozen=True)
+class _Entry:
+    """One thing found in the inbox, as lstat saw it (never following a link)."""
 
-    def mtime(p: Path) -> float:
+    market: str  # its market directory's name; "" at the top of the inbox
+    name: str
+    info: os.stat_result
+
+    @property
+    def key(self) -> str:
+        return f"{self.market}/{self.name}"
+
+    @property
+    def regular(self) -> bool:
+        return stat.S_ISREG(self.info.st_mode)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _list(inbox_fd: int) -> list[_Entry]:
+    """Every entry waiting at the top of the inbox and in its market directories (none followed)."""
+    found: list[_Entry] = []
+    with os.scandir(inbox_fd) as top:
+        tops = [(e.name, e.stat(follow_symlinks=False)) for e in top]
+    for name, info in tops:
+        if is_in_progress(name) or name in (IMPORTED_DIR, REJECTED_DIR):
+            continue  # <inbox>/rejected/ holds what was dropped outside any market directory
+        if not stat.S_ISDIR(info.st_mode):
+            found.append(_Entry("", name, info))
+            continue
         try:
-            return p.stat().st_mtime
-        except FileNotFoundError:
-            return float("inf")
+            market_fd = os.open(name, _O_NOFOLLOW_DIR, dir_fd=inbox_fd)
+        except OSError:  # replaced (by a link) since it was listed: looked at again next time
+            continue
+        try:
+            with os.scandir(market_fd) as inner:
+                found += [_Entry(name, e.name, e.stat(follow_symlinks=False)) for e in inner
+                          if not is_in_progress(e.name) and e.name not in (IMPORTED_DIR, REJECTED_DIR)]
+        finally:
+            os.close(market_fd)
+    return sorted(found, key=lambda e: (e.info.st_mtime_ns, e.key))
 
-    return sorted(found, key=lambda p: (mtime(p), str(p)))
+
+def _settled(entry: _Entry, now: float, settle_seconds: float, seen: MutableMapping[str, list] | None) -> bool:
+    """Whether a regular file has stopped changing (see the module doc); records what was seen."""
+    signature = [entry.info.st_size, entry.info.st_mtime_ns, entry.info.st_ino]
+    old_enough = now - entry.info.st_mtime >= settle_seconds
+    if seen is None:
+        return old_enough
+    previous = seen.get(entry.key)
+    if previous is None or list(previous[:3]) != signature:
+        seen[entry.key] = [*signature, now]
+        return False
+    return old_enough and now - previous[3] >= settle_seconds
 
 
 def process_inbox(
@@ -149,75 +211,203 @@ def process_inbox(
     inbox_dir: str | Path,
     *,
     now: float | None = None,
-    min_age_seconds: float = DEFAULT_MIN_AGE_SECONDS,
+    settle_seconds: float | None = None,
+    seen: MutableMapping[str, list] | None = None,
     max_files: int | None = None,
     scheme: WindowScheme | None = None,
     first_window: Window | None = None,
     create_market_dirs: bool = True,
+    limits: IntakeLimits | None = None,
 ) -> list[InboxOutcome]:
     """Import every complete file dropped in `<inbox>/<market key>/`; move each to imported/ or rejected/.
 
-    `now` (epoch seconds) and `min_age_seconds` decide which files are complete; `max_files` bounds one
-    call (the rest wait for the next); `scheme` maps candles to window keys (default: RL_WINDOW_CADENCE);
-    `first_window` (the first `window` partition) adds a note when candles fall before it. With
-    `create_market_dirs`, the inbox and a directory per registered imported market are created, so a
-    user sees where to drop files. Database errors propagate and leave the file where it is (retried).
+    `now` (epoch seconds), `settle_seconds` (default RL_INBOX_SETTLE_SECONDS) and `seen` decide which files
+    are complete (module doc): `seen` maps what this call saw (size, mtime, inode, when) and is updated in
+    place, so a caller that keeps it between calls (the sensor's cursor) takes a file only once it is seen
+    unchanged twice. `max_files` bounds one call (the rest wait for the next); `scheme` maps candles to
+    window keys (default: RL_WINDOW_CADENCE); `first_window` (the first `window` partition) adds a note when
+    candles fall before it; `limits` bound each file (default: RL_INGEST_*). With `create_market_dirs`, the
+    inbox and a directory per registered imported market are created, so a user sees where to drop files.
+    Database errors propagate and leave the file where it is (retried).
     """
     inbox_dir = Path(inbox_dir)
+    if settle_seconds is None or limits is None:
+        from rl_lifecycle.settings import load_settings
+
+        settings = load_settings()
+        settle_seconds = settings.inbox_settle_seconds if settle_seconds is None else settle_seconds
+        limits = limits or IntakeLimits.from_settings(settings)
     scheme = scheme or default_scheme()
+    now = time.time() if now is None else now
     records = {record.market.key: record for record in list_markets(conn)}
     if create_market_dirs:
         inbox_dir.mkdir(parents=True, exist_ok=True)
-        for key, record in records.items():
-            if record.source == "import":
-                (inbox_dir / key).mkdir(exist_ok=True)
-    files = pending_files(inbox_dir, now, min_age_seconds)
-    if max_files is not None:
-        files = files[: max(0, max_files)]
-    return [
-        _process_file(conn, inbox_dir, path, records, scheme, first_window)
-        for path in files
-        if path.exists()  # moved away by someone else since it was listed
-    ]
+    if not inbox_dir.is_dir():
+        return []
+    inbox_fd = os.open(inbox_dir, os.O_RDONLY | os.O_DIRECTORY)  # the inbox itself is the operator's: followed
+    try:
+        if create_market_dirs:
+            for key, record in records.items():
+                if record.source == "import":
+                    _mkdir(inbox_fd, key)
+        entries = _list(inbox_fd)
+        if seen is not None:
+            listed = {e.key for e in entries}
+            for key in [k for k in seen if k not in listed]:
+                del seen[key]
+        work, tracked = [], 0
+        for entry in entries:
+            if entry.regular:  # links and other entries are refused at once, unread
+                tracked += 1
+                if tracked > MAX_TRACKED_FILES or not _settled(entry, now, settle_seconds, seen):
+                    continue
+            work.append(entry)
+        if max_files is not None:
+            work = work[: max(0, max_files)]
+        outcomes = []
+        for entry in work:
+            outcome = _process_entry(conn, inbox_dir, inbox_fd, entry, records, scheme, first_window, limits)
+            if outcome is not None:
+                outcomes.append(outcome)
+                if seen is not None and outcome.status != REFUSED:
+                    seen.pop(entry.key, None)
+        return outcomes
+    finally:
+        os.close(inbox_fd)
 
 
-def _process_file(
+def _mkdir(dir_fd: int, name: str) -> None:
+    try:
+        os.mkdir(name, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+
+
+class _UnsafeDirectory(Exception):
+    """`imported/` or `rejected/` is not a real directory inside the inbox."""
+
+
+@contextmanager
+def _directory(parent_fd: int, name: str, shown: Path) -> Iterator[int]:
+    """`name` under `parent_fd` as a real directory (created when missing), opened without following links."""
+    _mkdir(parent_fd, name)
+    try:
+        fd = os.open(name, _O_NOFOLLOW_DIR, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise _UnsafeDirectory(
+            f"{shown} is not a real directory ({_kind(os.lstat(name, dir_fd=parent_fd).st_mode)}): the inbox writes "
+            f"only into real directories inside it, so nothing was moved or written; replace it with a directory "
+            f"(rm {shown} && mkdir {shown}) and the file is taken on a later tick"
+        ) from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Place:
+    """Where an entry lives and where it goes: directory handles inside the inbox, never following a link."""
+
+    source_fd: int  # the directory holding the entry
+    imported_fd: int | None
+    rejected_fd: int
+    shown: Path  # the entry's directory, for messages and outcome paths
+
+
+def _process_entry(
     conn: psycopg.Connection,
     inbox_dir: Path,
-    path: Path,
+    inbox_fd: int,
+    entry: _Entry,
     records: dict[str, MarketRecord],
     scheme: WindowScheme,
     first_window: Window | None,
-) -> InboxOutcome:
-    if path.parent == inbox_dir:  # dropped at the top of the inbox: no market
-        return _reject(inbox_dir, "", path, [
-            f"file {path.name!r} is not in a market directory; drop candle files in {inbox_dir}/<MARKET>/, "
-            f"e.g. {inbox_dir}/BTCUSDT-1h/ (registered markets: {', '.join(sorted(records)) or 'none'})"
-        ])
-    directory = path.parent.name
-    market_dir = path.parent
+    limits: IntakeLimits,
+) -> InboxOutcome | None:
+    """One entry: refused when a destination is unsafe, else moved to imported/ or rejected/; None when gone."""
+    shown = inbox_dir / entry.market if entry.market else inbox_dir
+    try:
+        source_fd = os.open(entry.market, _O_NOFOLLOW_DIR, dir_fd=inbox_fd) if entry.market else os.dup(inbox_fd)
+    except OSError:
+        return None  # the market directory went away or became a link: listed again next time
+    try:
+        try:
+            with _directory(source_fd, REJECTED_DIR, shown / REJECTED_DIR) as rejected_fd:
+                if entry.market:
+                    with _directory(source_fd, IMPORTED_DIR, shown / IMPORTED_DIR) as imported_fd:
+                        return _process_in(conn, _Place(source_fd, imported_fd, rejected_fd, shown), entry, records,
+                                           scheme, first_window, limits)
+                return _process_in(conn, _Place(source_fd, None, rejected_fd, shown), entry, records, scheme,
+                                   first_window, limits)
+        except _UnsafeDirectory as exc:
+            return InboxOutcome(market=entry.market, file=entry.name, status=REFUSED, problems=[str(exc)],
+                                problem_count=1)
+    finally:
+        os.close(source_fd)
+
+
+def _process_in(
+    conn: psycopg.Connection,
+    place: _Place,
+    entry: _Entry,
+    records: dict[str, MarketRecord],
+    scheme: WindowScheme,
+    first_window: Window | None,
+    limits: IntakeLimits,
+) -> InboxOutcome | None:
+    name, directory = entry.name, entry.market
+    try:
+        now_info = os.lstat(name, dir_fd=place.source_fd)
+    except FileNotFoundError:
+        return None  # moved away by someone else since it was listed
+    if not stat.S_ISREG(entry.info.st_mode) or not stat.S_ISREG(now_info.st_mode):
+        return _refuse_unread(place, entry, now_info.st_mode)
+    if not directory:  # dropped at the top of the inbox: no market
+        return _reject(place, entry, [
+            f"file {name!r} is not in a market directory; drop candle files in {place.shown}/<MARKET>/, "
+            f"e.g. {place.shown}/BTCUSDT-1h/ (registered markets: {', '.join(sorted(records)) or 'none'})"
+        ], unread=True)
     record = _market_of(directory, records)
     if record is None:
-        return _reject(market_dir, directory, path, [
+        return _reject(place, entry, [
             f"unknown market {directory!r}: no registered market has this key "
             f"(registered: {', '.join(sorted(records)) or 'none'}); register it with "
             f"`rl-lifecycle market add {directory}` and drop the file again"
-        ])
-    if not path.name.lower().endswith(SUPPORTED_SUFFIXES):
-        return _reject(market_dir, directory, path, [
-            f"unsupported file type {path.suffix or '(none)'!r}; expected a CSV (.csv, .txt, .zip, .gz) "
+        ], unread=True)
+    if not name.lower().endswith(SUPPORTED_SUFFIXES):
+        return _reject(place, entry, [
+            f"unsupported file type {Path(name).suffix or '(none)'!r}; expected a CSV (.csv, .txt, .zip, .gz) "
             "or Parquet (.parquet, .pq) candle file"
-        ])
-
-    seq_before = candle_write_seq(conn)
+        ], unread=True)
     try:
-        result = ingest_file(conn, record.market, path, first_window=first_window)
-    except (UserInputError, pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
-        return _reject(market_dir, directory, path, [str(exc)])
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=place.source_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # became a link since the lstat above
+            return _refuse_unread(place, entry, stat.S_IFLNK)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            return _refuse_unread(place, entry, opened.st_mode)
+        if (opened.st_dev, opened.st_ino, opened.st_size, opened.st_mtime_ns) != (
+                entry.info.st_dev, entry.info.st_ino, entry.info.st_size, entry.info.st_mtime_ns):
+            return None  # replaced or written to since it was seen settled: it settles again first
+        seq_before = candle_write_seq(conn)
+        try:
+            result = ingest_file(conn, record.market, place.shown / name, first_window=first_window, limits=limits,
+                                 handle=handle)
+        except (UserInputError, pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
+            return _reject(place, entry, [excerpt(exc, MAX_PROBLEM_CHARS)])
     report = result.report
     if result.refused:
-        return _reject(market_dir, directory, path, _problems(report.bad), rows_read=result.rows_read,
-                       summary=report.describe(max_rows=len(report.bad) or 1))
+        shown_rows = min(report.bad.height, MAX_REPORTED_PROBLEMS) or 1
+        return _reject(place, entry, _problems(report.bad), rows_read=result.rows_read, count=report.bad.height,
+                       summary=report.describe(max_rows=shown_rows))
 
     stats = result.stats
     windows: dict[str, int] = {}
@@ -234,12 +424,22 @@ def _process_file(
             f"{result.before_first_window} candles (from {iso(result.first_ts)}) fall before the first window "
             f"partition {first_window.key}: stored, but those windows cannot be materialized"
         )
-    moved = _move(path, market_dir / IMPORTED_DIR)
+    moved = _move(place, name, place.imported_fd, IMPORTED_DIR)
     return InboxOutcome(
-        market=directory, file=path.name, status=IMPORTED, rows_read=result.rows_read,
+        market=directory, file=name, status=IMPORTED, rows_read=result.rows_read,
         rows_written=stats.written, inserted=stats.inserted, updated=stats.updated, unchanged=stats.unchanged,
         windows=windows, notes=notes, moved_to=str(moved),
     )
+
+
+def _refuse_unread(place: _Place, entry: _Entry, mode: int) -> InboxOutcome:
+    """A link or another non-regular entry: moved to rejected/ (the link itself, not what it points to), unread."""
+    kind = _kind(mode)
+    follow = " (the inbox never follows links)" if stat.S_ISLNK(mode) else ""
+    return _reject(place, entry, [
+        f"{entry.name!r} is {kind}, not a regular file{follow}: it was not opened or read. Copy the candle file "
+        f"itself into {place.shown}/ (write NAME{PARTIAL_SUFFIX}, then rename it to NAME)"
+    ], unread=True, not_regular=kind)
 
 
 def _market_of(directory: str, records: dict[str, MarketRecord]) -> MarketRecord | None:
@@ -251,55 +451,70 @@ def _market_of(directory: str, records: dict[str, MarketRecord]) -> MarketRecord
 
 
 def _problems(bad: pl.DataFrame) -> list[str]:
-    """One line per bad row, with every reason (no truncation: the report lists every problem)."""
-    lines = []
-    for rec in bad.select("row", "ts_raw", "reasons").iter_rows(named=True):
-        shown = "<empty>" if rec["ts_raw"] is None else repr(rec["ts_raw"])
-        lines.append(f"row {rec['row']} ({shown}): " + "; ".join(rec["reasons"]))
-    return lines
+    """One line per bad row with every reason, each quoting at most a short excerpt; the first MAX_REPORTED_PROBLEMS."""
+    return [bad_row_line(rec["row"], rec["ts_raw"], rec["reasons"])
+            for rec in bad.head(MAX_REPORTED_PROBLEMS).select("row", "ts_raw", "reasons").iter_rows(named=True)]
 
 
 def _reject(
-    target_dir: Path, market: str, path: Path, problems: list[str], *, rows_read: int = 0, summary: str | None = None
+    place: _Place, entry: _Entry, problems: list[str], *, rows_read: int = 0, count: int | None = None,
+    summary: str | None = None, unread: bool = False, not_regular: str | None = None,
 ) -> InboxOutcome:
-    """Move the file to `<target_dir>/rejected/` with a JSON report beside it listing every problem."""
-    moved = _move(path, target_dir / REJECTED_DIR)
-    report_path = moved.with_name(moved.name + REPORT_SUFFIX)
+    """Move the entry to `rejected/` with a JSON report beside it listing its problems (no file content
+    beyond short excerpts)."""
+    moved = _move(place, entry.name, place.rejected_fd, REJECTED_DIR)
+    report_name = moved.name + REPORT_SUFFIX
+    report_path = moved.with_name(report_name)
+    count = len(problems) if count is None else count
+    shown = [excerpt(p, MAX_PROBLEM_CHARS) for p in problems[:MAX_REPORTED_PROBLEMS]]
     outcome = InboxOutcome(
-        market=market, file=path.name, status=REJECTED, rows_read=rows_read, problems=list(problems),
-        moved_to=str(moved), report=str(report_path),
+        market=entry.market, file=entry.name, status=REJECTED, rows_read=rows_read, problems=shown,
+        moved_to=str(moved), report=str(report_path), problem_count=count, not_regular=not_regular,
     )
     document = {
-        "file": path.name,
-        "market": market,
+        "file": entry.name,
+        "market": entry.market,
         "status": REJECTED,
         "rejected_at": datetime.now(UTC).isoformat(),
-        "dropped_as": str(path),
+        "dropped_as": str(place.shown / entry.name),
         "moved_to": str(moved),
+        "read": not unread,
+        "not_a_regular_file": not_regular,
         "rows_read": rows_read,
-        "problem_count": len(problems),
-        "problems": list(problems),
+        "problem_count": count,
+        "problems": shown,
+        "problems_not_listed": count - len(shown),
         "summary": summary,
         "nothing_written": True,
         "next_step": "fix every problem listed and drop the file into the market directory again",
     }
-    tmp = report_path.with_name(report_path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    os.replace(tmp, report_path)
+    tmp = report_name + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=place.rejected_fd)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(document, indent=2, default=str) + "\n")
+    os.replace(tmp, report_name, src_dir_fd=place.rejected_fd, dst_dir_fd=place.rejected_fd)
     return outcome
 
 
-def _move(path: Path, directory: Path) -> Path:
-    """Move `path` into `directory` under a UTC-timestamp prefix, never overwriting an earlier drop."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _move(place: _Place, name: str, target_fd: int, target_dir: str) -> Path:
+    """Move `name` (the entry itself: a link is not followed) into the opened `target_dir` under a UTC-timestamp
+    prefix, never overwriting an earlier drop."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = directory / f"{stamp}_{path.name}"
+    target = f"{stamp}_{name}"
     n = 1
-    while target.exists():
-        target = directory / f"{stamp}-{n}_{path.name}"
+    while _exists(target, target_fd):
+        target = f"{stamp}-{n}_{name}"
         n += 1
-    os.replace(path, target)
-    return target
+    os.rename(name, target, src_dir_fd=place.source_fd, dst_dir_fd=target_fd)
+    return place.shown / target_dir / target
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------- written windows

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
 import psycopg
 
 from rl_lifecycle.candles.gaps import Gap
+from rl_lifecycle.candles.limits import IntakeLimits
 from rl_lifecycle.candles.store import CandleWriteStats, load_candles, upsert_candles
 from rl_lifecycle.candles.validation import ValidationReport
 from rl_lifecycle.errors import UserInputError
@@ -79,6 +81,50 @@ def ingest_synthetic(
         # No-op when registered (another calendar is refused); an unknown market is registered as imported.
         add_market(conn, market, calendar=calendar)
         return upsert_candles(conn, market, frame)
+
+
+SEED_MAX = 2**31 - 1  # markets.synthetic_seed is an integer column
+
+
+def ingest_synthetic_market(
+    conn: psycopg.Connection, market: Market, start_us: int, end_us: int, seed: int, *, calendar: str | None = None
+) -> CandleWriteStats:
+    """`rl-lifecycle ingest --synthetic`: generated candles go only into a synthetic market.
+
+    A market not registered yet is registered as synthetic with `seed`, so the `candles` asset generates
+    the same bars and a file import into it is refused. A registered synthetic market must have this seed.
+    A market fed by files (source `import`) is refused, as a file import into a synthetic market is: the
+    generated bars would overwrite its candles or mix with them.
+    """
+    if not 0 <= seed <= SEED_MAX:
+        raise UserInputError(f"--seed {seed} is out of range; a seed is a whole number in 0..{SEED_MAX}")
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT source, synthetic_seed FROM markets WHERE pair = %s AND interval = %s FOR UPDATE",
+            (market.pair, market.interval),
+        ).fetchone()
+        if row is None:
+            add_market(conn, market, source="synthetic", seed=seed, calendar=calendar)
+        elif row[0] != "synthetic":
+            count, first, last = conn.execute(
+                "SELECT count(*), min(ts), max(ts) FROM market_candles WHERE pair = %s AND interval = %s",
+                (market.pair, market.interval),
+            ).fetchone()
+            held = (f"it holds {count} imported candles ({first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} UTC)"
+                    if count else "its candles come from files (`ingest --csv/--parquet`, the inbox)")
+            other = f"SIM{market.pair}-{market.interval}"
+            raise UserInputError(
+                f"market {market.key} is an imported market: {held}, and synthetic candles would overwrite them or "
+                f"mix with them. Nothing was written. Generate synthetic candles into a market of their own, e.g. "
+                f"`rl-lifecycle ingest --market {other} --synthetic ...` (registered as synthetic on first use) or "
+                f"`rl-lifecycle market add SIM{market.pair} {market.interval} --synthetic-seed {seed}`"
+            )
+        elif int(row[1]) != seed:
+            raise UserInputError(
+                f"market {market.key} is synthetic with seed {row[1]}: --seed {seed} would overwrite its candles with "
+                f"other ones. Nothing was written. Pass --seed {row[1]}, or use another market key for seed {seed}"
+            )
+        return ingest_synthetic(conn, market, start_us, end_us, seed, calendar=calendar)
 
 
 def load_window(
@@ -164,12 +210,17 @@ def _ingest_calendar(conn: psycopg.Connection, market: Market, requested: str | 
     return registered or wanted or get_calendar().name
 
 
-def _file_sha256(path) -> str:
+def _file_sha256(path, handle=None) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    if handle is not None:
+        handle.seek(0)
         for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        return digest.hexdigest()
+    with open(path, "rb") as opened:
+        for block in iter(lambda: opened.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -185,6 +236,8 @@ def ingest_file(
     quarantine: bool = False,
     calendar: str | None = None,
     first_window: Window | None = None,
+    limits: IntakeLimits | None = None,
+    handle: BinaryIO | None = None,
 ) -> FileIngestResult:
     """Validate a candle file whole; write it in one transaction, or nothing.
 
@@ -192,14 +245,16 @@ def ingest_file(
     `candles_quarantine` with their reasons and the good rows are written, atomically.
     Gaps are counted against the market's calendar; an unregistered market is registered with
     `calendar` (default crypto), and a registered one must not be given another. With `first_window`
-    (the first `window` partition) the result counts the candles written before it.
+    (the first `window` partition) the result counts the candles written before it. The file is read
+    within `limits` (default: the RL_INGEST_* settings); `handle`: the file opened by the caller.
     """
     from rl_lifecycle.candles.importer import read_candle_file
     from rl_lifecycle.candles.validation import validate_candles
 
     _refuse_synthetic_market(conn, market)
     calendar_name = _ingest_calendar(conn, market, calendar)
-    raw = read_candle_file(path, ts_column=ts_column, ts_format=ts_format, ts_timezone=ts_timezone)
+    raw = read_candle_file(path, ts_column=ts_column, ts_format=ts_format, ts_timezone=ts_timezone, limits=limits,
+                           handle=handle)
     report = validate_candles(raw, market.interval, get_calendar(calendar_name))
     rows_read = raw.frame.height
     if not report.ok and not quarantine:
@@ -209,7 +264,7 @@ def ingest_file(
         add_market(conn, market, calendar=calendar_name)
         stats = upsert_candles(conn, market, report.good)
         if not report.ok:
-            sha = _file_sha256(path)
+            sha = _file_sha256(path, handle)
             records = [
                 (market.pair, market.interval, str(path), sha, int(row["row"]), row.get("ts_raw"),
                  _raw_json({k: v for k, v in row.items() if k not in ("row", "reasons")}),

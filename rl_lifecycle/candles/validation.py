@@ -18,6 +18,7 @@ import polars as pl
 from rl_lifecycle.candles.frame import CANDLE_SCHEMA, PRICE_COLUMNS, VALUE_COLUMNS
 from rl_lifecycle.candles.gaps import Gap
 from rl_lifecycle.candles.importer import RAW_SCHEMA, RawCandles, parse_timestamps
+from rl_lifecycle.candles.limits import EXCERPT_CHARS, quoted
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets.calendars import TradingCalendar, get_calendar
 from rl_lifecycle.markets.keys import INTERVALS, normalize_interval
@@ -26,6 +27,20 @@ __all__ = ["Gap", "ValidationReport", "validate_candles"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNPARSED_SCHEMA = {"row": pl.Int64, "column": pl.String, "text": pl.String}
+# A bad row quotes at most its time and five values: 6 cells of this many characters stay within EXCERPT_CHARS.
+CELL_CHARS = EXCERPT_CHARS // 6
+_OTHER_ROWS_SHOWN = 5  # a conflicting duplicate names this many other rows of its group, then counts the rest
+
+
+def bad_row_line(row: int, ts_raw: str | None, reasons: list[str]) -> str:
+    """`row N ('ts'): reason; reason`, quoting at most a short excerpt of the row."""
+    shown = "<empty>" if ts_raw is None else quoted(ts_raw, CELL_CHARS)
+    return f"row {row} ({shown}): " + "; ".join(reasons)
+
+
+def _clip(expr: pl.Expr) -> pl.Expr:
+    """File text inside a reason: at most CELL_CHARS characters."""
+    return pl.when(expr.str.len_chars() > CELL_CHARS).then(expr.str.slice(0, CELL_CHARS) + pl.lit("…")).otherwise(expr)
 
 
 @dataclass(frozen=True)
@@ -67,8 +82,7 @@ class ValidationReport:
         if self.bad.height:
             lines.append("Bad rows (fix them in the file and import again):")
             for rec in self.bad.head(max_rows).select("row", "ts_raw", "reasons").iter_rows(named=True):
-                shown = "<empty>" if rec["ts_raw"] is None else repr(rec["ts_raw"])
-                lines.append(f"  row {rec['row']} ({shown}): " + "; ".join(rec["reasons"]))
+                lines.append("  " + bad_row_line(rec["row"], rec["ts_raw"], rec["reasons"]))
             if self.bad.height > max_rows:
                 lines.append(f"  ... and {self.bad.height - max_rows} more bad rows")
         if self.gaps:
@@ -108,7 +122,7 @@ def validate_candles(
         pl.when(pl.col("ts").is_null()).then(
             pl.when(pl.col("ts_raw").is_null() | (pl.col("ts_raw").str.strip_chars() == ""))
             .then(pl.lit("missing timestamp"))
-            .otherwise(pl.concat_str(pl.lit("unparseable timestamp '"), pl.col("ts_raw"), pl.lit("'")))
+            .otherwise(pl.concat_str(pl.lit("unparseable timestamp '"), _clip(pl.col("ts_raw")), pl.lit("'")))
         )
     ]
     for c in VALUE_COLUMNS:
@@ -116,7 +130,7 @@ def validate_candles(
         reasons.append(
             pl.when(value.is_null()).then(
                 pl.when(pl.col(f"_txt_{c}").is_not_null())
-                .then(pl.concat_str(pl.lit(f"{c}: not a number '"), pl.col(f"_txt_{c}"), pl.lit("'")))
+                .then(pl.concat_str(pl.lit(f"{c}: not a number '"), _clip(pl.col(f"_txt_{c}")), pl.lit("'")))
                 .otherwise(pl.lit(f"{c}: missing"))
             )
         )
@@ -202,22 +216,27 @@ def _attach_unparsed_text(df: pl.DataFrame, unparsed: pl.DataFrame) -> pl.DataFr
 
 
 def _attach_conflicts(df: pl.DataFrame) -> pl.DataFrame:
-    """Add `_others`: for rows sharing a timestamp with different values, the other rows of the group."""
+    """Add `_others`: for rows sharing a timestamp with different values, a few other rows of the group.
+
+    Linear in the group's size: each row names at most _OTHER_ROWS_SHOWN others and counts the rest, so
+    a file of one timestamp repeated a million times gives short reasons, not a million-squared list.
+    """
     groups = (
         df.filter(pl.col("_us").is_not_null())
         .group_by("_us")
-        .agg(pl.col("row").alias("_rows"), pl.struct(*VALUE_COLUMNS).n_unique().alias("_variants"))
-        .filter((pl.col("_rows").list.len() > 1) & (pl.col("_variants") > 1))
-        .select("_us", "_rows")
+        .agg(pl.col("row").sort().head(_OTHER_ROWS_SHOWN + 1).alias("_first"), pl.len().alias("_n"),
+             pl.struct(*VALUE_COLUMNS).n_unique().alias("_variants"))
+        .filter((pl.col("_n") > 1) & (pl.col("_variants") > 1))
+        .select("_us", "_first", "_n")
     )
-    others = (
-        pl.col("_rows").list.set_difference(pl.concat_list("row")).list.sort()
-        .list.eval(pl.element().cast(pl.String)).list.join(", ")
-    )
+    shown = pl.col("_first").list.set_difference(pl.concat_list("row")).list.sort().list.head(_OTHER_ROWS_SHOWN)
+    others = shown.list.eval(pl.element().cast(pl.String)).list.join(", ")
+    more = pl.col("_n") - 1 - shown.list.len()
+    others = pl.when(more > 0).then(pl.format("{}, and {} more", others, more)).otherwise(others)
     return (
         df.join(groups, on="_us", how="left", maintain_order="left")
-        .with_columns(others.alias("_others"))
-        .drop("_rows")
+        .with_columns(pl.when(pl.col("_n").is_not_null()).then(others).alias("_others"))
+        .drop("_first", "_n")
     )
 
 

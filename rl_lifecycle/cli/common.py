@@ -72,6 +72,19 @@ def check_windows_exist(keys: Sequence[str]) -> None:
         )
 
 
+def check_range(option: str, value: int, low: int, high: int, what: str) -> int:
+    """Refuse an integer option outside low..high before anything runs, naming the option and the value
+    (typer would pass any Python int on: a negative LIMIT or a bigint overflow in SQL, a socket error)."""
+    if not low <= value <= high:
+        raise UserInputError(f"{option} {value} is invalid: {what} must be {low}..{high}")
+    return value
+
+
+def check_port(option: str, value: int, *, free_port: bool = False) -> int:
+    """A TCP port: 1..65535, or 0 (the system picks a free one) where `free_port`."""
+    return check_range(option, value, 0 if free_port else 1, 65535, "a TCP port" + (" (0: a free one)" if free_port else ""))
+
+
 def exit_on_failure(runs, verb: str) -> None:
     """`N/M partitions VERB`; exit 1 when a run failed."""
     failed = [r for r in runs if not r.ok]

@@ -27,7 +27,8 @@ from rl_lifecycle.settings import load_settings
 
 def ingest(
     market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="generate deterministic synthetic candles")] = False,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="generate deterministic synthetic candles (into a "
+                                                             "synthetic market: registered with --seed on first use)")] = False,
     start: Annotated[str | None, typer.Option(help="with --synthetic: first bar (ISO date)")] = None,
     end: Annotated[str | None, typer.Option(help="with --synthetic: end, exclusive (ISO date)")] = None,
     seed: Annotated[int, typer.Option(help="with --synthetic: generator seed")] = 7,
@@ -50,7 +51,7 @@ def ingest(
         raise UserInputError("give exactly one source: --synthetic, --csv FILE or --parquet FILE")
     settings = load_settings()
     if synthetic:
-        from rl_lifecycle.candles.service import ingest_synthetic
+        from rl_lifecycle.candles.service import ingest_synthetic_market
         from rl_lifecycle.candles.store import stored_before
         from rl_lifecycle.windows import to_us
 
@@ -62,9 +63,9 @@ def ingest(
         first = first_window()
         url = open_database(settings)
         with connect(url) as conn:
-            stats = ingest_synthetic(conn, parsed, start_us, end_us, seed, calendar=calendar)
+            stats = ingest_synthetic_market(conn, parsed, start_us, end_us, seed, calendar=calendar)
             candles_before, first_ts = stored_before(conn, parsed, first.start) if start_us < first.start else (0, None)
-        register_market(url, settings, parsed, calendar=calendar)
+        register_market(url, settings, parsed, "synthetic", seed, calendar=calendar)
         typer.echo(f"{parsed.key}: inserted {stats.inserted}, updated {stats.updated}, unchanged {stats.unchanged}")
         _echo_early_history(parsed, first_ts, candles_before, settings)
         return

@@ -9,13 +9,14 @@ from typing import Annotated
 
 import typer
 
-from rl_lifecycle.cli.common import check_windows_exist, print_table
+from rl_lifecycle.cli.common import check_range, check_windows_exist, print_table
 from rl_lifecycle.config_files import validated
 from rl_lifecycle.db.connection import connect
 from rl_lifecycle.db.migrate import open_database
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets.keys import Market, partition_key
 from rl_lifecycle.settings import load_settings
+from rl_lifecycle.windows import Window
 
 report_app = typer.Typer(no_args_is_help=True, help="Walk-forward evaluation reports.")
 
@@ -35,6 +36,7 @@ def evaluate(
     workers: Annotated[int, typer.Option(help="fold steps at once (train + backtest), one process each")] = 2,
 ) -> None:
     """Walk-forward or CPCV NautilusTrader evaluation (materializes `fold_report` with its checks)."""
+    from rl_lifecycle.evaluation.folds import MAX_FOLDS
     from rl_lifecycle.orchestration.assets.evaluation import FoldReportConfig, fold_config
     from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
 
@@ -44,22 +46,53 @@ def evaluate(
     if scheme == "cpcv" and folds != 3:
         raise UserInputError(f"--folds {folds}: with --scheme cpcv the splits are C(--groups, --test-groups); "
                              "leave --folds out")
-    config = {"folds": folds, "scheme": scheme, "groups": groups, "test_groups": test_groups,
-              "train_size": train_size, "purge": purge, "embargo": embargo, "test_size": test_size}
-    # refuse bad numbers before launching anything (the label horizon is checked against purge in the run)
-    fold_config(validated(FoldReportConfig, config, "evaluation options", "(command line)"), purge or 0)
+    check_range("--folds", folds, 1, MAX_FOLDS, "the walk-forward folds (each trains a model)")
     if workers < 1:
         raise UserInputError(f"--workers {workers} is invalid: at least 1")
+    config = {"folds": folds, "scheme": scheme, "groups": groups, "test_groups": test_groups,
+              "train_size": train_size, "purge": purge, "embargo": embargo, "test_size": test_size}
+    # refuse bad numbers before launching anything, then what the partition's dataset cannot serve
+    options = validated(FoldReportConfig, config, "evaluation options", "(command line)")
+    fold_config(options, purge or 0)
     from rl_lifecycle.cli.runs import materialize_with_progress
 
     settings = load_settings()
-    (result,) = materialize_with_progress(settings, open_database(settings), ["fold_report"], [key],
+    url = open_database(settings)
+    _check_dataset_serves(url, parsed_market, parsed_window, options)
+    (result,) = materialize_with_progress(settings, url, ["fold_report"], [key],
                                           run_config={"ops": {"fold_report": {"config": config}},
                                                       "execution": {"config": {"max_concurrent": workers}}})
     if result.metadata.get("fold_report"):
         _print_report(_report(parsed_market, result.metadata["fold_report"]["report_id"]))
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _check_dataset_serves(url: str, market: Market, window: Window, options) -> None:
+    """Refuse, before a run is launched, folds the partition's stored dataset cannot serve: none stored,
+    a purge below its label horizon, or more folds (or a larger test size) than its rows hold. The run
+    checks again, with the contenders' episode lengths."""
+    from rl_lifecycle.datasets.service import latest_version
+    from rl_lifecycle.evaluation.folds import make_folds
+    from rl_lifecycle.orchestration.assets.evaluation import fold_config
+
+    key = partition_key(market, window)
+    with connect(url) as conn:
+        dataset = latest_version(conn, market, window)
+    if dataset is None:
+        raise UserInputError(f"no training dataset for {key}: materialize `training_dataset` for it first; nothing was run")
+    horizon, what = dataset.spec.forward_return_horizon, f"{key}'s dataset {dataset.dataset_hash[:12]}"
+    if options.purge is not None and options.purge < horizon:
+        raise UserInputError(
+            f"--purge {options.purge} is below the label horizon of {what} ({horizon} bars): training labels would "
+            f"look into the test range; use --purge {horizon} or more, or leave it out; nothing was run")
+    if options.test_size is not None and options.test_size >= dataset.rows:
+        raise UserInputError(f"--test-size {options.test_size} is invalid: {what} has {dataset.rows} rows, which "
+                             "must hold the training rows and every test range; nothing was run")
+    try:
+        make_folds(dataset.rows, fold_config(options, horizon), horizon)
+    except UserInputError as exc:
+        raise UserInputError(f"{what} ({dataset.rows} rows): {exc}; nothing was run") from None
 
 
 @report_app.command("show")

@@ -27,8 +27,10 @@ def dev(
     host: Annotated[str, typer.Option(help="interface the webserver listens on")] = "127.0.0.1",
 ) -> None:
     """Start the Dagster UI and daemon against the same PostgreSQL; Ctrl-C or SIGTERM stops both."""
+    from rl_lifecycle.cli.common import check_port
     from rl_lifecycle.orchestration.dev_server import serve_dev
 
+    check_port("--port", port)
     settings = load_settings()
     url = open_database(settings)
     typer.echo(f"Dagster UI on http://{host}:{port} (instance storage: PostgreSQL, "

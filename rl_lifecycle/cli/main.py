@@ -1,6 +1,7 @@
 """`rl-lifecycle`: the small CLI around the platform.
 
-Exit codes: 0 success, 1 a run or a blocking check failed, 2 bad input (nothing was written).
+Exit codes: 0 success, 1 a run or a blocking check failed, 2 bad input (nothing was written) or a
+database that cannot be reached or went away under the command.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ app.command("train")(models.train)
 app.command("evaluate")(evaluation.evaluate)
 app.command("promote")(promotion.promote)
 app.command("rollback")(promotion.rollback)
+app.command("reconcile")(promotion.reconcile)
 app.command("audit")(promotion.audit)
 app.command("decide")(decisions.decide)
 app.command("status")(ops.status)
@@ -46,6 +48,28 @@ def main() -> None:
     except UserInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Exception as exc:
+        message = _database_unreachable(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
+
+
+def _database_unreachable(exc: Exception) -> str | None:
+    """The one-line error for a database that cannot be reached or went away under the command (a
+    psycopg/psycopg2 connection error anywhere in the chain), or None for any other error."""
+    from rl_lifecycle.db.connection import lost_connection, unreachable_message
+    from rl_lifecycle.settings import load_settings
+
+    lost = lost_connection(exc)
+    if lost is None:
+        return None
+    try:
+        settings = load_settings()
+    except UserInputError:  # pragma: no cover - the command read them already
+        return None
+    return unreachable_message(lost, settings)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ its sub-apps.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -79,10 +78,11 @@ def mlflow_ui(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
 ) -> None:
     """Serve the MLflow UI on the project's tracking database and artifact root."""
-    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.cli.common import check_port
+    from rl_lifecycle.models.tracking import mlflow_server_command, open_registry
 
+    check_port("--port", port)
     registry = open_registry(open_database(load_settings()))
     typer.echo(f"MLflow UI on http://{host}:{port} (backend: its own database on the project's PostgreSQL)")
-    mlflow = Path(sys.executable).with_name("mlflow")
-    os.execv(str(mlflow), [str(mlflow), "server", "--backend-store-uri", registry.tracking_uri,
-                           "--default-artifact-root", registry.artifacts_uri, "--host", host, "--port", str(port)])
+    argv, env = mlflow_server_command(registry, host, port)
+    os.execve(argv[0], argv, env)  # the store URI (with its password) in the environment, not in `ps`

@@ -19,15 +19,17 @@ metrics_app = typer.Typer(no_args_is_help=True, help="Prometheus metrics (every 
 
 @metrics_app.command("serve")
 def metrics_serve(
-    port: Annotated[int, typer.Option(help="port of the /metrics endpoint")] = 9464,
+    port: Annotated[int, typer.Option(help="port of the /metrics endpoint (0: a free one)")] = 9464,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     log_interval: Annotated[float, typer.Option(help="also log the figures as JSON lines every N seconds (0: never)")] = 0.0,
 ) -> None:
     """Serve the figures for Prometheus; the database is queried at each scrape. Ctrl-C stops it."""
     import logging
 
+    from rl_lifecycle.cli.common import check_port
     from rl_lifecycle.ops.metrics import serve_metrics, wait_forever
 
+    check_port("--port", port, free_port=True)
     url = open_database(load_settings())
     if log_interval:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

@@ -1,4 +1,4 @@
-"""The champion by hand: `promote`, `rollback`, and the promotion `audit`; `gates calibrate`.
+"""The champion by hand: `promote`, `rollback`, `reconcile`, and the promotion `audit`; `gates calibrate`.
 
 Top-level commands, registered on the root app by `rl_lifecycle.cli.main`; `gates_app` is a sub-app.
 """
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from rl_lifecycle.cli.common import actor, v
+from rl_lifecycle.cli.common import actor, check_range, v
 from rl_lifecycle.db.connection import connect
 from rl_lifecycle.db.migrate import open_database
 from rl_lifecycle.markets.keys import Market
@@ -49,14 +49,63 @@ def rollback(
 
 def _print_promotion(result) -> None:
     record = result.record
+    aliases = ", ".join(f"{alias}={v(version)}" for alias, version in result.aliases.items())
+    moved = _moves(result.alias_changes)
+    if result.completed:
+        if moved:
+            typer.echo(f"{record.market}: completed the {record.action.replace('_', ' ')} the audit already recorded "
+                       f"(audit #{record.id}, champion {v(record.resulting_champion_version)}): moved {moved}; "
+                       f"nothing new recorded; aliases {aliases}")
+        else:
+            typer.echo(f"{record.market}: {v(record.resulting_champion_version)} is already the champion (audit "
+                       f"#{record.id}); nothing to do; aliases {aliases}")
+        return
     typer.echo(f"{record.market}: {record.action} (audit #{record.id}); champion "
-               f"{v(record.champion_version)} -> {v(record.resulting_champion_version)}; aliases "
-               + ", ".join(f"{alias}={v(version)}" for alias, version in result.aliases.items()))
+               f"{v(record.champion_version)} -> {v(record.resulting_champion_version)}; aliases " + aliases)
+
+
+def _moves(changes: dict) -> str:
+    return ", ".join(f"{alias} {v(before)} -> {v(after)}" for alias, (before, after) in changes.items())
+
+
+def reconcile(
+    market: Annotated[str | None, typer.Option(help="market key, e.g. BTCUSDT-1h (default: every market)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list, one object per market")] = False,
+) -> None:
+    """Point the MLflow aliases where their truth says: champion / previous_champion from the promotion
+    audit, challenger from the model checks; prints what it changed. The daemon does the same every minute."""
+    import json
+
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.promotion.service import markets_to_reconcile
+    from rl_lifecycle.promotion.service import reconcile as reconcile_market
+
+    parsed = None if market is None else Market.parse(market)  # bad input is refused before any work
+    url = open_database(load_settings())
+    registry = open_registry(url)
+    with connect(url) as conn:
+        keys = [parsed.key] if parsed is not None else markets_to_reconcile(conn)
+        results = [reconcile_market(conn, registry, key) for key in keys]
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        if not results:
+            typer.echo("no markets: nothing to reconcile")
+        for r in results:
+            state = ", ".join(f"{alias}={v(version)}" for alias, version in r.aliases.items())
+            if r.error:
+                typer.echo(f"{r.market}: cannot reconcile: {r.error}")
+            elif r.changes:
+                typer.echo(f"{r.market}: moved {_moves(r.changes)}; now {state}")
+            else:
+                typer.echo(f"{r.market}: aliases in agreement ({state})")
+    if any(r.error for r in results):
+        raise typer.Exit(1)
 
 
 def audit(
     market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
-    limit: Annotated[int, typer.Option(help="newest records shown")] = 20,
+    limit: Annotated[int, typer.Option(help="newest records shown (1..1000000)")] = 20,
     gates: Annotated[bool, typer.Option("--gates", help="also print each decision's gate table")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list, newest first")] = False,
 ) -> None:
@@ -67,6 +116,7 @@ def audit(
     from rl_lifecycle.promotion.audit import history
     from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, gate_rows
 
+    check_range("--limit", limit, 1, 1_000_000, "the number of records shown")
     parsed = Market.parse(market)
     with connect(open_database(load_settings())) as conn:
         records = history(conn, parsed.key, limit=limit)

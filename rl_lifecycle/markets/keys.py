@@ -33,6 +33,13 @@ def normalize_pair(raw: str) -> str:
     """`BTC/USDT`, `btc-usdt`, `BTC_USDT` -> `BTCUSDT`; anything else is refused."""
     if raw is None or not str(raw).strip():
         raise UserInputError("pair is empty; expected e.g. BTCUSDT or BTC/USDT")
+    # before upper(): Unicode case mapping turns 'ß' into 'SS' and 'ı' into 'I', another market's key
+    foreign = sorted({c for c in str(raw).strip() if not c.isascii()})
+    if foreign:
+        raise UserInputError(
+            f"pair {raw!r} is invalid: only ASCII letters A-Z, a-z and digits 0-9 (with / - _ : or space "
+            f"between), not {' '.join(map(repr, foreign))}"
+        )
     candidate = _PAIR_SEPARATORS.sub("", str(raw).strip()).upper()
     if not _PAIR_RE.fullmatch(candidate):
         raise UserInputError(

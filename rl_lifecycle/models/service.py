@@ -3,6 +3,9 @@
 The dataset is the one `training_dataset` built for the partition (its Parquet file, whose hash
 the dataset gates verified); the model is registered in MLflow with its lineage and the training
 feature statistics; the two model gates re-derive that lineage and replay the recorded actions.
+
+The gates record their outcome on the version they checked (`rl_lifecycle.models.checks`): that,
+not the run that trained it, decides whether a version may hold `challenger` or be promoted.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
 from rl_lifecycle.features.store import load_registered_feature_set
 from rl_lifecycle.markets.keys import Market, partition_key
+from rl_lifecycle.models.checks import PARTITION_TAG, ModelCheck, record_check
 from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy, actions_digest, load_registered_policy
 from rl_lifecycle.models.spec import ModelSpec, check_dataset_compatible
@@ -35,7 +39,6 @@ from rl_lifecycle.windows import Window, iso
 
 POLICY_ARTIFACTS = "policy"
 STATS_ARTIFACTS = "training_stats"
-PARTITION_TAG = "partition_key"
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ def train_challenger(
     progress: Callable[[int, int], None] | None = None,
     run_tags: dict[str, str] | None = None,
 ) -> TrainedChallenger:
-    """Train `spec` on the partition's dataset and register it as the market's new challenger."""
+    """Train `spec` on the partition's dataset and register it (a version without alias: it becomes the
+    `challenger` once its blocking checks have passed, `check_lineage` and `check_reproducible`)."""
     data = training_data(conn, market, window)
     check_spec_matches_dataset(spec, data)
     content = data.content
@@ -151,13 +155,6 @@ def _curve_png(curve: dict[str, list[float]], title: str) -> bytes:
 
 
 # -- gates -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelCheck:
-    passed: bool
-    summary: str
-    details: list[dict]
-
-
 def partition_version(registry: ModelRegistry, market: Market, window: Window) -> ModelVersionInfo | None:
     """The newest version trained for this partition."""
     key = partition_key(market, window)
@@ -165,7 +162,12 @@ def partition_version(registry: ModelRegistry, market: Market, window: Window) -
 
 
 def check_lineage(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window) -> ModelCheck:
-    """The version's tags name the dataset and fingerprint it was trained from, and its artifacts agree."""
+    """The version's tags name the dataset and fingerprint it was trained from, and its artifacts agree.
+    The outcome is recorded on the version (`record_check`)."""
+    return record_check(conn, registry, market, _lineage(conn, registry, market, window), "model_lineage")
+
+
+def _lineage(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window) -> ModelCheck:
     info = partition_version(registry, market, window)
     if info is None:
         return ModelCheck(False, f"no model version trained for {partition_key(market, window)}", [])
@@ -187,13 +189,15 @@ def check_lineage(conn: psycopg.Connection, registry: ModelRegistry, market: Mar
         details.append({"tag": "artifact fingerprint", "recorded": info.tags.get("fingerprint"), "derived": policy.fingerprint})
     if details:
         names = ", ".join(d["tag"] for d in details)
-        return ModelCheck(False, f"version {info.version} lineage differs from what it was trained on: {names}", details)
+        return ModelCheck(False, f"version {info.version} lineage differs from what it was trained on: {names}", details,
+                          info.version)
     return ModelCheck(
         True,
         f"version {info.version}: dataset {expected['dataset_hash'][:12]} (re-hashed from its file), fingerprint "
         f"{expected['fingerprint'][:12]}, spec {expected['model_spec_hash'][:12]} and weights {expected['weights_hash'][:12]} "
         "all match the artifacts",
         [],
+        info.version,
     )
 
 
@@ -208,7 +212,12 @@ def _replay_actions(tracking_uri: str, artifacts_uri: str, market_key: str, vers
 
 
 def check_reproducible(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window) -> ModelCheck:
-    """The registered artifact, loaded in a fresh interpreter, takes byte-identical actions over the dataset."""
+    """The registered artifact, loaded in a fresh interpreter, takes byte-identical actions over the dataset.
+    The outcome is recorded on the version (`record_check`)."""
+    return record_check(conn, registry, market, _reproducible(conn, registry, market, window), "model_reproducible")
+
+
+def _reproducible(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window) -> ModelCheck:
     info = partition_version(registry, market, window)
     if info is None:
         return ModelCheck(False, f"no model version trained for {partition_key(market, window)}", [])
@@ -222,9 +231,9 @@ def check_reproducible(conn: psycopg.Connection, registry: ModelRegistry, market
     recorded = info.tags.get("actions_sha256")
     if replayed != recorded:
         return ModelCheck(False, f"version {info.version} replayed in a fresh process gives actions {replayed[:12]}, "
-                                 f"recorded at training {str(recorded)[:12]}", [])
+                                 f"recorded at training {str(recorded)[:12]}", [], info.version)
     return ModelCheck(True, f"version {info.version} loaded from the registry in a fresh process: the same actions over "
-                            f"{len(data.content)} rows (sha256 {replayed[:12]})", [])
+                            f"{len(data.content)} rows (sha256 {replayed[:12]})", [], info.version)
 
 
 def registered_spec(registry: ModelRegistry, info: ModelVersionInfo) -> ModelSpec:

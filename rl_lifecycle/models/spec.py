@@ -69,6 +69,46 @@ def _accepted(annotation: Any) -> list[tuple[str, Callable[[Any], bool]]]:
     return [("anything", lambda v: True)]
 
 
+def _train_freq_ok(value: Any) -> bool:
+    frequency, unit = (value[0], value[1]) if isinstance(value, list | tuple) else (value, "step")
+    return frequency >= 1 and unit in ("step", "episode")
+
+
+# What each SB3 hyperparameter means, as the values that mean something: (test, allowed values, meaning).
+# Outside them SB3 asserts (n_steps * n_envs > 1, clip_range_vf > 0, gSDE with discrete actions, a
+# zero train_freq), divides by zero (exploration_fraction 0), trains into NaN (gamma > 1, a negative
+# learning rate) or does not train at all (n_epochs 0). null (target_kl, clip_range_vf) means "off".
+_MEANINGS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "learning_rate": (lambda v: v > 0, "> 0", "the optimizer's step size"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]", "the discount factor"),
+    "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]", "the GAE bias/variance trade-off"),
+    "n_steps": (lambda v: v >= 1, ">= 1", "steps per rollout; DQN: the length of its n-step returns"),
+    "batch_size": (lambda v: v >= 1, ">= 1", "transitions per gradient step"),
+    "n_epochs": (lambda v: v >= 1, ">= 1", "passes over each rollout"),
+    "clip_range": (lambda v: v > 0, "> 0", "PPO's policy clipping"),
+    "clip_range_vf": (lambda v: v > 0, "> 0 or null", "PPO's value clipping"),
+    "target_kl": (lambda v: v > 0, "> 0 or null", "the KL divergence that stops an update early"),
+    "ent_coef": (lambda v: v >= 0, ">= 0", "the entropy bonus weight"),
+    "vf_coef": (lambda v: v >= 0, ">= 0", "the value loss weight"),
+    "max_grad_norm": (lambda v: v > 0, "> 0", "the gradient clipping norm"),
+    "rms_prop_eps": (lambda v: v > 0, "> 0", "RMSprop's epsilon"),
+    "use_sde": (lambda v: v is False, "false", "gSDE, which needs continuous actions; the market env's are discrete"),
+    "buffer_size": (lambda v: v >= 1, ">= 1", "the replay buffer's transitions"),
+    "learning_starts": (lambda v: v >= 0, ">= 0", "steps collected before learning starts"),
+    "tau": (lambda v: 0 < v <= 1, "in (0, 1]", "the target network's soft update coefficient"),
+    "train_freq": (_train_freq_ok, ">= 1 (or [>= 1, step|episode])", "how often the model is updated"),
+    "gradient_steps": (lambda v: v >= 1 or v == -1, ">= 1, or -1", "gradient steps per update (-1: one per step collected)"),
+    "target_update_interval": (lambda v: v >= 1, ">= 1", "steps between target network updates"),
+    "exploration_fraction": (lambda v: 0 < v <= 1, "in (0, 1]", "the share of training over which epsilon decays"),
+    "exploration_initial_eps": (lambda v: 0 <= v <= 1, "in [0, 1]", "the first exploration probability"),
+    "exploration_final_eps": (lambda v: 0 <= v <= 1, "in [0, 1]", "the last exploration probability"),
+    "optimize_memory_usage": (lambda v: v is False, "false", "a replay buffer mode SB3 refuses with the timeout "
+                              "handling the trainer keeps on"),
+}
+# The trainer trains on one MarketEnv (SB3 wraps it in a DummyVecEnv of 1): a rollout is n_steps x 1 steps.
+N_ENVS = 1
+
+
 def _check_hyperparameter(algorithm: str, key: str, value: Any) -> None:
     allowed = algorithm_parameters(algorithm)
     if key in _CONTROLLED:
@@ -78,6 +118,39 @@ def _check_hyperparameter(algorithm: str, key: str, value: Any) -> None:
     forms = _accepted(allowed[key].annotation)
     if forms and not any(test(value) for _, test in forms):
         raise ValueError(f"hyperparameters.{key}={value!r} must be {' or '.join(d for d, _ in forms)}")
+    if key in _MEANINGS and value is not None:
+        test, bound, meaning = _MEANINGS[key]
+        if not test(value):
+            raise ValueError(f"hyperparameters.{key}={value!r} must be {bound} ({meaning})")
+
+
+def _check_together(algorithm: str, given: dict[str, Any]) -> None:
+    """The hyperparameters that bound each other, each as given or SB3's default."""
+    defaults = algorithm_parameters(algorithm)
+
+    def value(key: str) -> tuple[Any, str]:
+        """The value and how to name it: `key=value`, marked when it is SB3's default."""
+        v = given[key] if key in given else defaults[key].default
+        return v, f"{key}={v!r}" + ("" if key in given else " (SB3's default)")
+
+    if algorithm in ("PPO", "A2C"):
+        (n_steps, steps), (normalize, normalizing) = value("n_steps"), value("normalize_advantage")
+        rollout = n_steps * N_ENVS
+        if normalize and rollout < 2:  # one advantage has no spread to normalise by: NaN (PPO asserts)
+            raise ValueError(f"hyperparameters.{steps}: the rollout n_steps x n_envs = {n_steps} x {N_ENVS} must be "
+                             f">= 2 steps with {normalizing}")
+    if algorithm == "PPO":
+        batch, batch_named = value("batch_size")
+        if batch > rollout:
+            raise ValueError(f"hyperparameters.{batch_named} must be at most the rollout size n_steps x n_envs = "
+                             f"{rollout} with {steps} and n_envs={N_ENVS}: PPO cuts its minibatches from each rollout")
+        if normalize and batch < 2:  # SB3 asserts
+            raise ValueError(f"hyperparameters.{batch_named} must be >= 2 with {normalizing}, which normalises "
+                             "each minibatch's advantages")
+    if algorithm == "DQN":
+        (batch, batch_named), (buffer, buffer_named) = value("batch_size"), value("buffer_size")
+        if batch > buffer:
+            raise ValueError(f"hyperparameters.{batch_named} must be at most the replay buffer's size {buffer_named}")
 
 
 class _Frozen(BaseModel):
@@ -112,6 +185,7 @@ class ModelSpec(_Frozen):
     def _known_hyperparameters(self) -> ModelSpec:
         for key, value in self.hyperparameters.items():
             _check_hyperparameter(self.algorithm, key, value)
+        _check_together(self.algorithm, self.hyperparameters)
         return self
 
     def canonical_json(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -65,6 +66,34 @@ def _create_mlflow_tables(url: str) -> None:
     client = MlflowClient(tracking_uri=url, registry_uri=url)
     client.search_experiments(max_results=1)
     client.search_registered_models(max_results=1)
+
+
+HOST_TAG, PID_TAG = "rl_lifecycle.host", "rl_lifecycle.pid"  # the process that started a run (runs it)
+
+
+def _process_alive(pid: int, started_at: float) -> bool:
+    """Whether `pid` is a live process that existed when the run started (not a later one under a reused pid)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= started_at + 2.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def mlflow_server_command(registry: ModelRegistry, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of `mlflow server` on the registry's store: the store URI, which holds the
+    database password, goes through the environment (`MLFLOW_BACKEND_STORE_URI`, read by `mlflow
+    server`, passed to its workers in their environment too), never the arguments `ps` shows to all."""
+    import sys
+
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": registry.tracking_uri,
+           "MLFLOW_DEFAULT_ARTIFACT_ROOT": registry.artifacts_uri}
+    return [mlflow, "server", "--host", host, "--port", str(port)], env
 
 
 def registered_model_name(market: Market) -> str:
@@ -125,8 +154,31 @@ class ModelRegistry:
             return found.experiment_id
 
     def start_run(self, market: Market, run_name: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id(market), run_name=run_name, tags=tags)
+        """A RUNNING run tagged with the host and pid of this process; first, runs left RUNNING by a
+        training process that is gone (killed) are marked FAILED (`fail_orphaned_runs`)."""
+        self.fail_orphaned_runs()
+        owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        run = self.client.create_run(self.experiment_id(market), run_name=run_name, tags={**tags, **owner})
         return run.info.run_id
+
+    def fail_orphaned_runs(self) -> list[str]:
+        """Mark FAILED every RUNNING run of this host whose process (its `rl_lifecycle.pid` tag) is gone:
+        a training killed with -9 never ends its run itself. Returns their run ids."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiments:
+            return []
+        host, failed = socket.gethostname(), []
+        for run in self.client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'",
+                                           max_results=1000):
+            tags = run.data.tags
+            pid = tags.get(PID_TAG, "")
+            if tags.get(HOST_TAG) != host or not pid.isdigit() or _process_alive(int(pid), run.info.start_time / 1000):
+                continue
+            self.client.set_tag(run.info.run_id, "rl_lifecycle.failed_because",
+                                f"its process (pid {pid} on {host}) ended without ending the run (killed)")
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            failed.append(run.info.run_id)
+        return failed
 
     def metric_logger(self, run_id: str) -> MetricBuffer:
         return MetricBuffer(self.client, run_id)
@@ -176,7 +228,8 @@ class ModelRegistry:
 
     # -- registry -----------------------------------------------------------------------------------
     def register(self, market: Market, run_id: str, artifact_path: str, tags: dict[str, str]) -> ModelVersionInfo:
-        """A new version of the market's model from a run's artifact directory; it becomes the challenger."""
+        """A new version of the market's model from a run's artifact directory. It gets no alias: `challenger`
+        is given by `rl_lifecycle.models.service.sync_challenger_alias` once its blocking checks passed."""
         from mlflow.exceptions import MlflowException
 
         name = registered_model_name(market)
@@ -187,8 +240,28 @@ class ModelRegistry:
                 raise
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
         created = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-        self.client.set_registered_model_alias(name, CHALLENGER, created.version)
         return self.version(market, int(created.version))
+
+    def set_version_tag(self, market: Market, version: int, key: str, value: str) -> None:
+        self.client.set_model_version_tag(registered_model_name(market), str(version), key, value)
+
+    def aliases(self, market: Market) -> dict[str, int] | None:
+        """Alias -> version of the market's model; None when no version was ever registered."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(registered_model_name(market))
+        except MlflowException:
+            return None
+        return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+    def set_alias(self, market: Market, alias: str, version: int | None) -> None:
+        """Point `alias` at `version`; None removes it."""
+        name = registered_model_name(market)
+        if version is None:
+            self.client.delete_registered_model_alias(name, alias)
+        else:
+            self.client.set_registered_model_alias(name, alias, str(version))
 
     def version(self, market: Market, version: int | str) -> ModelVersionInfo:
         """A version by number, or by alias (`challenger`, `champion`)."""

@@ -16,6 +16,16 @@ ends; for a session calendar whose window ends on a closed day (a month ending o
 XNYS), the window completes when the first bar after it arrives. A still-open window (the current
 partition, `end_offset=1`) is never requested.
 
+**Only what completed since it last looked, and only once.** The cursor keeps, per market, the newest
+completed window the sensor saw on its previous tick (`OnlineCursor.windows`). A tick acts only on
+windows from that one on (`acting_horizon`): windows that completed since, and the one it last saw
+newest, so candles landing just as it completed are not lost. A market it has never looked at (the
+first tick, or a market added since) acts only on its newest completed window. So switching online
+learning on after `make run`, or backfilling history, retrains no old window. The lifecycle step
+requests at most one partition per market per tick, the newest, and none for a window whose latest
+dataset already has a checked challenger trained with the job's spec (`already_trained`: training is
+deterministic, the same dataset and spec give the same model).
+
 **Idempotency.** Run keys are derived from the event that triggered them
 (`market_data:<partition>:<storage id>`, `lifecycle:<partition>:<storage id>`), so re-evaluating with
 an old cursor (a restart, a failed tick) requests the same run keys and Dagster launches each once:
@@ -40,7 +50,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from rl_lifecycle.candles.store import candle_coverage
 from rl_lifecycle.markets.keys import parse_partition_key, partition_key
@@ -54,23 +64,30 @@ FIRST_LOOKBACK_SECONDS = 24 * 3600
 
 
 # -- cursor -----------------------------------------------------------------------------------------
+_STREAMS = ("candles_materialization", "candles_observation", "training_dataset")
+
+
 @dataclass(frozen=True)
 class OnlineCursor:
-    """The last event-log storage id handled per stream (0: none yet)."""
+    """The last event-log storage id handled per stream (0: none yet), and per market the newest completed
+    window key seen on the last tick (no entry: never looked at that market)."""
 
     candles_materialization: int = 0
     candles_observation: int = 0
     training_dataset: int = 0
+    windows: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps({**{k: getattr(self, k) for k in _STREAMS}, "windows": dict(sorted(self.windows.items()))},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> OnlineCursor | None:
         if not text:
             return None
         data = json.loads(text)
-        return cls(**{k: int(data.get(k, 0)) for k in ("candles_materialization", "candles_observation", "training_dataset")})
+        windows = {str(m): str(w) for m, w in (data.get("windows") or {}).items()}
+        return cls(**{k: int(data.get(k, 0)) for k in _STREAMS}, windows=windows)
 
     @classmethod
     def at(cls, storage_id: int) -> OnlineCursor:
@@ -113,6 +130,35 @@ def latest_complete_window(scheme: WindowScheme, newest_close_us: int | None, no
     return None if newest_close_us is None else scheme.latest_ended(min(newest_close_us, now_us))
 
 
+def newest_complete_windows(markets: Iterable[str], scheme: WindowScheme, newest_close_us: Mapping[str, int | None],
+                            now_us: int) -> dict[str, str]:
+    """Market -> key of its newest completed window (markets without one left out): what a tick has seen."""
+    out = {}
+    for market in markets:
+        window = latest_complete_window(scheme, newest_close_us.get(market), now_us)
+        if window is not None:
+            out[market] = window.key
+    return out
+
+
+def acting_horizon(newest: Mapping[str, str], seen: Mapping[str, str] | None) -> dict[str, str]:
+    """Market -> the oldest window key a tick may act on: the newest completed window of the last look
+    (`seen`, from the cursor), or for a market never looked at (`seen` None: the first tick) the newest
+    completed window now. A window older than that completed before the sensor last looked."""
+    seen = seen or {}
+    return {market: min(seen.get(market, key), key) for market, key in newest.items()}
+
+
+def seen_windows(cursor: Mapping[str, str] | None, newest: Mapping[str, str]) -> dict[str, str]:
+    """The cursor's `windows` after a tick that saw `newest`."""
+    return {**(cursor or {}), **newest}
+
+
+def _acts_on(horizon: Mapping[str, str], market: str, window: Window) -> bool:
+    start = horizon.get(market)
+    return start is not None and window.key >= start
+
+
 def plan_data_requests(
     events: Iterable[CandleEvent],
     scheme: WindowScheme,
@@ -122,8 +168,11 @@ def plan_data_requests(
     first_window: str,
     dataset_after: Callable[[str, int], bool],
     latest_candles_event: Callable[[str], int],
+    *,
+    seen: Mapping[str, str] | None = None,
 ) -> list[PlannedRequest]:
-    """Step (a). For each new candle event of a registered market:
+    """Step (a), on windows from `acting_horizon` on (`seen`: the cursor's `windows`; None: the first tick,
+    each market's newest completed window only). For each new candle event of a registered market:
     - its window is complete and its run does not carry the data forward -> request the data job for it
       (run key from the newest such event of the partition);
     - its window is still open -> the window before it may have just completed (its last bar closed
@@ -132,6 +181,7 @@ def plan_data_requests(
     `dataset_after(partition, storage_id)` says whether a training_dataset materialization newer
     than `storage_id` exists for the partition (then the event is already carried forward)."""
     registered = set(markets)
+    horizon = acting_horizon(newest_complete_windows(registered, scheme, newest_close_us, now_us), seen)
     direct: dict[str, int] = {}
     edges: set[str] = set()
     for event in events:
@@ -140,11 +190,12 @@ def plan_data_requests(
             continue
         newest = newest_close_us.get(market.key)
         if window_complete(window, newest, now_us):
-            if not event.carried_forward:
+            if not event.carried_forward and _acts_on(horizon, market.key, window):
                 direct[event.partition] = max(direct.get(event.partition, 0), event.storage_id)
         else:
             previous = latest_complete_window(scheme, newest, now_us)
-            if previous is not None and previous.start < window.start and previous.key >= first_window:
+            if (previous is not None and previous.start < window.start and previous.key >= first_window
+                    and _acts_on(horizon, market.key, previous)):
                 edges.add(partition_key(market, previous))
     requests = []
     for partition, storage_id in sorted(direct.items()):
@@ -170,11 +221,18 @@ def plan_lifecycle_requests(
     newest_close_us: Mapping[str, int | None],
     now_us: int,
     cursor_id: int,
+    *,
+    seen: Mapping[str, str] | None = None,
+    already_trained: Callable[[str], bool] | None = None,
 ) -> tuple[list[PlannedRequest], int]:
     """Step (b): (requests, new cursor id). Events in storage order; the cursor stops before the first
     one whose run is still going (its checks are not known yet). Only the newest handled event of a
-    partition counts; a failed blocking check or an open window requests nothing."""
+    partition counts; a failed blocking check or an open window requests nothing; nor does a window
+    older than `acting_horizon` (`seen` as in `plan_data_requests`). Of the rest, each market's newest
+    window alone is requested, unless `already_trained(partition)`: its latest dataset already has a
+    checked challenger of the job's spec."""
     registered = set(markets)
+    horizon = acting_horizon(newest_complete_windows(registered, scheme, newest_close_us, now_us), seen)
     newest_per_partition: dict[str, DatasetEvent] = {}
     new_cursor = cursor_id
     for event in events:
@@ -182,17 +240,25 @@ def plan_lifecycle_requests(
             break
         new_cursor = event.storage_id
         newest_per_partition[event.partition] = event
-    requests = []
+    newest_per_market: dict[str, tuple[Window, str, DatasetEvent]] = {}
     for partition, event in sorted(newest_per_partition.items()):
         market, window = parse_partition_key(partition, scheme)
         if market.key not in registered or not event.blocking_checks_passed:
             continue
         if not window_complete(window, newest_close_us.get(market.key), now_us):
             continue
+        if not _acts_on(horizon, market.key, window):
+            continue  # completed before the sensor last looked: history, not news
+        if market.key not in newest_per_market or window.start > newest_per_market[market.key][0].start:
+            newest_per_market[market.key] = (window, partition, event)
+    requests = []
+    for market_key, (_, partition, event) in sorted(newest_per_market.items()):
+        if already_trained is not None and already_trained(partition):
+            continue
         requests.append(PlannedRequest(
             LIFECYCLE_JOB, partition, f"lifecycle:{partition}:{event.storage_id}",
             f"training dataset (event {event.storage_id}) of completed window {partition} passed its checks",
-            market=market.key,
+            market=market_key,
         ))
     return requests, new_cursor
 

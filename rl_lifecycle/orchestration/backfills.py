@@ -33,7 +33,10 @@ class SubmittedBackfill:
 
     @property
     def url(self) -> str:
-        return f"{load_settings().dagster_ui_url.rstrip('/')}/runs/b/{self.backfill_id}"
+        """On the configured UI: RL_DAGSTER_UI_URL, else the running `rl-lifecycle dev`'s address, else :3000."""
+        from rl_lifecycle.orchestration.dev_server import dagster_ui_url
+
+        return f"{dagster_ui_url(load_settings())}/runs/b/{self.backfill_id}"
 
 
 def check_markets_registered(instance: DagsterInstance, partition_keys: Sequence[str]) -> None:

@@ -5,11 +5,14 @@ any Dagster release (pinned: dagster 1.13.27). After an upgrade, this is the mod
   selector, the workspace context started from workspace.yaml.
 - Storing a backfill as the UI's "Materialize partitions" dialog does (`backfills.py`): Dagster has no
   public API that launches a backfill.
+- The run launcher's worker health check for run monitoring (`run_launcher.py`): the types a
+  `RunLauncher.check_run_worker_health` returns and `launch_run` receives.
 """
 
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.execution.backfill import PartitionBackfill
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._core.utils import make_new_backfill_id
 from dagster._core.workspace.context import WorkspaceProcessContext
@@ -21,6 +24,7 @@ DAEMON_MODULE = "dagster._daemon"  # `python -m dagster._daemon run`: what the `
 
 __all__ = [
     "ASSET_PARTITION_RANGE_END_TAG", "ASSET_PARTITION_RANGE_START_TAG", "DAEMON_MODULE", "AssetGraphSubset",
-    "CachingInstanceQueryer", "JobSubsetSelector", "PartitionBackfill", "WorkspaceFileTarget",
-    "WorkspaceProcessContext", "datetime_from_timestamp", "get_current_timestamp", "make_new_backfill_id",
+    "CachingInstanceQueryer", "CheckRunHealthResult", "JobSubsetSelector", "LaunchRunContext", "PartitionBackfill",
+    "WorkerStatus", "WorkspaceFileTarget", "WorkspaceProcessContext", "datetime_from_timestamp",
+    "get_current_timestamp", "make_new_backfill_id",
 ]

@@ -21,6 +21,7 @@ from rl_lifecycle.orchestration.automation.inbox import inbox_sensor, live_feed_
 from rl_lifecycle.orchestration.automation.markets import market_partitions_sensor
 from rl_lifecycle.orchestration.automation.online import latest_window_schedule, online_learning_sensor
 from rl_lifecycle.orchestration.automation.paper_decisions import paper_decisions
+from rl_lifecycle.orchestration.automation.promotion import alias_reconcile_sensor
 from rl_lifecycle.orchestration.jobs import ALL_ASSETS, JOBS, paper_decisions_job, rollback_job
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
 
@@ -35,6 +36,7 @@ defs = Definitions(
     sensors=[
         market_partitions_sensor, inbox_sensor, live_feed_sensor, online_learning_sensor,
         check_failure_alert_sensor, run_failure_alert_sensor, alert_delivery_sensor, alert_sweep_sensor,
+        alias_reconcile_sensor,
     ],
     schedules=[latest_window_schedule, paper_decisions],
     # Steps run one after another in the run's process: a step process of its own costs ~3 s of

@@ -8,19 +8,39 @@ two long-lived processes itself, as `dagster dev` does, and stops them within a 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from rl_lifecycle.orchestration import SITECUSTOMIZE
 from rl_lifecycle.orchestration.dagster_internals import DAEMON_MODULE
 from rl_lifecycle.orchestration.instance import REPO_ROOT, prepare_dagster_env
-from rl_lifecycle.settings import Settings
+from rl_lifecycle.settings import Settings, is_set
 
 DEV_STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL to whatever of a child's process group is left
 _POLL_S = 0.2
+UI_ADDRESS_FILE = "ui_address.json"  # under DAGSTER_HOME while `dev` runs: where its UI is
+
+
+def ui_address_path(settings: Settings) -> Path:
+    return settings.dagster_home / UI_ADDRESS_FILE
+
+
+def dagster_ui_url(settings: Settings) -> str:
+    """The Dagster UI's address for links: RL_DAGSTER_UI_URL when set; else the address of the `rl-lifecycle
+    dev` running on this state dir (e.g. `DEV_PORT=3001 make dev`); else the default."""
+    if is_set("RL_DAGSTER_UI_URL"):
+        return settings.dagster_ui_url.rstrip("/")
+    try:
+        recorded = json.loads(ui_address_path(settings).read_text())
+        os.kill(int(recorded["pid"]), 0)  # that dev server still runs
+        return str(recorded["url"]).rstrip("/")
+    except (OSError, ValueError, KeyError, TypeError):
+        return settings.dagster_ui_url.rstrip("/")
 
 def dev_child_env(settings: Settings) -> dict[str, str]:
     """The environment of the dev server's children: this one, plus the warning filter on PYTHONPATH."""
@@ -98,8 +118,11 @@ def serve_dev(settings: Settings, database_url: str, port: int, host: str = "127
     """
     home = prepare_dagster_env(settings, database_url)
     env = dev_child_env(settings)
-    # Run links in alerts point at this webserver unless RL_DAGSTER_UI_URL says otherwise.
+    # Run links in alerts point at this webserver unless RL_DAGSTER_UI_URL says otherwise; so do the links
+    # other commands on this state dir print (`backfill`), through the address file.
     env.setdefault("RL_DAGSTER_UI_URL", f"http://{_browsable(host)}:{port}")
+    address = ui_address_path(settings)
+    address.write_text(json.dumps({"url": f"http://{_browsable(host)}:{port}", "pid": os.getpid()}))
     previous = {}
 
     def stop(signum, _frame):
@@ -126,5 +149,6 @@ def serve_dev(settings: Settings, database_url: str, port: int, host: str = "127
         for signum in previous:
             signal.signal(signum, signal.SIG_IGN)
         stop_process_groups(list(procs.values()))
+        address.unlink(missing_ok=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -86,8 +86,12 @@ def rollback_champion(context: OpExecutionContext, config: RollbackConfig, datab
         result = rollback(conn, mlflow.registry(), Market.parse(config.market), config.reason,
                           actor=f"dagster run {context.run_id}", to_version=config.to_version)
     record = result.record
-    context.log.info(f"{record.market}: champion v{record.champion_version} -> v{record.resulting_champion_version} "
-                     f"(audit #{record.id}); aliases {result.aliases}")
+    if result.completed:  # nothing new recorded: the audit already named that champion
+        context.log.info(f"{record.market}: v{record.resulting_champion_version} is already the champion (audit "
+                         f"#{record.id}); aliases completed: {result.alias_changes or 'none had to move'}")
+    else:
+        context.log.info(f"{record.market}: champion v{record.champion_version} -> v{record.resulting_champion_version} "
+                         f"(audit #{record.id}); aliases {result.aliases}")
     return {"audit_id": record.id, "champion": record.resulting_champion_version, "aliases": result.aliases}
 
 

@@ -28,6 +28,7 @@ from rl_lifecycle.orchestration.dagster_internals import (
 )
 from rl_lifecycle.orchestration.instance import REPO_ROOT
 from rl_lifecycle.orchestration.partitions import partitions_of_run
+from rl_lifecycle.orchestration.run_launcher import in_process_tags
 
 LOCATION_NAME = "rl_lifecycle"  # workspace.yaml
 POLL_SECONDS = 0.2
@@ -195,7 +196,7 @@ def _run_phases(instance, defs, phases, partition_keys, on_done, run_config, log
                 on_done(run)
 
     keys = list(partition_keys)
-    with nullcontext() if in_process else code_location(instance) as launcher:
+    with _sigterm_interrupts(), nullcontext() if in_process else code_location(instance) as launcher:
         for job_name, names, checks in phases:
             checked_assets = names or [asset for asset, _ in checks]
             lanes = plan_runs(job_name, names, keys, windows_per_run(defs, checked_assets), checks)
@@ -209,6 +210,28 @@ def _run_phases(instance, defs, phases, partition_keys, on_done, run_config, log
             keys = [k for k in keys if k not in failed]
     order = {key: i for i, key in enumerate(partition_keys)}
     return sorted(results, key=lambda r: order.get(r.partition_key, len(order)))  # stable: job order kept
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside, SIGTERM interrupts as Ctrl-C does (as Dagster's own processes map it): the runs going are
+    terminated and the code server is shut down, instead of this process vanishing (Python's default)
+    and leaving them orphaned. Only in the main thread, and only where nobody installed a handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _config_for(run_config: dict, asset_names: Sequence[str]) -> dict:
@@ -320,7 +343,8 @@ def _execute_in_process(instance: DagsterInstance, defs: Definitions, planned: P
         job = job.get_subset(asset_selection=set(), asset_check_selection=planned.check_keys())
     result = job.execute_in_process(
         instance=instance, asset_selection=[AssetKey(n) for n in planned.asset_names] or None,
-        tags=planned.tags(defs), run_config=run_config, raise_on_error=False,
+        # this process is the run's worker: run monitoring checks it (run_launcher.py)
+        tags={**planned.tags(defs), **in_process_tags()}, run_config=run_config, raise_on_error=False,
     )
     return result.run_id
 

@@ -111,6 +111,11 @@ def champion_chain(conn: psycopg.Connection, market: str) -> list[int]:
     return chain
 
 
+def markets(conn: psycopg.Connection) -> list[str]:
+    """Every market with at least one audit record."""
+    return [r[0] for r in conn.execute("SELECT DISTINCT market FROM promotion_audit ORDER BY market").fetchall()]
+
+
 def current_champion(conn: psycopg.Connection, market: str) -> int | None:
     chain = champion_chain(conn, market)
     return chain[-1] if chain else None
@@ -159,3 +164,19 @@ def market_decision_lock(conn: psycopg.Connection, market: str) -> Iterator[None
         yield
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+@contextmanager
+def try_market_decision_lock(conn: psycopg.Connection, market: str) -> Iterator[bool]:
+    """The market's promotion lock if it is free (yields True, held until the block ends), else yields False
+    at once: for a daemon tick, which skips a market whose decision is in progress (that decision
+    reconciles the aliases itself)."""
+    if not conn.autocommit:
+        raise ValueError("try_market_decision_lock needs an autocommit connection (writes must commit inside the lock)")
+    key = lock_key(market)
+    taken = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+    try:
+        yield taken
+    finally:
+        if taken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

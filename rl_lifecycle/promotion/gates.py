@@ -45,10 +45,11 @@ DRAWDOWN_WORSE_THAN_MAX = "DRAWDOWN_WORSE_THAN_MAX"
 TOO_FEW_FOLD_WINS = "TOO_FEW_FOLD_WINS"
 PAIRED_TEST_NOT_SIGNIFICANT = "PAIRED_TEST_NOT_SIGNIFICANT"
 PBO_ABOVE_MAX = "PBO_ABOVE_MAX"
+MODEL_CHECKS_NOT_PASSED = "MODEL_CHECKS_NOT_PASSED"
 # Not a gate: why a decision whose gates all passed waits for a person.
 MANUAL_APPROVAL_REQUIRED = "MANUAL_APPROVAL_REQUIRED"
 
-ABSOLUTE_CODES = (NO_COMPLETED_FOLDS, FOLD_FAILED, NOT_BETTER_THAN_FLAT, NOT_BETTER_THAN_BUY_AND_HOLD,
+ABSOLUTE_CODES = (MODEL_CHECKS_NOT_PASSED, NO_COMPLETED_FOLDS, FOLD_FAILED, NOT_BETTER_THAN_FLAT, NOT_BETTER_THAN_BUY_AND_HOLD,
                   TOO_FEW_TRADES, PSR_BELOW_MIN, DSR_BELOW_MIN, PBO_ABOVE_MAX)
 PAIRED_CODES = (PAIRED_TEST_NOT_SIGNIFICANT, SHARPE_DELTA_BELOW_MIN, RETURN_DELTA_BELOW_MIN, DRAWDOWN_WORSE_THAN_MAX,
                 TOO_FEW_FOLD_WINS)
@@ -359,14 +360,30 @@ def paired_gates(challenger: ReportSummary, champion: ReportSummary, policy: Gat
     return gates
 
 
+def model_checks_gate(checks: Mapping[str, str | None]) -> GateResult:
+    """MODEL_CHECKS_NOT_PASSED: every blocking check of the challenger's model version (name -> its recorded
+    outcome, `passed`, `failed` or None when it never ran) must have passed. Not a policy setting."""
+    passed = sum(1 for outcome in checks.values() if outcome == "passed")
+    states = ", ".join(f"{name} {outcome or 'never ran'}" for name, outcome in checks.items())
+    return _gate(MODEL_CHECKS_NOT_PASSED, passed, len(checks), ">=",
+                 f"blocking checks of the challenger's model version that passed ({states})",
+                 details={name: outcome or "not run" for name, outcome in checks.items()})
+
+
 def evaluate(
     challenger: ReportSummary,
     champion: ReportSummary | None,
     policy: GatePolicy,
     auto_promotion: bool,
+    model_checks: Mapping[str, str | None] | None = None,
 ) -> Decision:
-    """Every gate, then the outcome: rejected when any fails, else promoted or pending_manual."""
-    gates = absolute_gates(challenger, policy)
+    """Every gate, then the outcome: rejected when any fails, else promoted or pending_manual.
+    `model_checks`: the challenger version's blocking checks and their recorded outcomes
+    (`rl_lifecycle.models.service.model_checks`); decisions on registered versions always give them, and
+    a version whose checks did not all pass is rejected (MODEL_CHECKS_NOT_PASSED). None: no version
+    behind the report (the calibration's synthetic challengers)."""
+    gates = [] if model_checks is None else [model_checks_gate(model_checks)]
+    gates += absolute_gates(challenger, policy)
     if champion is not None:
         gates += paired_gates(challenger, champion, policy)
     failed = list(dict.fromkeys(g.code for g in gates if not g.passed))

@@ -1,9 +1,18 @@
 """Promotion use cases: decide, manual promotion, rollback, alias reconciliation.
 
 Order of writes: the audit row first (the source of truth), then the MLflow aliases, which are
-always derived from the audit. A crash in between leaves aliases behind the audit; the next
-decision, promotion or rollback (or `reconcile_aliases`) heals them. Each use case holds the
-market's advisory lock, so two of them on one market never interleave.
+always derived from the audit. A crash in between leaves aliases behind the audit. Every use case
+heals that first: under the market's advisory lock (so two of them on one market never interleave)
+it points the aliases where the audit says *before* acting, then acts, then moves them again. So a
+re-run of a promotion killed between its audit row and its alias move completes it (the audit
+already names the version: nothing new is recorded, `PromotionResult.completed`), and so does a re-run
+of such a rollback. `reconcile` does the same on its own, for `rl-lifecycle reconcile` and the
+daemon's `alias_reconcile_sensor`; it also points `challenger` where the model checks say
+(`rl_lifecycle.models.checks`).
+
+A decision needs the challenger version's blocking checks to have passed (MODEL_CHECKS_NOT_PASSED,
+recorded on the version by the checks); a manual promotion refuses a version without them unless
+`override`.
 """
 
 from __future__ import annotations
@@ -14,9 +23,16 @@ import psycopg
 
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets.keys import Market, partition_key
-from rl_lifecycle.models.tracking import CHAMPION, ModelRegistry, ModelVersionInfo, registered_model_name
+from rl_lifecycle.models.checks import checks_passed, model_checks, sync_challenger_alias
+from rl_lifecycle.models.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    ModelRegistry,
+    ModelVersionInfo,
+    registered_model_name,
+)
 from rl_lifecycle.promotion import audit
-from rl_lifecycle.promotion.audit import AuditRecord, market_decision_lock
+from rl_lifecycle.promotion.audit import AuditRecord, market_decision_lock, try_market_decision_lock
 from rl_lifecycle.promotion.gates import PENDING_MANUAL, PROMOTED, REJECTED, Decision, ReportSummary, evaluate
 from rl_lifecycle.promotion.policy import GatePolicy
 from rl_lifecycle.windows import Window
@@ -31,10 +47,14 @@ class StaleChampionError(UserInputError):
 
 @dataclass(frozen=True)
 class PromotionResult:
-    record: AuditRecord  # the audit row written
+    record: AuditRecord | None  # the audit row written; when `completed`, the one that had recorded the action
     aliases: dict[str, int | None]  # champion / previous_champion after reconciliation
-    decision: Decision | None = None  # set by `decide`
+    decision: Decision | None = None  # set by `decide` when it ran the gates
+    # every alias this call moved, (before, after): the healing before acting included
     alias_changes: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    # nothing new recorded: the audit already had the action asked for (the version is champion), and
+    # the aliases were completed to match it (`alias_changes` says whether they had to move)
+    completed: bool = False
 
     @property
     def champion(self) -> int | None:
@@ -55,10 +75,9 @@ def _summary(report, trials=None, conn: psycopg.Connection | None = None) -> Rep
         return report
     matrix = None
     if conn is not None:
-        from rl_lifecycle.evaluation.trials import record_backtests, stored_trial_matrix, tested_spans
+        from rl_lifecycle.evaluation.trials import trials_on_bars_of
 
-        matrix = stored_trial_matrix(conn, Market.parse(report.market),
-                                     tested_spans(record_backtests(report.folds))).returns
+        matrix = trials_on_bars_of(conn, Market.parse(report.market), report.folds).returns
     return ReportSummary.from_stored(report, fold_returns(report), trials, matrix)
 
 
@@ -75,25 +94,16 @@ def _lineage(info: ModelVersionInfo | None) -> dict:
     return {"feature_set": info.tags.get("feature_set"), "fingerprint": info.tags.get("fingerprint")}
 
 
-def _current_aliases(registry: ModelRegistry, market: Market) -> dict[str, int] | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = registry.client.get_registered_model(registered_model_name(market))
-    except MlflowException:
-        return None  # nothing registered for this market
-    return {alias: int(version) for alias, version in (model.aliases or {}).items()}
-
-
 def reconcile_aliases(registry: ModelRegistry, conn: psycopg.Connection, market: Market | str) -> dict:
     """Point MLflow's `champion` and `previous_champion` where the audit says; returns what changed.
 
-    The audit wins over MLflow: an alias the audit does not back is removed.
+    The audit wins over MLflow: an alias the audit does not back is removed. The caller holds the
+    market's decision lock (`reconcile` takes it).
     """
     market = _market(market)
     chain = audit.champion_chain(conn, market.key)
     wanted = {CHAMPION: chain[-1] if chain else None, PREVIOUS_CHAMPION: chain[-2] if len(chain) > 1 else None}
-    present = _current_aliases(registry, market)
+    present = registry.aliases(market)
     if present is None:
         if any(v is not None for v in wanted.values()):
             raise UserInputError(
@@ -101,25 +111,87 @@ def reconcile_aliases(registry: ModelRegistry, conn: psycopg.Connection, market:
                 f"registered model {registered_model_name(market)}"
             )
         return {}
-    name = registered_model_name(market)
     changes = {}
     for alias, version in wanted.items():
         before = present.get(alias)
         if before == version:
             continue
-        if version is None:
-            registry.client.delete_registered_model_alias(name, alias)
-        else:
-            registry.client.set_registered_model_alias(name, alias, str(version))
+        registry.set_alias(market, alias, version)
         changes[alias] = (before, version)
     return changes
 
 
-def _result(registry, conn, market: Market, record: AuditRecord, decision: Decision | None = None) -> PromotionResult:
-    changes = reconcile_aliases(registry, conn, market)
+def _merged(first: dict, then: dict) -> dict:
+    """Alias moves of two reconciliations as one: (first before, last after); a move undone drops out."""
+    out = dict(first)
+    for alias, (before, after) in then.items():
+        start = out[alias][0] if alias in out else before
+        out[alias] = (start, after)
+    return {alias: move for alias, move in out.items() if move[0] != move[1]}
+
+
+def _result(registry, conn, market: Market, record: AuditRecord | None, decision: Decision | None = None,
+            healed: dict | None = None, completed: bool = False) -> PromotionResult:
+    changes = _merged(healed or {}, reconcile_aliases(registry, conn, market))
     chain = audit.champion_chain(conn, market.key)
     aliases = {CHAMPION: chain[-1] if chain else None, PREVIOUS_CHAMPION: chain[-2] if len(chain) > 1 else None}
-    return PromotionResult(record, aliases, decision, changes)
+    return PromotionResult(record, aliases, decision, changes, completed)
+
+
+def _already_champion(registry, conn, market: Market, healed: dict) -> PromotionResult:
+    """The audit already names the version asked for: record nothing, complete the aliases (done by the
+    healing before acting) and say which audit row had recorded it."""
+    return _result(registry, conn, market, audit.last_champion_move(conn, market.key), healed=healed, completed=True)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What `reconcile` found for one market: the alias moves it made and where the aliases stand."""
+
+    market: str
+    changes: dict[str, tuple[int | None, int | None]]  # alias -> (before, after)
+    aliases: dict[str, int | None]  # champion, previous_champion (the audit), challenger (the checks)
+    skipped: str | None = None  # why the champion aliases were not looked at this time
+    error: str | None = None  # what cannot be healed from here (e.g. the audit names a version MLflow lacks)
+
+    def to_json(self) -> dict:
+        return {"market": self.market, "aliases": self.aliases, "skipped": self.skipped, "error": self.error,
+                "changes": {alias: {"before": b, "after": a} for alias, (b, a) in self.changes.items()}}
+
+
+def reconcile(conn: psycopg.Connection, registry: ModelRegistry, market: Market | str, *,
+              wait: bool = True) -> Reconciliation:
+    """Heal the market's aliases from their truths: `champion` / `previous_champion` from the promotion
+    audit, under the market's decision lock (`wait=False`: skip them if a decision holds it, as a daemon
+    tick does: that decision reconciles them itself), and `challenger` from the model checks."""
+    market = _market(market)
+    changes: dict = {}
+    skipped = error = None
+    try:
+        if wait:
+            with market_decision_lock(conn, market.key):
+                changes = reconcile_aliases(registry, conn, market)
+        else:
+            with try_market_decision_lock(conn, market.key) as taken:
+                if taken:
+                    changes = reconcile_aliases(registry, conn, market)
+                else:
+                    skipped = "a promotion decision holds the market's lock (it reconciles the aliases itself)"
+    except UserInputError as exc:
+        error = str(exc)
+    moved = sync_challenger_alias(conn, registry, market)
+    if moved is not None:
+        changes[CHALLENGER] = moved
+    present = registry.aliases(market) or {}
+    aliases = {alias: present.get(alias) for alias in (CHAMPION, PREVIOUS_CHAMPION, CHALLENGER)}
+    return Reconciliation(market.key, changes, aliases, skipped, error)
+
+
+def markets_to_reconcile(conn: psycopg.Connection) -> list[str]:
+    """Every market with a promotion audit or registered in the `markets` table."""
+    from rl_lifecycle.markets.table import list_markets
+
+    return sorted(set(audit.markets(conn)) | {record.market.key for record in list_markets(conn)})
 
 
 def decide(
@@ -147,12 +219,17 @@ def decide(
     challenger = _summary(challenger_report, market_trials(conn, market), conn)
     champion_summary = None if champion_report is None else _summary(champion_report)
     with market_decision_lock(conn, market.key):
+        healed = reconcile_aliases(registry, conn, market)  # a gap left by an interrupted action, first
         champion = audit.current_champion(conn, market.key)
         if evaluated_champion_version is not None and evaluated_champion_version != champion:
             raise StaleChampionError(
                 f"{market.key}: the report was compared with champion v{evaluated_champion_version}, but the "
                 f"champion is now {'v' + str(champion) if champion else 'none'}: evaluate against it again"
             )
+        if int(challenger_version) == champion:
+            # re-deciding the champion's own partition (e.g. after a manual promotion of it): nothing to
+            # decide; its aliases are where the audit says
+            return _already_champion(registry, conn, market, healed)
         if champion is not None and champion_summary is None:
             raise UserInputError(
                 f"{market.key}: champion v{champion} exists; give its report on the same folds for the paired gates"
@@ -162,8 +239,6 @@ def decide(
                 f"{market.key}: a champion report ({champion_summary.report_id}) was given, but the market "
                 "has no champion: decide without one (bootstrap)"
             )
-        if challenger_version == champion:
-            raise UserInputError(f"{market.key}: version {challenger_version} is already the champion")
         info = registry.version(market, int(challenger_version))
         trained_on = info.tags.get("dataset_hash")
         if challenger.dataset_hash and trained_on and challenger.dataset_hash != trained_on:
@@ -171,7 +246,7 @@ def decide(
                 f"{market.key}: version {challenger_version} was trained on dataset {trained_on[:12]}, but the "
                 f"challenger report {challenger.report_id} evaluated dataset {challenger.dataset_hash[:12]}"
             )
-        decision = evaluate(challenger, champion_summary, policy, auto_promotion)
+        decision = evaluate(challenger, champion_summary, policy, auto_promotion, model_checks=model_checks(info))
         promoted = decision.outcome == PROMOTED
         resulting = int(challenger_version) if promoted else champion
         resulting_info = info if promoted else (None if champion is None else registry.version(market, champion))
@@ -182,7 +257,7 @@ def decide(
             resulting_champion_version=resulting, dataset_hash=challenger.dataset_hash or trained_on,
             evaluation_report_id=challenger.report_id, **_lineage(resulting_info),
         ))
-        return _result(registry, conn, market, record, decision)
+        return _result(registry, conn, market, record, decision, healed)
 
 
 def manual_promote(
@@ -194,13 +269,17 @@ def manual_promote(
     actor: str,
     override: bool = False,
 ) -> PromotionResult:
-    """Make `version` champion by hand: refused when its recorded gates failed (or never ran) unless `override`."""
+    """Make `version` champion by hand: refused when its recorded gates failed (or never ran), or its
+    blocking model checks have not passed, unless `override`. When the audit already names `version`
+    champion (a re-run of a promotion killed before it moved the aliases), nothing is recorded: the
+    aliases are completed and the result says so (`completed`)."""
     market = _market(market)
     note = _reason(reason)
     with market_decision_lock(conn, market.key):
+        healed = reconcile_aliases(registry, conn, market)
         champion = audit.current_champion(conn, market.key)
         if int(version) == champion:
-            raise UserInputError(f"{market.key}: version {version} is already the champion")
+            return _already_champion(registry, conn, market, healed)
         info = registry.version(market, int(version))  # refuses a version MLflow does not know
         decided = audit.last_gate_decision(conn, market.key, int(version))
         if not override:
@@ -214,6 +293,14 @@ def manual_promote(
                     f"{market.key}: version {version} failed its gates ({', '.join(decided.reason_codes)}); "
                     "pass --override to promote it anyway (audited)"
                 )
+            if not checks_passed(info):
+                states = ", ".join(f"{name} {outcome or 'never ran'}" for name, outcome in model_checks(info).items())
+                window = info.tags.get("partition_key", "MARKET|WINDOW")
+                raise UserInputError(
+                    f"{market.key}: version {version}'s blocking model checks have not passed ({states}): "
+                    f"MODEL_CHECKS_NOT_PASSED. Run them (rl-lifecycle check model_lineage model_reproducible "
+                    f"--partition '{window}') or pass --override (audited)"
+                )
         record = audit.append(conn, AuditRecord(
             market=market.key, action=audit.MANUAL_PROMOTE, actor=actor,
             reason_codes=decided.reason_codes if decided else (),
@@ -223,7 +310,7 @@ def manual_promote(
             evaluation_report_id=decided.evaluation_report_id if decided else None,
             override=bool(override), note=note, **_lineage(info),
         ))
-        return _result(registry, conn, market, record)
+        return _result(registry, conn, market, record, healed=healed)
 
 
 def rollback(
@@ -234,10 +321,22 @@ def rollback(
     actor: str,
     to_version: int | None = None,
 ) -> PromotionResult:
-    """Restore the previous champion (or `to_version`), whatever feature set it was trained on."""
+    """Restore the previous champion (or `to_version`), whatever feature set it was trained on.
+
+    A re-run of a rollback killed before it moved the aliases (the audit's last champion move is a
+    rollback, and the champion alias still named the version it rolled back from) completes that
+    rollback instead of rolling back once more; so does naming the version that is already champion.
+    """
     market = _market(market)
     note = _reason(reason)
     with market_decision_lock(conn, market.key):
+        healed = reconcile_aliases(registry, conn, market)
+        last = audit.last_champion_move(conn, market.key)
+        moved = healed.get(CHAMPION)
+        if (moved is not None and last is not None and last.action == audit.ROLLBACK
+                and moved == (last.champion_version, last.resulting_champion_version)
+                and (to_version is None or int(to_version) == last.resulting_champion_version)):
+            return _already_champion(registry, conn, market, healed)
         chain = audit.champion_chain(conn, market.key)
         if not chain:
             raise UserInputError(f"{market.key}: there is no champion to roll back")
@@ -251,14 +350,14 @@ def rollback(
         else:
             target = int(to_version)
         if target == champion:
-            raise UserInputError(f"{market.key}: version {target} is already the champion")
+            return _already_champion(registry, conn, market, healed)
         info = registry.version(market, target)
         record = audit.append(conn, AuditRecord(
             market=market.key, action=audit.ROLLBACK, actor=actor, challenger_version=target,
             champion_version=champion, resulting_champion_version=target,
             dataset_hash=info.tags.get("dataset_hash"), note=note, **_lineage(info),
         ))
-        return _result(registry, conn, market, record)
+        return _result(registry, conn, market, record, healed=healed)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from rl_lifecycle.evaluation.folds import FoldConfig
+from rl_lifecycle.evaluation.folds import MAX_FOLDS, FoldConfig
 from rl_lifecycle.orchestration.assets.presentation import markdown_table, png_markdown
 from rl_lifecycle.orchestration.failures import user_errors_fail_the_step
 from rl_lifecycle.orchestration.partitions import (
@@ -38,7 +38,7 @@ from rl_lifecycle.settings import load_settings
 
 
 class FoldReportConfig(Config):
-    folds: int = Field(default=3, ge=1, le=100, description="number of walk-forward folds (cpcv: ignored)")
+    folds: int = Field(default=3, ge=1, le=MAX_FOLDS, description="number of walk-forward folds (cpcv: ignored)")
     scheme: str = Field(default="expanding", description="expanding, rolling (with train_size), or cpcv (with "
                         "groups and test_groups)")
     groups: int | None = Field(default=None, description="cpcv only: contiguous groups N")

@@ -55,6 +55,8 @@ def promotion_decision(
                 evaluated_champion_version=reports.champion_version,
             )
     decision, record = result.decision, result.record
+    if decision is None:  # the partition's challenger is the champion already: nothing to decide
+        return _already_champion(context, reports, result)
     context.log.info(
         f"{context.partition_key}: {decision.outcome} v{reports.challenger_version}"
         f"{' (' + ', '.join(decision.reason_codes) + ')' if decision.reason_codes else ''}; champion "
@@ -74,6 +76,24 @@ def promotion_decision(
         "champion_report_id": reports.champion_report.id if reports.champion_report is not None else "-",
         "audit_id": record.id,
         **_statistics_metadata(decision),
+    })
+
+
+def _already_champion(context: AssetExecutionContext, reports, result) -> MaterializeResult:
+    moved = ", ".join(f"{alias} {_version(b)} -> {_version(a)}" for alias, (b, a) in result.alias_changes.items())
+    context.log.info(
+        f"{context.partition_key}: v{reports.challenger_version} is already the champion (audit "
+        f"#{result.record.id}); nothing to decide; aliases {'moved: ' + moved if moved else 'in agreement'}"
+    )
+    return MaterializeResult(metadata={
+        "outcome": "already_champion",
+        "reason_codes": "-",
+        "challenger_version": reports.challenger_version,
+        "champion_before": _version(reports.champion_version),
+        "champion_after": _version(result.champion),
+        "evaluation_report_id": reports.challenger_report.id,
+        "audit_id": result.record.id,
+        "aliases_completed": moved or "-",
     })
 
 

@@ -9,6 +9,8 @@ runs on the partition and the storage id.
 
 from __future__ import annotations
 
+import json
+
 from dagster import (
     AssetKey,
     AssetObservation,
@@ -20,7 +22,15 @@ from dagster import (
     sensor,
 )
 
-from rl_lifecycle.candles.inbox import FeedOutcome, InboxOutcome, feed_synthetic_markets, process_inbox
+from rl_lifecycle.candles.inbox import (
+    IMPORTED,
+    REFUSED,
+    FeedOutcome,
+    InboxOutcome,
+    feed_synthetic_markets,
+    process_inbox,
+)
+from rl_lifecycle.candles.limits import IntakeLimits
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.orchestration.partitions import (
     WINDOW_SCHEME,
@@ -63,25 +73,42 @@ def _partition_events(
     return events, requests
 
 
+def _seen_from_cursor(cursor: str | None) -> dict[str, list]:
+    """The files the inbox saw settling on earlier ticks (size, mtime, inode, when): the sensor's cursor."""
+    try:
+        seen = json.loads(cursor or "{}").get("settling", {})
+    except (ValueError, AttributeError):
+        return {}
+    return seen if isinstance(seen, dict) else {}
+
+
 @sensor(
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,  # dropping a file must be enough; no click needed
     description=(
         "Imports candle files dropped into $RL_HOME/inbox/<MARKET>/ (CSV or Parquet) through the same "
-        "validation as `rl-lifecycle ingest`: good files move to imported/, bad ones to rejected/ with a "
-        "report and nothing written. Records an observation of `candles` per window that received candles."
+        "validation and limits as `rl-lifecycle ingest`: good files move to imported/, bad ones to rejected/ "
+        "with a report and nothing written. Write NAME.partial and rename it when complete; a file is taken "
+        "once unchanged for RL_INBOX_SETTLE_SECONDS over two ticks. Links and other non-regular entries are "
+        "rejected unread. Records an observation of `candles` per window that received candles."
     ),
 )
 def inbox_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SensorResult | SkipReason:
-    inbox_dir = load_settings().inbox_dir
+    settings = load_settings()
+    inbox_dir = settings.inbox_dir
+    seen = _seen_from_cursor(context.cursor)
     with database.connect() as conn:
         outcomes: list[InboxOutcome] = process_inbox(
-            conn, inbox_dir, max_files=INBOX_FILES_PER_TICK, scheme=WINDOW_SCHEME, first_window=first_window()
+            conn, inbox_dir, max_files=INBOX_FILES_PER_TICK, scheme=WINDOW_SCHEME, first_window=first_window(),
+            settle_seconds=settings.inbox_settle_seconds, seen=seen, limits=IntakeLimits.from_settings(settings),
         )
+    context.update_cursor(json.dumps({"settling": seen}, sort_keys=True))
+    settling = (f"; {len(seen)} file(s) settling (taken once unchanged for {settings.inbox_settle_seconds} s "
+                "over two ticks)") if seen else ""
     if not outcomes:
-        return SkipReason(f"no new candle files in {inbox_dir}/<MARKET>/")
+        return SkipReason(f"no new candle files in {inbox_dir}/<MARKET>/{settling}")
     for outcome in outcomes:
-        if outcome.status == "imported":
+        if outcome.status == IMPORTED:
             context.log.info(outcome.describe())
         else:
             context.log.warning(outcome.describe())
@@ -89,13 +116,22 @@ def inbox_sensor(context: SensorEvaluationContext, database: PostgresResource) -
         (o.market, o.windows, {"source": MetadataValue.text("inbox"), "file": MetadataValue.text(o.file),
                                "stored_as": MetadataValue.path(o.moved_to or "")})
         for o in outcomes
-        if o.status == "imported"
+        if o.status == IMPORTED
     ]
     events, requests = _partition_events(context, touched)
-    imported = [o for o in outcomes if o.status == "imported"]
+    imported = [o for o in outcomes if o.status == IMPORTED]
+    refused = [o for o in outcomes if o.status == REFUSED]
+    rejected = len(outcomes) - len(imported) - len(refused)
+    unread = [o for o in outcomes if o.not_regular]
     summary = (
         f"inbox: {len(imported)} file(s) imported ({sum(o.rows_written for o in imported)} candles written), "
-        f"{len(outcomes) - len(imported)} rejected; {len(events)} `candles` partition(s) observed"
+        f"{rejected} rejected"
+        + (f" ({len(unread)} not a regular file, not read: "
+           + ", ".join(f"{o.market or '<inbox>'}/{o.file} is {o.not_regular}" for o in unread[:5])
+           + (", ..." if len(unread) > 5 else "") + ")" if unread else "")
+        + (f", {len(refused)} refused and left in place ({'; '.join(o.problems[0] for o in refused[:3])})"
+           if refused else "")
+        + f"; {len(events)} `candles` partition(s) observed{settling}"
     )
     context.log.info(summary)
     # No run is requested here (downstream runs are the online-learning sensor's). Without a skip reason

@@ -4,8 +4,11 @@ cursor). Here: reading the event log and the database, and turning plans into `R
 
 **Disabled** (`RL_ONLINE_LEARNING_ENABLED` unset or false): the sensor skips with that reason, visible
 in the UI, and touches nothing, not even its cursor: turning it on later catches up from where it
-stopped. On its very first active evaluation (no cursor) it looks back `FIRST_LOOKBACK_SECONDS`, so
-switching it on does not retrain the whole history.
+stopped. On its very first active evaluation (no cursor) it looks back `FIRST_LOOKBACK_SECONDS`, and
+acts only on each market's newest completed window; later ticks only on windows from the newest one
+it saw the tick before (the planner's `acting_horizon`), so switching it on does not retrain the whole
+history. A window whose dataset already has a checked challenger of the job's spec is not retrained
+(`already_trained`).
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ from rl_lifecycle.online.planner import (
     OnlineCursor,
     PlannedRequest,
     newest_candle_closes,
+    newest_complete_windows,
     plan_data_requests,
     plan_latest_window_requests,
     plan_lifecycle_requests,
+    seen_windows,
 )
 from rl_lifecycle.orchestration.jobs import lifecycle_job, market_data_job
 from rl_lifecycle.orchestration.partitions import (
@@ -52,7 +57,7 @@ from rl_lifecycle.orchestration.partitions import (
     missing_market_partitions,
     window_partitions,
 )
-from rl_lifecycle.orchestration.resources import PostgresResource
+from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
 from rl_lifecycle.settings import load_settings
 from rl_lifecycle.windows import to_us, utc_now_us
 
@@ -110,13 +115,35 @@ class OnlineTick:
     missing_markets: list[str]
 
 
-def evaluate(instance, conn, cursor: OnlineCursor | None, now_us: int | None = None) -> OnlineTick:
+def already_trained_with(conn, registry_of, spec_name: str):
+    """`already_trained(partition)` for the planner: the partition's latest dataset has a checked challenger
+    trained with `spec_name` (the spec `lifecycle_job` trains by default). `registry_of()` opens MLflow
+    only when a lifecycle run is about to be requested."""
+    from rl_lifecycle.datasets.service import latest_version
+    from rl_lifecycle.markets.keys import parse_partition_key
+    from rl_lifecycle.models.checks import checked_challenger_exists
+    from rl_lifecycle.models.spec import load_model_spec
+
+    def already_trained(partition: str) -> bool:
+        market, window = parse_partition_key(partition, WINDOW_SCHEME)
+        dataset = latest_version(conn, market, window)
+        if dataset is None:
+            return False
+        return checked_challenger_exists(registry_of(), market, dataset.dataset_hash, load_model_spec(spec_name).spec_hash)
+
+    return already_trained
+
+
+def evaluate(instance, conn, cursor: OnlineCursor | None, now_us: int | None = None,
+             already_trained=None) -> OnlineTick:
     """Read new events since `cursor` and plan both steps (what the sensor does when enabled)."""
     now_us = utc_now_us() if now_us is None else now_us
     after_timestamp = None if cursor is not None else now_us / 1e6 - FIRST_LOOKBACK_SECONDS
+    seen = None if cursor is None else cursor.windows
     cursor = cursor or OnlineCursor()
     markets = [r.market.key for r in list_markets(conn)]
     closes = newest_candle_closes(conn)
+    newest = newest_complete_windows(markets, WINDOW_SCHEME, closes, now_us)
     first_window = window_partitions.get_first_partition_key() or ""
 
     materialized = _fetch(instance, CANDLES, cursor.candles_materialization, False, after_timestamp)
@@ -142,6 +169,7 @@ def evaluate(instance, conn, cursor: OnlineCursor | None, now_us: int | None = N
 
     data = plan_data_requests(
         candle_events, WINDOW_SCHEME, markets, closes, now_us, first_window, dataset_after, latest_candles_event,
+        seen=seen,
     )
 
     dataset_events = []
@@ -154,12 +182,14 @@ def evaluate(instance, conn, cursor: OnlineCursor | None, now_us: int | None = N
         dataset_events.append(DatasetEvent(r.storage_id, r.partition_key, finished, passed))
     lifecycle, dataset_cursor = plan_lifecycle_requests(
         dataset_events, WINDOW_SCHEME, markets, closes, now_us, cursor.training_dataset,
+        seen=seen, already_trained=already_trained,
     )
 
     new_cursor = OnlineCursor(
         candles_materialization=max([cursor.candles_materialization, *(r.storage_id for r in materialized)]),
         candles_observation=max([cursor.candles_observation, *(r.storage_id for r in observed)]),
         training_dataset=dataset_cursor,
+        windows=seen_windows(cursor.windows, newest),
     )
     requests = data + lifecycle
     missing = missing_market_partitions(instance, sorted({market_of(p.partition) for p in requests}))
@@ -182,11 +212,16 @@ def current_cursor(instance) -> OnlineCursor:
     "new candles, then lifecycle_job (challenger -> fold report -> promotion decision) for each training "
     "dataset that passed its checks. Idempotent run keys; cursor = last event-log storage ids.",
 )
-def online_learning_sensor(context: SensorEvaluationContext, database: PostgresResource):
+def online_learning_sensor(context: SensorEvaluationContext, database: PostgresResource, mlflow: MlflowResource):
+    from functools import cache
+
+    from rl_lifecycle.orchestration.assets.models import ChallengerModelConfig
+
     if not load_settings().online_learning_enabled:
         return SkipReason(DISABLED_REASON)
     with database.connect() as conn:
-        result = evaluate(context.instance, conn, OnlineCursor.from_json(context.cursor))
+        already_trained = already_trained_with(conn, cache(mlflow.registry), ChallengerModelConfig().spec)
+        result = evaluate(context.instance, conn, OnlineCursor.from_json(context.cursor), already_trained=already_trained)
     for planned in result.requests:
         context.log.info(f"{planned.job_name} {planned.partition}: {planned.reason}")
     run_requests = [
