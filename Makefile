@@ -32,9 +32,10 @@ DEV_PORT ?= 3000
 dev: install
 	$(BIN)/rl-lifecycle dev --port $(DEV_PORT)
 
-## MLflow UI on the project's tracking database (http://127.0.0.1:5000)
+## MLflow UI on the project's tracking database (http://127.0.0.1:$(MLFLOW_PORT)), one worker
+MLFLOW_PORT ?= 5000
 mlflow: install
-	$(BIN)/rl-lifecycle mlflow ui
+	$(BIN)/rl-lifecycle mlflow ui --port $(MLFLOW_PORT)
 
 ## benchmarks; results in docs/benchmarks.md and $$RL_HOME/bench/latest.json
 bench: install

@@ -38,7 +38,7 @@ import stat
 import time
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,6 +92,7 @@ class InboxOutcome:
     report: str | None = None  # the rejection report beside it
     problem_count: int = 0  # every problem, also those beyond `problems`
     not_regular: str | None = None  # what a rejected entry was when not a regular file ("a symbolic link"), unread
+    signature: str = ""  # size and mtime (ns) of the entry as dropped: tells two drops of one name apart (alerts)
 
     @property
     def windows_touched(self) -> list[str]:
@@ -268,6 +269,7 @@ def process_inbox(
         for entry in work:
             outcome = _process_entry(conn, inbox_dir, inbox_fd, entry, records, scheme, first_window, limits)
             if outcome is not None:
+                outcome = replace(outcome, signature=f"{entry.info.st_size}:{entry.info.st_mtime_ns}")
                 outcomes.append(outcome)
                 if seen is not None and outcome.status != REFUSED:
                     seen.pop(entry.key, None)

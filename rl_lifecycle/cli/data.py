@@ -1,6 +1,7 @@
-"""The data commands: `ingest` candles, `materialize` assets, `check` them, `backfill` a range for the daemon.
+"""The data commands: `ingest` candles, `materialize` assets, `check` them, `backfill` a range for the daemon;
+`candles export` writes stored candles back out as an ingestable CSV.
 
-Top-level commands, registered on the root app by `rl_lifecycle.cli.main`.
+Top-level commands (and the `candles` sub-app), registered on the root app by `rl_lifecycle.cli.main`.
 """
 
 from __future__ import annotations
@@ -168,3 +169,42 @@ def backfill(
                f"{len(submitted.partition_keys)} window(s) of {Market.parse(market).key} ({windows})")
     typer.echo(f"UI: {submitted.url}")
     typer.echo("the Dagster daemon runs it: start it with `make dev` if it is not running")
+
+
+candles_app = typer.Typer(no_args_is_help=True, help="A market's stored candles.")
+
+
+@candles_app.command("export")
+def candles_export(
+    market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
+    from_: Annotated[str, typer.Option("--from", help="first bar (ISO date or date-time, UTC)")],
+    to: Annotated[str, typer.Option("--to", help="end, exclusive (ISO date or date-time, UTC)")],
+    csv: Annotated[Path, typer.Option(help="CSV file to write (replaced atomically)")],
+) -> None:
+    """Write a market's stored candles in [--from, --to) as a CSV that `rl-lifecycle ingest` (and the inbox) reads
+    back exactly: `timestamp,open,high,low,close,volume`, ISO UTC times, round-trip decimals."""
+    from rl_lifecycle.candles.export import export_candles
+    from rl_lifecycle.markets.table import get_market
+    from rl_lifecycle.windows import iso, to_us
+
+    parsed = Market.parse(market)
+    try:
+        start_us = to_us(from_)
+    except UserInputError:
+        raise UserInputError(f"--from {from_!r} is not an ISO date or date-time") from None
+    try:
+        end_us = to_us(to)
+    except UserInputError:
+        raise UserInputError(f"--to {to!r} is not an ISO date or date-time") from None
+    if end_us <= start_us:
+        raise UserInputError(f"--to {to} must be after --from {from_}")
+    if csv.is_dir() or not csv.parent.is_dir():
+        raise UserInputError(f"--csv {str(csv)!r} is invalid: give a file in an existing directory")
+    settings = load_settings()
+    with connect(open_database(settings)) as conn:
+        get_market(conn, parsed)  # refuses an unregistered market
+        written = export_candles(conn, parsed, start_us, end_us, csv)
+    if not written:
+        raise UserInputError(f"no candles of {parsed.key} are stored in [{iso(start_us)}, {iso(end_us)}); "
+                             f"nothing was written to {csv}")
+    typer.echo(f"{parsed.key}: wrote {written} candles in [{iso(start_us)}, {iso(end_us)}) to {csv}")

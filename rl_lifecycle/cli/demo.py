@@ -123,9 +123,9 @@ def print_decisions(url: str, runs: list[PartitionRun], settings: Settings) -> N
             record = next(r for r in history(conn, market_of(run.partition_key)) if r.id == decision["audit_id"])
             typer.echo(f"  {run.partition_key}: {decision['outcome']} v{decision['challenger_version']}; champion "
                        f"{decision['champion_before']} -> {decision['champion_after']}; reasons {decision['reason_codes']}")
-            widths = (30, 10, 14, 6)
+            widths = (38, 10, 30)
             for row in [GATE_TABLE_HEADERS, *gate_rows(record.gates)]:
-                typer.echo("    " + " ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+                typer.echo("    " + " ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _number(value) -> str:

@@ -34,6 +34,7 @@ app.command("dev")(lifecycle.dev)
 
 app.add_typer(database.db_app, name="db")
 app.add_typer(markets.market_app, name="market")
+app.add_typer(data.candles_app, name="candles")
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.mlflow_app, name="mlflow")
 app.add_typer(evaluation.report_app, name="report")

@@ -76,6 +76,7 @@ def models_list(
 def mlflow_ui(
     port: Annotated[int, typer.Option(help="port of the MLflow UI")] = 5000,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes (`mlflow server --workers`)")] = 1,
 ) -> None:
     """Serve the MLflow UI on the project's tracking database and artifact root."""
     from rl_lifecycle.cli.common import check_port
@@ -84,5 +85,5 @@ def mlflow_ui(
     check_port("--port", port)
     registry = open_registry(open_database(load_settings()))
     typer.echo(f"MLflow UI on http://{host}:{port} (backend: its own database on the project's PostgreSQL)")
-    argv, env = mlflow_server_command(registry, host, port)
+    argv, env = mlflow_server_command(registry, host, port, workers)
     os.execve(argv[0], argv, env)  # the store URI (with its password) in the environment, not in `ps`

@@ -46,11 +46,12 @@ def metrics_log() -> None:
     """Print the same figures once, as JSON lines (one per metric)."""
     import logging
 
-    from rl_lifecycle.ops.metrics import log_metrics
+    from rl_lifecycle.ops.metrics import log_metrics, registry_opener
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    with connect(open_database(load_settings())) as conn:
-        log_metrics(conn)
+    url = open_database(load_settings())
+    with connect(url) as conn:
+        log_metrics(conn, registry=registry_opener(url))
 
 
 def status(

@@ -133,7 +133,7 @@ def audit(
                    f"{'  ' + r.note if r.note else ''}")
         if gates and r.gates:
             for row in [GATE_TABLE_HEADERS, *gate_rows(r.gates)]:
-                typer.echo("    " + "  ".join(f"{c:<28}" if i == 0 else f"{c:<14}" for i, c in enumerate(row)))
+                typer.echo("    " + "  ".join(f"{c:<38}" if i == 0 else f"{c:<12}" for i, c in enumerate(row)).rstrip())
 
 
 gates_app = typer.Typer(no_args_is_help=True, help="The promotion gates: how often they let luck through.")

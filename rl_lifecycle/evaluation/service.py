@@ -53,7 +53,7 @@ from rl_lifecycle.models.spec import ModelSpec
 from rl_lifecycle.models.tracking import ModelRegistry
 from rl_lifecycle.models.trainer import train_policy
 from rl_lifecycle.trading import ACTION_POSITIONS
-from rl_lifecycle.windows import Window, iso
+from rl_lifecycle.windows import Window, from_us, iso
 
 
 @cache
@@ -291,8 +291,9 @@ def partition_report(conn: psycopg.Connection, market: Market, model_spec_hash: 
     return None if row is None else read_report(conn, row[0])
 
 
-FOLD_TABLE_HEADERS = ("fold", "status", "test from", "test until", "return", "sharpe", "max dd", "trades",
-                      "flat", "buy&hold")
+FOLD_TABLE_HEADERS = ("fold", "status", "test span (UTC)", "return", "sharpe", "max dd", "trades", "flat", "buy&hold")
+EQUITY_PANEL_COLUMNS = 3  # panels a row in `equity_curves_png`
+EQUITY_PANEL_HEIGHT_IN = 3.2
 
 
 def challenger_report(conn: psycopg.Connection, registry: ModelRegistry, market: Market, window: Window,
@@ -306,8 +307,17 @@ def challenger_report(conn: psycopg.Connection, registry: ModelRegistry, market:
     return partition_report(conn, market, registered_spec(registry, challenger).spec_hash, data.dataset.dataset_hash), data
 
 
+def span_text(start_us: int, end_us: int) -> str:
+    """A [start, end) span for a table cell: minutes, no seconds or zone; dates only when both are midnights."""
+    start, end = from_us(start_us), from_us(end_us)
+    midnight = all(t.hour == t.minute == t.second == 0 for t in (start, end))
+    shape = "%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M"
+    return f"{start:{shape}} .. {end:{shape}}"
+
+
 def fold_table(report: EvaluationReport) -> list[tuple]:
-    """One row per fold for people: the test span, the main metrics and both baselines' returns."""
+    """One row per fold for people (FOLD_TABLE_HEADERS): the test span, the main metrics and both
+    baselines' returns, rounded; narrow enough for the Dagster metadata panel (full precision: `--json`)."""
 
     def pct(value) -> str:
         return "-" if value is None or value != value else f"{value:+.2%}"
@@ -317,7 +327,7 @@ def fold_table(report: EvaluationReport) -> list[tuple]:
         m, b = fold.metrics or {}, fold.baselines or {}
         rows.append((
             fold.index if fold.test_group is None else f"{fold.index} (split {fold.split}, group {fold.test_group})",
-            fold.status, iso(fold.test_span[0]), iso(fold.test_span[1]), pct(m.get("total_return")),
+            fold.status, span_text(*fold.test_span), pct(m.get("total_return")),
             "-" if m.get("sharpe") is None else f"{m['sharpe']:.2f}",
             "-" if m.get("max_drawdown") is None else f"{m['max_drawdown']:.2%}", m.get("trades", "-"),
             pct((b.get("flat") or {}).get("total_return")), pct((b.get("buy_and_hold") or {}).get("total_return")),
@@ -326,7 +336,8 @@ def fold_table(report: EvaluationReport) -> list[tuple]:
 
 
 def equity_curves_png(report: EvaluationReport) -> bytes | None:
-    """Each fold's equity beside buy-and-hold and flat, one small panel per fold."""
+    """Each fold's equity beside buy-and-hold and flat, one panel per fold, `EQUITY_PANEL_COLUMNS` panels
+    a row; `PLOT_WIDTH_IN` wide at `PLOT_DPI`, whatever the number of folds (they add rows, not width)."""
     import io
 
     import matplotlib
@@ -336,22 +347,30 @@ def equity_curves_png(report: EvaluationReport) -> bytes | None:
     import polars as pl
 
     from rl_lifecycle.evaluation.curves import curve_path
+    from rl_lifecycle.plots import PLOT_DPI, PLOT_WIDTH_IN, concise_dates
 
     curves = [(f.index, f.equity_curve_uri) for f in report.folds if f.equity_curve_uri]
     if not curves:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.2), dpi=80, squeeze=False)
-    for ax, (index, uri) in zip(axes[0], curves, strict=True):
+    columns = min(len(curves), EQUITY_PANEL_COLUMNS)
+    rows = -(-len(curves) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(PLOT_WIDTH_IN, EQUITY_PANEL_HEIGHT_IN * rows), dpi=PLOT_DPI,
+                             squeeze=False, layout="constrained")
+    panels = list(axes.flat)
+    for ax, (index, uri) in zip(panels, curves, strict=False):
         frame = pl.read_parquet(curve_path(uri))
         ts = frame["ts"].to_numpy()
         for column, style in (("equity", "-"), ("buy_and_hold", "--"), ("flat", ":")):
-            ax.plot(ts, frame[column].to_numpy(), style, linewidth=0.8, label=column)
-        ax.set_title(f"fold {index}", fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax.tick_params(axis="x", labelrotation=30)
-    axes[0][0].legend(fontsize=6)
+            ax.plot(ts, frame[column].to_numpy(), style, linewidth=1.0, label=column)
+        ax.set_title(f"fold {index}", fontsize=11)
+        ax.tick_params(labelsize=9)
+        ax.grid(alpha=0.3)
+        concise_dates(ax, max_ticks=5)
+    for ax in panels[len(curves):]:
+        ax.set_visible(False)
+    panels[0].legend(fontsize=9)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    fig.savefig(buffer, format="png")  # no tight bounding box: the size stays the one asked for
     plt.close(fig)
     return buffer.getvalue()
 
@@ -368,6 +387,7 @@ def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
 
     from rl_lifecycle.evaluation.curves import fold_returns
     from rl_lifecycle.evaluation.report import path_returns
+    from rl_lifecycle.plots import PLOT_DPI, PLOT_HEIGHT_IN, PLOT_WIDTH_IN
 
     if report.fold_config.scheme != "cpcv":
         return None
@@ -375,18 +395,19 @@ def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
              if r is not None]
     if not paths:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3), dpi=80)
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, PLOT_HEIGHT_IN * 1.25), dpi=PLOT_DPI, layout="constrained")
     for index, returns in paths:
-        ax.plot(np.concatenate([[1.0], np.cumprod(1.0 + returns)]), linewidth=0.8, label=f"path {index}")
+        ax.plot(np.concatenate([[1.0], np.cumprod(1.0 + returns)]), linewidth=1.0, label=f"path {index}")
     group_rows = sorted({r.test_range for r in report.folds})
     for boundary in np.cumsum([end - start - 1 for start, end in group_rows])[:-1]:  # returns per group
         ax.axvline(boundary, color="grey", linewidth=0.5, linestyle=":")
-    ax.set_title(f"{len(paths)} CPCV paths: equity (start = 1)", fontsize=8)
-    ax.set_xlabel("tested bar", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.legend(fontsize=6, ncol=min(len(paths), 5))
+    ax.set_title(f"{len(paths)} CPCV paths: equity (start = 1)", fontsize=12)
+    ax.set_xlabel("tested bar", fontsize=10)
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, ncol=min(len(paths), 6))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    fig.savefig(buffer, format="png")  # no tight bounding box: the size stays the one asked for
     plt.close(fig)
     return buffer.getvalue()
 

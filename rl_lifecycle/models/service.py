@@ -131,8 +131,10 @@ def train_challenger(
             (root / "plots" / "training_curve.png").write_bytes(curve)
             for sub in (POLICY_ARTIFACTS, STATS_ARTIFACTS, "plots"):
                 registry.log_artifacts(run_id, root / sub, sub)
-        tags = {**lineage, "weights_hash": trained.weights_hash, "actions_sha256": actions_digest(actions)}
-        info = registry.register(market, run_id, POLICY_ARTIFACTS, tags)
+            tags = {**lineage, "weights_hash": trained.weights_hash, "actions_sha256": actions_digest(actions)}
+            # the version is a pyfunc model of the same policy files (`mlflow.pyfunc.load_model` can load it)
+            info = registry.register(market, run_id, POLICY_ARTIFACTS, tags, policy_dir=root / POLICY_ARTIFACTS,
+                                     example_vectors=content.values[:3])
         registry.end_run(run_id)
     except BaseException:
         registry.end_run(run_id, "FAILED")

@@ -84,16 +84,22 @@ def _process_alive(pid: int, started_at: float) -> bool:
         return True
 
 
-def mlflow_server_command(registry: ModelRegistry, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+def mlflow_server_command(registry: ModelRegistry, host: str, port: int, workers: int = 1,
+                          ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of `mlflow server` on the registry's store: the store URI, which holds the
     database password, goes through the environment (`MLFLOW_BACKEND_STORE_URI`, read by `mlflow
-    server`, passed to its workers in their environment too), never the arguments `ps` shows to all."""
+    server`, passed to its workers in their environment too), never the arguments `ps` shows to all.
+    Start-up is paid per process, each importing MLflow and opening the store: MLflow's defaults start 4
+    uvicorn workers plus a job-execution runner (for MLflow's GenAI jobs, unused here), which on two cores
+    took 42-60 s to answer; one worker and no job runner (`MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`
+    unless the environment sets it) answer in about a third of that. One person's UI needs one worker."""
     import sys
 
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": registry.tracking_uri,
            "MLFLOW_DEFAULT_ARTIFACT_ROOT": registry.artifacts_uri}
-    return [mlflow, "server", "--host", host, "--port", str(port)], env
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return [mlflow, "server", "--host", host, "--port", str(port), "--workers", str(workers)], env
 
 
 def registered_model_name(market: Market) -> str:
@@ -227,9 +233,14 @@ class ModelRegistry:
         return f"{self.ui_url}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
     # -- registry -----------------------------------------------------------------------------------
-    def register(self, market: Market, run_id: str, artifact_path: str, tags: dict[str, str]) -> ModelVersionInfo:
-        """A new version of the market's model from a run's artifact directory. It gets no alias: `challenger`
-        is given by `rl_lifecycle.models.service.sync_challenger_alias` once its blocking checks passed."""
+    def register(self, market: Market, run_id: str, artifact_path: str, tags: dict[str, str], *,
+                 policy_dir: Path | None = None, example_vectors=None) -> ModelVersionInfo:
+        """A new version of the market's model. With `policy_dir` (a policy as `Policy.save` wrote it, and
+        logged to the run as `artifact_path`) the version is a pyfunc model of those files logged to the run
+        (`rl_lifecycle.models.pyfunc`: loadable with `mlflow.pyfunc.load_model`, servable with `mlflow models
+        serve`; `example_vectors` give its input example); without, it is the run's artifact directory
+        `artifact_path` as it stands. It gets no alias: `challenger` is given by
+        `rl_lifecycle.models.service.sync_challenger_alias` once its blocking checks passed."""
         from mlflow.exceptions import MlflowException
 
         name = registered_model_name(market)
@@ -238,8 +249,34 @@ class ModelRegistry:
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        created = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        if policy_dir is None:
+            source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+            created = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+            return self.version(market, int(created.version))
+        import mlflow
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        from rl_lifecycle.models.pyfunc import log_policy_model
+
+        # The fluent `log_model` (and the registry store, to resolve `models:/<model id>`) read the
+        # process-wide tracking URI and active run: both are this registry's for the call, restored after,
+        # and the run is left RUNNING for its owner to end. (`set_tracking_uri` also sets and then unsets the
+        # environment's MLFLOW_TRACKING_URI: a value the process had is put back.)
+        environment_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            with _use_tracking_uri(self.tracking_uri):
+                mlflow.start_run(run_id=run_id)
+                try:
+                    logged = log_policy_model(policy_dir, example_vectors, {"market": market.key})
+                finally:
+                    mlflow.end_run("RUNNING")
+                created = self.client.create_model_version(name, source=logged.model_uri, run_id=run_id, tags=tags,
+                                                           model_id=logged.model_id)
+        finally:
+            if environment_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = environment_uri
         return self.version(market, int(created.version))
 
     def set_version_tag(self, market: Market, version: int, key: str, value: str) -> None:
@@ -294,11 +331,19 @@ class ModelRegistry:
         return sorted(infos, key=lambda v: v.version, reverse=True)
 
     def download(self, info: ModelVersionInfo, target: Path) -> Path:
-        """The version's artifact directory, copied to `target`."""
+        """The version's policy directory (`model.zip`, `policy.json`), copied to `target`: the policy artifact
+        of its pyfunc model, or, for a version registered before versions were pyfunc models, its source."""
         from mlflow.artifacts import download_artifacts
 
         target.mkdir(parents=True, exist_ok=True)
-        return Path(download_artifacts(artifact_uri=info.source, dst_path=str(target), tracking_uri=self.tracking_uri))
+        if info.source.startswith("models:/"):  # models:/<logged model id>
+            model = self.client.get_logged_model(info.source.removeprefix("models:/").strip("/"))
+            from rl_lifecycle.models.pyfunc import POLICY_KEY
+
+            uri = f"{model.artifact_location.rstrip('/')}/artifacts/{POLICY_KEY}"
+        else:
+            uri = info.source
+        return Path(download_artifacts(artifact_uri=uri, dst_path=str(target), tracking_uri=self.tracking_uri))
 
     def model_version_url(self, info: ModelVersionInfo) -> str | None:
         if not self.ui_url:

@@ -1,10 +1,11 @@
-"""Alerts: one record per failure (a failed asset check evaluation, a failed run), a JSON log line, a webhook POST.
+"""Alerts: one record per failure (a failed asset check evaluation, a failed run, a candle file the inbox
+rejected), a JSON log line, a webhook POST.
 
 The functional core; the Dagster sensors in `rl_lifecycle.orchestration.automation.alerts` only read the instance and
 call this module.
 
 **At most once per failure.** Every alert has a `dedupe_key` (`check:<run_id>:<asset>:<check>:<partition>`,
-`run:<run_id>`) that is UNIQUE in the `alerts` table: recording the same failure again (a sensor
+`run:<run_id>`, `inbox:<market>/<file>:<size>:<mtime_ns>`) that is UNIQUE in the `alerts` table: recording the same failure again (a sensor
 restarted with an old cursor, two sensors seeing one run) inserts nothing and logs nothing. A POST is
 made only for a row whose `delivered_at` is NULL, under a row lock (`FOR UPDATE SKIP LOCKED`) that is
 held until `delivered_at` is committed, so two sensors never send one alert twice.
@@ -35,8 +36,9 @@ from rl_lifecycle.markets.keys import market_of
 from rl_lifecycle.ops.logs import log_event
 from rl_lifecycle.settings import load_settings, variable
 
-CHECK_FAILED, RUN_FAILED = "check_failed", "run_failed"
-KINDS = (CHECK_FAILED, RUN_FAILED)
+CHECK_FAILED, RUN_FAILED, INBOX_REJECTED = "check_failed", "run_failed", "inbox_rejected"
+KINDS = (CHECK_FAILED, RUN_FAILED, INBOX_REJECTED)
+INBOX_SENSOR_PATH = "/locations/__repository__@rl_lifecycle/sensors/inbox_sensor"  # the UI page of `inbox_sensor`
 DEFAULT_UI_URL = variable("RL_DAGSTER_UI_URL").default
 DEFAULT_TIMEOUT_SECONDS = float(variable("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS").default)
 BACKOFF_BASE_SECONDS = 30.0
@@ -123,6 +125,22 @@ def run_alert(run_id: str, job_name: str | None, partition: str | None, summary:
         run_url=run_url(ui_url, run_id), asset=", ".join(assets) or None, partition=partition, job_name=job_name,
         failed_at=failed_at,
     )
+
+
+def inbox_alert(market: str, file: str, signature: str, summary: str, *, ui_url: str = DEFAULT_UI_URL) -> Alert:
+    """A candle file the inbox rejected (or refused): one alert per dropped file, `signature` telling drops of one
+    name apart (size and mtime). `market` is the market directory's name ("" at the top of the inbox); it is
+    also the alert's partition (a `market` partition key), so the market's status counts it. No run: `run_id`
+    is empty and `run_url` the inbox sensor's page."""
+    return Alert(
+        kind=INBOX_REJECTED, dedupe_key=f"{inbox_key_prefix(market, file)}{signature}",
+        summary=summary or f"inbox file {file} rejected", run_id="",
+        run_url=f"{ui_url.rstrip('/')}{INBOX_SENSOR_PATH}", asset="candles", partition=market or None,
+    )
+
+
+def inbox_key_prefix(market: str, file: str) -> str:
+    return f"inbox:{market or '-'}/{file}:"
 
 
 _COLUMNS = ("kind", "dedupe_key", "market", "asset", "partition_key", "check_name", "severity", "job_name",
@@ -214,21 +232,35 @@ def resolve_run_alerts(conn: psycopg.Connection, job_name: str, partition: str |
     ).rowcount
 
 
+def resolve_inbox_alerts(conn: psycopg.Connection, market: str, file: str) -> int:
+    """A file of this name was imported into this market: the open alerts of its earlier rejected drops are
+    resolved (the report's next step is to fix the file and drop it again)."""
+    prefix = inbox_key_prefix(market, file)
+    return conn.execute(
+        """UPDATE alerts SET resolved_at = now() WHERE kind = %s AND resolved_at IS NULL
+             AND left(dedupe_key, %s) = %s""",
+        (INBOX_REJECTED, len(prefix), prefix),
+    ).rowcount
+
+
 # -- webhook ---------------------------------------------------------------------------------------
 def slack_body(alert: Alert) -> dict:
     """A Slack-compatible incoming-webhook body: `text` (the fallback line) and `blocks`."""
     if alert.kind == CHECK_FAILED:
         title = f"Asset check failed: {alert.check} on {alert.asset}"
+    elif alert.kind == INBOX_REJECTED:
+        title = f"Inbox file rejected ({alert.partition or 'no market'})"
     else:
         title = f"Run failed: {alert.job_name or 'run'}"
-    text = f"{title} (partition {alert.partition or '-'}): {alert.summary} <{alert.run_url}|run {alert.run_id[:8]}>"
+    link = f"<{alert.run_url}|run {alert.run_id[:8]}>" if alert.run_id else f"<{alert.run_url}|inbox sensor>"
+    text = f"{title} (partition {alert.partition or '-'}): {alert.summary} {link}"
     fields = [
         ("Asset", alert.asset or "-"),
         ("Partition", alert.partition or "-"),
         ("Check", alert.check or "-"),
         ("Severity", alert.severity or "-"),
         ("Job", alert.job_name or "-"),
-        ("Run", f"<{alert.run_url}|{alert.run_id}>"),
+        ("Run", f"<{alert.run_url}|{alert.run_id}>" if alert.run_id else "-"),
     ]
     summary = alert.summary if len(alert.summary) <= 2900 else alert.summary[:2900] + "…"
     return {
@@ -238,7 +270,8 @@ def slack_body(alert: Alert) -> dict:
             {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}:*\n{v}"} for k, v in fields]},
             {"type": "section", "text": {"type": "mrkdwn", "text": summary or "-"}},
             {"type": "actions", "elements": [
-                {"type": "button", "text": {"type": "plain_text", "text": "Open the run in Dagster"}, "url": alert.run_url},
+                {"type": "button", "text": {"type": "plain_text", "text": "Open the run in Dagster" if alert.run_id
+                                                                          else "Open the inbox sensor in Dagster"}, "url": alert.run_url},
             ]},
         ],
         # plain fields for webhooks that are not Slack

@@ -19,6 +19,10 @@ Figures (labels in braces):
   (promotions, rejections, pending decisions by reason code): from `promotion_audit`.
 - `rl_evaluation_folds{market,status}`, `rl_evaluation_fold_failures{market}`: the stored walk-forward
   reports' folds (a re-run rewrites its report, so these are gauges).
+- `rl_champion_version{market}`: the champion's model version (the promotion audit decides), 0 when the
+  market has none; `rl_challenger_version{market}`: the version holding the MLflow alias `challenger`
+  (a version whose blocking checks passed), 0 when none (section `challengers`, read from MLflow: down
+  when MLflow cannot be read or no registry is given).
 - `rl_failed_checks_total{asset,check}`, `rl_failed_runs_total{job}`, `rl_alerts_open{kind}`,
   `rl_alerts_undelivered`: from `alerts`.
 - `rl_metrics_section_up{section}`: 1 when that section's query worked on this scrape, 0 otherwise
@@ -45,6 +49,7 @@ from rl_lifecycle.candles.store import newest_candle_ts
 from rl_lifecycle.features.store import feature_sets_with_snapshots, newest_snapshot_ts, recent_missing_ratios
 from rl_lifecycle.markets.table import list_markets
 from rl_lifecycle.ops.logs import log_event
+from rl_lifecycle.promotion.audit import current_champion
 from rl_lifecycle.windows import to_us
 
 MISSING_SAMPLE_ROWS = 1000
@@ -168,6 +173,24 @@ def _folds(conn: psycopg.Connection) -> list[Metric]:
     return [folds, failures]
 
 
+def _champions(conn: psycopg.Connection) -> list[Metric]:
+    champion = GaugeMetricFamily("rl_champion_version",
+                                 "Model version of the market's champion (promotion audit); 0: no champion.",
+                                 labels=["market"])
+    for market in sorted(m.key for m in _markets(conn)):
+        champion.add_metric([market], float(current_champion(conn, market) or 0))
+    return [champion]
+
+
+def _challengers(conn: psycopg.Connection, registry) -> list[Metric]:
+    """From the MLflow registry (`rl_lifecycle.models.tracking.ModelRegistry`): the `challenger` alias."""
+    challenger = GaugeMetricFamily("rl_challenger_version",
+                                   "Model version holding the MLflow alias `challenger`; 0: none.", labels=["market"])
+    for market in sorted(_markets(conn), key=lambda m: m.key):
+        challenger.add_metric([market.key], float((registry.aliases(market) or {}).get("challenger") or 0))
+    return [challenger]
+
+
 def _alerts(conn: psycopg.Connection) -> list[Metric]:
     checks = CounterMetricFamily("rl_failed_checks", "Failed asset check evaluations (alerts).", labels=["asset", "check"])
     runs = CounterMetricFamily("rl_failed_runs", "Failed runs (alerts).", labels=["job"])
@@ -197,17 +220,27 @@ SECTIONS: dict[str, Callable[..., list[Metric]]] = {
     "decisions": lambda conn, now: _decisions(conn, now),
     "promotions": lambda conn, now: _promotions(conn),
     "folds": lambda conn, now: _folds(conn),
+    "champions": lambda conn, now: _champions(conn),
     "alerts": lambda conn, now: _alerts(conn),
 }
 
 
-def collect_families(conn: psycopg.Connection, now: datetime | None = None) -> list[Metric]:
-    """Every figure, as metric families; a section whose query fails is reported down, not raised."""
+def collect_families(conn: psycopg.Connection, now: datetime | None = None,
+                     registry: Callable[[], object] | None = None) -> list[Metric]:
+    """Every figure, as metric families; a section whose query fails is reported down, not raised.
+    `registry`: gives the MLflow registry (`open_registry`) the `challengers` section reads; None: that
+    section is down."""
     now = now or datetime.now(UTC)
     families: list[Metric] = []
     up = GaugeMetricFamily("rl_metrics_section_up", "1 when the section's figures were read on this scrape.",
                            labels=["section"])
-    for section, fn in SECTIONS.items():
+
+    sections = dict(SECTIONS)
+    if registry is not None:
+        sections["challengers"] = lambda c, _now: _challengers(c, registry())
+    else:
+        up.add_metric(["challengers"], 0.0)  # not read: nothing failed, so nothing is logged
+    for section, fn in sections.items():
         try:
             if conn.autocommit:
                 families += fn(conn, now)
@@ -225,8 +258,10 @@ def collect_families(conn: psycopg.Connection, now: datetime | None = None) -> l
 class LifecycleCollector:
     """A custom collector: queries the database on every scrape (nothing is cached between scrapes)."""
 
-    def __init__(self, connect: Callable[[], AbstractContextManager[psycopg.Connection]]):
+    def __init__(self, connect: Callable[[], AbstractContextManager[psycopg.Connection]],
+                 registry: Callable[[], object] | None = None):
         self._connect = connect
+        self._registry = None if registry is None else cached(registry)
 
     def describe(self) -> list[Metric]:
         return []  # names are known only at scrape time; do not query the database at registration
@@ -235,7 +270,7 @@ class LifecycleCollector:
         db_up = GaugeMetricFamily("rl_metrics_database_up", "1 when the database answered this scrape.")
         try:
             with self._connect() as conn:
-                families = collect_families(conn)
+                families = collect_families(conn, registry=self._registry)
         except Exception as exc:  # noqa: BLE001
             log_event(logger, "metrics_database_unreachable", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
             db_up.add_metric([], 0.0)
@@ -246,6 +281,28 @@ class LifecycleCollector:
         yield db_up
 
 
+def cached(make: Callable[[], object]) -> Callable[[], object]:
+    """`make()` once it first succeeds (a registry is opened on the first scrape that needs it, then kept)."""
+    made: list[object] = []
+
+    def get():
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
+
+
+def registry_opener(database_url: str) -> Callable[[], object]:
+    """Opens the MLflow registry of the database in use (`rl_lifecycle.models.tracking.open_registry`)."""
+    def open_it():
+        from rl_lifecycle.models.tracking import open_registry
+
+        return open_registry(database_url)
+
+    return open_it
+
+
 def url_connector(database_url: str) -> Callable[[], AbstractContextManager[psycopg.Connection]]:
     return lambda: psycopg.connect(database_url, autocommit=True, connect_timeout=5)
 
@@ -254,7 +311,7 @@ def metrics_registry(database_url: str):
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LifecycleCollector(url_connector(database_url)))
+    registry.register(LifecycleCollector(url_connector(database_url), registry_opener(database_url)))
     return registry
 
 
@@ -275,19 +332,22 @@ def family_records(families: list[Metric]) -> list[dict]:
     ]
 
 
-def log_metrics(conn: psycopg.Connection, log: logging.Logger | None = None) -> list[str]:
+def log_metrics(conn: psycopg.Connection, log: logging.Logger | None = None,
+                registry: Callable[[], object] | None = None) -> list[str]:
     """The same figures as the endpoint, one JSON line per metric family (event `metrics`); returns the lines."""
     log = log or logger
-    return [log_event(log, "metrics", logging.INFO, **record) for record in family_records(collect_families(conn))]
+    return [log_event(log, "metrics", logging.INFO, **record)
+            for record in family_records(collect_families(conn, registry=registry))]
 
 
 def wait_forever(log_interval: float | None, database_url: str) -> None:
     """Keep the process alive for the endpoint thread; log the figures as JSON lines every `log_interval` s."""
+    registry = cached(registry_opener(database_url))
     while True:
         if log_interval:
             try:
                 with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
-                    log_metrics(conn)
+                    log_metrics(conn, registry=registry)
             except Exception as exc:  # noqa: BLE001
                 log_event(logger, "metrics_database_unreachable", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
             time.sleep(log_interval)

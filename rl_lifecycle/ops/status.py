@@ -101,7 +101,7 @@ def market_status(conn: psycopg.Connection, registry=None, now: datetime | None 
             "open_alerts": count_open_alerts(conn, market.key),
             "latest_open_alerts": [
                 {"kind": a.kind, "asset": a.asset, "check": a.check, "partition": a.partition,
-                 "summary": a.summary[:200], "run_url": a.run_url, "created_at": a.created_at.isoformat()}
+                 "summary": a.summary[:200] if a.kind != "inbox_rejected" else a.summary[:1000], "run_url": a.run_url, "created_at": a.created_at.isoformat()}
                 for a in open_alerts
             ],
         })
@@ -146,6 +146,11 @@ def status_lines(statuses: list[dict], switches: list[Switch]) -> list[str]:
             f"  open alerts     {st['open_alerts']}",
         ]
         for a in st["latest_open_alerts"]:
+            if a["kind"] == "inbox_rejected":  # the summary: the file and its report, then the first problem
+                first, *problems = a["summary"].splitlines() or [""]
+                lines.append(f"    - {a['created_at'][:19]} inbox: {first}")
+                lines += [f"      {problems[0].strip()}"] if problems else []
+                continue
             what = f"{a['check']} on {a['asset']}" if a["kind"] == "check_failed" else f"run failed ({a['asset'] or '-'})"
             lines.append(f"    - {a['created_at'][:19]} {what} [{a['partition'] or '-'}] {a['run_url']}")
     return lines

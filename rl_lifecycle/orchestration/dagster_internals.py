@@ -7,8 +7,13 @@ any Dagster release (pinned: dagster 1.13.27). After an upgrade, this is the mod
   public API that launches a backfill.
 - The run launcher's worker health check for run monitoring (`run_launcher.py`): the types a
   `RunLauncher.check_run_worker_health` returns and `launch_run` receives.
+- Per-partition check evaluations (`assets/checks.py`): the pointer to the materialization a check
+  evaluated, which the UI's per-partition check status compares with the latest one.
 """
 
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.execution.backfill import PartitionBackfill
@@ -23,7 +28,8 @@ from dagster._utils.caching_instance_queryer import CachingInstanceQueryer
 DAEMON_MODULE = "dagster._daemon"  # `python -m dagster._daemon run`: what the `dagster-daemon` script runs
 
 __all__ = [
-    "ASSET_PARTITION_RANGE_END_TAG", "ASSET_PARTITION_RANGE_START_TAG", "DAEMON_MODULE", "AssetGraphSubset",
+    "ASSET_PARTITION_RANGE_END_TAG", "ASSET_PARTITION_RANGE_START_TAG", "DAEMON_MODULE",
+    "AssetCheckEvaluationTargetMaterializationData", "AssetGraphSubset",
     "CachingInstanceQueryer", "CheckRunHealthResult", "JobSubsetSelector", "LaunchRunContext", "PartitionBackfill",
     "WorkerStatus", "WorkspaceFileTarget", "WorkspaceProcessContext", "datetime_from_timestamp",
     "get_current_timestamp", "make_new_backfill_id",

@@ -351,8 +351,8 @@ def _execute_in_process(instance: DagsterInstance, defs: Definitions, planned: P
 
 # -- what a run did, per partition --------------------------------------------------------------
 def partition_results(instance: DagsterInstance, run_id: str, planned: PlannedRun) -> list[PartitionRun]:
-    """Per partition of the run: its materializations and their metadata, the check evaluations
-    (a range run's checks cover every window of it), and the run's errors."""
+    """Per partition of the run: its materializations and their metadata, its check evaluations (one
+    per window of a range run too; one without a partition counts for every window), and the run's errors."""
     from dagster import DagsterRunStatus
 
     materialized: dict[str, dict[str, dict]] = {key: {} for key in planned.partition_keys}

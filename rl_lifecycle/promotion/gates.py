@@ -396,23 +396,57 @@ def evaluate(
     return Decision(outcome, codes, tuple(gates), bootstrap=champion is None)
 
 
+# What each gate measures, for people: a gate table row reads `fold_failures ≤ 0 | 0 | pass`. The
+# reason code (stable, stored) is what a failing gate records; tables show it on failure only.
+GATE_NAMES = {
+    MODEL_CHECKS_NOT_PASSED: "model_checks_passed",
+    NO_COMPLETED_FOLDS: "completed_folds",
+    FOLD_FAILED: "fold_failures",
+    NOT_BETTER_THAN_FLAT: "excess_return_vs_flat",
+    NOT_BETTER_THAN_BUY_AND_HOLD: "excess_return_vs_buy_and_hold",
+    TOO_FEW_TRADES: "min_trades_per_fold",
+    PSR_BELOW_MIN: "psr",
+    DSR_BELOW_MIN: "dsr",
+    PBO_ABOVE_MAX: "pbo",
+    PAIRED_TEST_NOT_SIGNIFICANT: "paired_test_p_value",
+    SHARPE_DELTA_BELOW_MIN: "median_sharpe_delta",
+    RETURN_DELTA_BELOW_MIN: "median_return_delta",
+    DRAWDOWN_WORSE_THAN_MAX: "max_drawdown_increase",
+    TOO_FEW_FOLD_WINS: "fold_wins",
+}
+COMPARISON_SIGNS = {">=": "≥", "<=": "≤", ">": ">"}
+
+
+def gate_name(code: str) -> str:
+    """What the gate of `code` measures (a code no longer in use, from an old audit record: the code in lower case)."""
+    return GATE_NAMES.get(code, code.lower())
+
+
 def gate_table(decision: Decision) -> list[dict]:
-    """One row per gate, for a person: code, value, comparison, threshold, pass."""
+    """One row per gate, for a person: name, code, value, comparison, threshold, pass."""
     return [
-        {"gate": g.code, "value": g.value, "comparison": g.comparison, "threshold": g.threshold,
-         "passed": g.passed, "description": g.description}
+        {"gate": gate_name(g.code), "code": g.code, "value": g.value, "comparison": g.comparison,
+         "threshold": g.threshold, "passed": g.passed, "description": g.description}
         for g in decision.gates
     ]
 
 
-GATE_TABLE_HEADERS = ("gate", "value", "threshold", "result")
+GATE_TABLE_HEADERS = ("gate", "value", "result")
 
 
-def gate_rows(gates: Iterable[dict]) -> list[tuple[str, str, str, str]]:
-    """Rows of GATE_TABLE_HEADERS from gate JSON (`Decision.gates_json()` or an audit record's `gates`)."""
+def table_number(value) -> str:
+    """A figure for a table cell: 4 significant digits, `-` for none or NaN (full precision: the JSON)."""
+    if value is None or isinstance(value, bool) or value != value:
+        return "-"
+    if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"
 
-    def number(value) -> str:
-        return "-" if value is None or value != value else f"{value:.4g}"
 
-    return [(g["code"], number(g["value"]), f"{g['comparison']} {number(g['threshold'])}", "pass" if g["passed"] else "FAIL")
+def gate_rows(gates: Iterable[dict]) -> list[tuple[str, str, str]]:
+    """Rows of GATE_TABLE_HEADERS from gate JSON (`Decision.gates_json()` or an audit record's `gates`): the
+    gate named for what it tests with its threshold (`fold_failures ≤ 0`), the value, and `pass` or
+    `FAIL (REASON_CODE)`; figures rounded (the JSON keeps them whole)."""
+    return [(f"{gate_name(g['code'])} {COMPARISON_SIGNS.get(g['comparison'], g['comparison'])} {table_number(g['threshold'])}",
+             table_number(g["value"]), "pass" if g["passed"] else f"FAIL ({g['code']})")
             for g in gates]

@@ -26,7 +26,7 @@ from rl_lifecycle.orchestration.resources import PostgresResource
 @asset(
     partitions_def=market_window_partitions,
     backfill_policy=WINDOW_RANGE_PER_RUN,
-    group_name="market_data",
+    group_name="lifecycle",
     kinds={"postgres"},
     description="OHLCV candles of one market and window, keyed by candle open time (UTC).",
 )

@@ -1,8 +1,8 @@
-"""`training_dataset`: the dataset ending at a market x window, with its two blocking gates."""
+"""`training_dataset`: the dataset ending at a market x window, with its two blocking gates (one
+evaluation per window, in a one-window run or a backfill run's range)."""
 
 from dagster import (
     AssetCheckExecutionContext,
-    AssetCheckResult,
     AssetDep,
     AssetExecutionContext,
     Config,
@@ -15,10 +15,10 @@ from pydantic import Field
 from rl_lifecycle.datasets.builder import build_dataset
 from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
 from rl_lifecycle.features.spec import FeatureSetSpec, active_feature_set
+from rl_lifecycle.orchestration.assets.checks import CheckEvents, partition_evaluations
 from rl_lifecycle.orchestration.assets.presentation import (
     log_range,
     log_window,
-    partition_check_result,
     range_metadata,
 )
 from rl_lifecycle.orchestration.failures import user_errors_fail_the_step
@@ -57,7 +57,7 @@ def _spec(market, window, config: TrainingDatasetConfig, features: FeatureSetSpe
     partitions_def=market_window_partitions,
     backfill_policy=WINDOW_RANGE_PER_RUN,
     deps=[AssetDep("feature_snapshots", partition_mapping=SPAN_MAPPING)],
-    group_name="datasets",
+    group_name="lifecycle",
     kinds={"parquet", "postgres"},
     description="Warm feature rows of the span ending at this window, with close and forward-return label; content-addressed.",
 )
@@ -94,23 +94,22 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
     return MaterializeResult(metadata=range_metadata(context.partition_keys))
 
 
-def _each_partition(context: AssetCheckExecutionContext, database: PostgresResource, check) -> AssetCheckResult:
+def _each_partition(context: AssetCheckExecutionContext, database: PostgresResource, check) -> CheckEvents:
     with database.connect() as conn:
-        return partition_check_result(
-            [(key, check(conn, market, window)) for key, market, window in partitions_of_run(context.partition_keys)]
-        )
+        outcomes = [(key, check(conn, market, window)) for key, market, window in partitions_of_run(context.partition_keys)]
+    yield from partition_evaluations(context, outcomes)
 
 
 @asset_check(asset=training_dataset, blocking=True, partitions_def=market_window_partitions,
              description="Rebuild the latest dataset of this partition from stored snapshots, re-hash its file; both must equal its dataset_hash.")
-def dataset_reproducible(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
-    return _each_partition(context, database, check_reproducible)
+def dataset_reproducible(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
+    yield from _each_partition(context, database, check_reproducible)
 
 
 @asset_check(asset=training_dataset, blocking=True, partitions_def=market_window_partitions,
              description="Every dataset row is a warm snapshot row with all features defined.")
-def dataset_no_unwarm_rows(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
-    return _each_partition(context, database, check_no_unwarm_rows)
+def dataset_no_unwarm_rows(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
+    yield from _each_partition(context, database, check_no_unwarm_rows)
 
 
 DATASET_CHECKS = [dataset_reproducible, dataset_no_unwarm_rows]

@@ -26,7 +26,7 @@ from dagster import (
 from pydantic import Field
 
 from rl_lifecycle.evaluation.folds import MAX_FOLDS, FoldConfig
-from rl_lifecycle.orchestration.assets.presentation import markdown_table, png_markdown
+from rl_lifecycle.orchestration.assets.presentation import markdown_table, png_markdown, rounded
 from rl_lifecycle.orchestration.failures import user_errors_fail_the_step
 from rl_lifecycle.orchestration.partitions import (
     ONE_WINDOW_PER_RUN,
@@ -147,12 +147,12 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
         "fold_config": MetadataValue.json(report.fold_config.model_dump(mode="json")),
         "fold_table": markdown_table(FOLD_TABLE_HEADERS, fold_table(report)),
         "aggregates": MetadataValue.json({k: v for k, v in aggregates.items() if not isinstance(v, dict)}),
-        "psr": aggregates.get("psr"),
-        "dsr": aggregates.get("dsr"),
+        "psr": rounded(aggregates.get("psr")),  # rounded; full precision in `aggregates`
+        "dsr": rounded(aggregates.get("dsr")),
         # what the DSR was deflated by when the report was assembled (a decision deflates again, by the trials then)
         "dsr_n_trials": aggregates.get("n_trials"),
-        "dsr_trial_sharpe_variance": aggregates.get("trial_sharpe_variance"),
-        "pbo": aggregates.get("pbo"),
+        "dsr_trial_sharpe_variance": rounded(aggregates.get("trial_sharpe_variance")),
+        "pbo": rounded(aggregates.get("pbo")),
         "pbo_n_trials": (aggregates.get("pbo_detail") or {}).get("n_trials"),
         "missing_folds": str(aggregates.get("missing_folds", [])),
         # the figures `rl_evaluation_folds` / `rl_evaluation_fold_failures` export, per partition in the UI
@@ -185,7 +185,7 @@ def _one_config(config: FoldReportConfig) -> dict:
     backfill_policy=ONE_WINDOW_PER_RUN,
     ins={"challenger_model": AssetIn(dagster_type=Nothing)},
     config=ConfigMapping(config_fn=_one_config),
-    group_name="evaluation",
+    group_name="lifecycle",
     kinds={"nautilustrader", "postgres"},
     description="Walk-forward folds (purged, embargoed) of the partition's dataset: a fresh model of the challenger's "
     "spec per fold, backtested in NautilusTrader; the champion's spec on the same folds when there is one. One "

@@ -1,9 +1,9 @@
 """`feature_snapshots`: the canonical TA-Lib feature vectors of one market x window, and its blocking checks
-(per partition, or per window of a backfill run's range): determinism, no lookahead, flagged warmup."""
+(one evaluation per window, in a one-window run or a backfill run's range): determinism, no lookahead,
+flagged warmup."""
 
 from dagster import (
     AssetCheckExecutionContext,
-    AssetCheckResult,
     AssetDep,
     AssetExecutionContext,
     MaterializeResult,
@@ -23,11 +23,11 @@ from rl_lifecycle.features.service import (
 )
 from rl_lifecycle.features.spec import active_feature_set
 from rl_lifecycle.markets.keys import INTERVALS
+from rl_lifecycle.orchestration.assets.checks import CheckEvents, partition_evaluations
 from rl_lifecycle.orchestration.assets.presentation import (
     log_range,
     log_window,
     markdown_table,
-    partition_check_result,
     range_metadata,
 )
 from rl_lifecycle.orchestration.partitions import (
@@ -50,7 +50,7 @@ WITH_WARMUP_WINDOWS = same_market_and_previous_windows(
     partitions_def=market_window_partitions,
     backfill_policy=WINDOW_RANGE_PER_RUN,
     deps=[AssetDep("candles", partition_mapping=WITH_WARMUP_WINDOWS)],
-    group_name="features",
+    group_name="lifecycle",
     kinds={"postgres", "talib"},
     description="Feature vectors of the active feature set (RL_FEATURE_SET) by the canonical rule, in rl_feature_snapshots.",
 )
@@ -102,15 +102,15 @@ def _window_metadata(spec, computed, stats, *, table: bool) -> dict:
     partitions_def=market_window_partitions,
     description="Recompute the window in a fresh process; its hash must equal the stored bytes' hash.",
 )
-def features_deterministic(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
+def features_deterministic(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
     spec = active_feature_set()
     partitions = partitions_of_run(context.partition_keys)
     with database.connect() as conn:
         stored = [stored_window(conn, market, spec, window) for _, market, window in partitions]
     # one fresh interpreter recomputes every window of the run: its start-up is paid once per run
     fresh = recompute_in_fresh_process(database.database_url(), spec, WINDOW_SCHEME, [(m, w) for _, m, w in partitions])
-    return partition_check_result(
-        [(key, check_deterministic(s, f)) for (key, _, _), s, f in zip(partitions, stored, fresh, strict=True)]
+    yield from partition_evaluations(
+        context, [(key, check_deterministic(s, f)) for (key, _, _), s, f in zip(partitions, stored, fresh, strict=True)]
     )
 
 
@@ -121,14 +121,14 @@ def features_deterministic(context: AssetCheckExecutionContext, database: Postgr
     description="For sampled t of the window recomputed from its candles: truncating at t, or perturbing every "
     "later candle, leaves the vector at t unchanged.",
 )
-def features_no_lookahead(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
+def features_no_lookahead(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
     spec = active_feature_set()
     outcomes = []
     with database.connect() as conn:
         for key, market, window in partitions_of_run(context.partition_keys):
             candles = window_input(conn, market, spec, window)
             outcomes.append((key, check_no_lookahead(spec, WINDOW_SCHEME, candles, window.start)))
-    return partition_check_result(outcomes)
+    yield from partition_evaluations(context, outcomes)
 
 
 @asset_check(
@@ -137,13 +137,14 @@ def features_no_lookahead(context: AssetCheckExecutionContext, database: Postgre
     partitions_def=market_window_partitions,
     description="No NaN in a row that is not flagged (missing mask set, not warm).",
 )
-def warmup_flagged(context: AssetCheckExecutionContext, database: PostgresResource) -> AssetCheckResult:
+def warmup_flagged(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
     spec = active_feature_set()
     with database.connect() as conn:
-        return partition_check_result([
+        outcomes = [
             (key, check_warmup_flagged(stored_window(conn, market, spec, window)))
             for key, market, window in partitions_of_run(context.partition_keys)
-        ])
+        ]
+    yield from partition_evaluations(context, outcomes)
 
 
 FEATURE_CHECKS = [features_deterministic, features_no_lookahead, warmup_flagged]

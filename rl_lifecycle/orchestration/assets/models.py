@@ -31,7 +31,7 @@ class ChallengerModelConfig(Config):
     partitions_def=market_window_partitions,
     backfill_policy=ONE_WINDOW_PER_RUN,
     deps=["training_dataset"],
-    group_name="models",
+    group_name="lifecycle",
     kinds={"pytorch", "mlflow"},
     description="A stable-baselines3 policy trained on this partition's training dataset, registered in MLflow "
     "(`rl-<market>`) with its lineage and training feature statistics; alias `challenger`.",

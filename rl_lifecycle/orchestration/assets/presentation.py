@@ -18,7 +18,14 @@ def line_plot(ts_us: np.ndarray, values: np.ndarray, title: str, max_points: int
 
 
 def png_markdown(png: bytes, title: str) -> MetadataValue:
-    return MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    """A PNG (`rl_lifecycle.plots`: 1200 px wide, readable in the metadata panel's markdown view) with its title."""
+    return MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def rounded(value, digits: int = 4):
+    """A float metadata figure to `digits` significant digits, for people (the JSON metadata beside it keeps
+    full precision); anything else unchanged."""
+    return float(f"{value:.{digits}g}") if isinstance(value, float) and value == value else value
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> MetadataValue:

@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from pydantic import Field
 
 from rl_lifecycle.evaluation.report import json_safe
-from rl_lifecycle.orchestration.assets.presentation import markdown_table
+from rl_lifecycle.orchestration.assets.presentation import markdown_table, rounded
 from rl_lifecycle.orchestration.failures import user_errors_fail_the_step
 from rl_lifecycle.orchestration.partitions import (
     ONE_WINDOW_PER_RUN,
@@ -30,7 +30,7 @@ class PromotionDecisionConfig(Config):
     partitions_def=market_window_partitions,
     backfill_policy=ONE_WINDOW_PER_RUN,
     deps=["fold_report"],
-    group_name="promotion",
+    group_name="lifecycle",
     kinds={"mlflow", "postgres"},
     description="Paired delta gates (challenger minus champion on the same folds) and absolute gates; outcome "
     "promoted, rejected or pending_manual (RL_AUTO_PROMOTION=false), appended to promotion_audit; a promotion "
@@ -107,11 +107,11 @@ def _statistics_metadata(decision) -> dict:
     gates = {g.code: g for g in decision.gates}
     out = {}
     if (paired := gates.get(PAIRED_TEST_NOT_SIGNIFICANT)) is not None and paired.details:
-        out |= {"paired_test": MetadataValue.json(dict(paired.details)), "paired_p_value": paired.value}
+        out |= {"paired_test": MetadataValue.json(dict(paired.details)), "paired_p_value": rounded(paired.value)}
     if (dsr := gates.get(DSR_BELOW_MIN)) is not None:
         details = dict(dsr.details or {})
-        out |= {"dsr": dsr.value, "dsr_n_trials": details.get("n_trials"),
-                "dsr_trial_sharpe_variance": details.get("trial_sharpe_variance")}
+        out |= {"dsr": rounded(dsr.value), "dsr_n_trials": details.get("n_trials"),  # full precision: gate_values
+                "dsr_trial_sharpe_variance": rounded(details.get("trial_sharpe_variance"))}
     if (pbo := gates.get(PBO_ABOVE_MAX)) is not None:
-        out |= {"pbo": json_safe(pbo.value), "pbo_detail": MetadataValue.json(json_safe(dict(pbo.details or {})))}
+        out |= {"pbo": rounded(json_safe(pbo.value)), "pbo_detail": MetadataValue.json(json_safe(dict(pbo.details or {})))}
     return out

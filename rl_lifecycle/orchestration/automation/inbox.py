@@ -1,10 +1,15 @@
 """Sensors for live ingestion: the candle inbox, and the live feed of synthetic markets.
 
-Both only write candles. What they wrote is recorded as `AssetObservation`s of the `candles` asset,
+Both only write candles (and the inbox, alerts). What they wrote is recorded as `AssetObservation`s of the `candles` asset,
 one per (market, window) partition that received candles, with metadata `source`, `file`, `rows`:
 a downstream sensor reads them with `instance.fetch_observations(AssetRecordsFilter(
 asset_key=AssetKey("candles"), after_storage_id=cursor), limit=..., ascending=True)` and keys its
 runs on the partition and the storage id.
+
+A file the inbox rejects or refuses raises one `inbox_rejected` alert (`rl_lifecycle.ops.alerts`), keyed
+per dropped file, so a refused file looked at again on later ticks alerts once; it shows in
+`rl-lifecycle status` and is POSTed like the other alerts. Importing a file of the same name into the
+same market resolves it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from rl_lifecycle.candles.inbox import (
 )
 from rl_lifecycle.candles.limits import IntakeLimits
 from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.ops.alerts import inbox_alert, load_alert_config, record_alert, resolve_inbox_alerts
 from rl_lifecycle.orchestration.partitions import (
     WINDOW_SCHEME,
     first_window,
@@ -82,6 +88,24 @@ def _seen_from_cursor(cursor: str | None) -> dict[str, list]:
     return seen if isinstance(seen, dict) else {}
 
 
+def _alert_rejections(conn, outcomes: list[InboxOutcome]) -> int:
+    """One alert per rejected or refused file (a file seen again inserts nothing); an imported file resolves
+    the open alerts of its name in its market. Returns how many alerts are new."""
+    ui_url = load_alert_config().ui_url
+    new = 0
+    for outcome in outcomes:
+        if outcome.status == IMPORTED:
+            resolve_inbox_alerts(conn, outcome.market, outcome.file)
+            continue
+        summary = outcome.describe()
+        if outcome.status == REFUSED:
+            summary = f"{summary}\n(left in place: fix the directory named above; this file alerts once)"
+        if record_alert(conn, inbox_alert(outcome.market, outcome.file, outcome.signature, summary,
+                                          ui_url=ui_url)) is not None:
+            new += 1
+    return new
+
+
 @sensor(
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,  # dropping a file must be enough; no click needed
@@ -90,7 +114,8 @@ def _seen_from_cursor(cursor: str | None) -> dict[str, list]:
         "validation and limits as `rl-lifecycle ingest`: good files move to imported/, bad ones to rejected/ "
         "with a report and nothing written. Write NAME.partial and rename it when complete; a file is taken "
         "once unchanged for RL_INBOX_SETTLE_SECONDS over two ticks. Links and other non-regular entries are "
-        "rejected unread. Records an observation of `candles` per window that received candles."
+        "rejected unread. Records an observation of `candles` per window that received candles, and raises one "
+        "alert per rejected file (shown by `rl-lifecycle status`)."
     ),
 )
 def inbox_sensor(context: SensorEvaluationContext, database: PostgresResource) -> SensorResult | SkipReason:
@@ -102,6 +127,7 @@ def inbox_sensor(context: SensorEvaluationContext, database: PostgresResource) -
             conn, inbox_dir, max_files=INBOX_FILES_PER_TICK, scheme=WINDOW_SCHEME, first_window=first_window(),
             settle_seconds=settings.inbox_settle_seconds, seen=seen, limits=IntakeLimits.from_settings(settings),
         )
+        alerted = _alert_rejections(conn, outcomes)
     context.update_cursor(json.dumps({"settling": seen}, sort_keys=True))
     settling = (f"; {len(seen)} file(s) settling (taken once unchanged for {settings.inbox_settle_seconds} s "
                 "over two ticks)") if seen else ""
@@ -131,6 +157,7 @@ def inbox_sensor(context: SensorEvaluationContext, database: PostgresResource) -
            + (", ..." if len(unread) > 5 else "") + ")" if unread else "")
         + (f", {len(refused)} refused and left in place ({'; '.join(o.problems[0] for o in refused[:3])})"
            if refused else "")
+        + (f"; {alerted} new alert(s)" if alerted else "")
         + f"; {len(events)} `candles` partition(s) observed{settling}"
     )
     context.log.info(summary)
