@@ -14,12 +14,12 @@ import pytest
 from dagster import SkipReason, build_sensor_context
 
 from rl_lifecycle.markets.keys import Market
-from rl_lifecycle.models.tracking import CHALLENGER, CHAMPION, open_registry, registered_model_name
+from rl_lifecycle.models.tracking import CHALLENGER, CHAMPION, open_registry
 from rl_lifecycle.promotion import audit
 from rl_lifecycle.promotion.audit import AuditRecord
 from rl_lifecycle.promotion.service import PREVIOUS_CHAMPION, decide, manual_promote
 from rl_lifecycle_tests.cli_helpers import run_cli
-from rl_lifecycle_tests.test_promotion import POLICY, register, report
+from rl_lifecycle_tests.test_promotion import POLICY, aliases, register, report
 
 
 @pytest.fixture
@@ -31,11 +31,6 @@ def registry(rl_env, database_url):
 def market() -> Market:
     # MLflow's database outlives each test: a market of its own keeps registered versions apart
     return Market(f"R{uuid.uuid4().hex[:12].upper()}", "1h")
-
-
-def aliases(registry, market: Market) -> dict[str, int]:
-    model = registry.client.get_registered_model(registered_model_name(market))
-    return {k: int(v) for k, v in (model.aliases or {}).items() if k in (CHAMPION, PREVIOUS_CHAMPION)}
 
 
 def _killed_promotion(conn, market: Market, version: int, champion: int | None) -> AuditRecord:

@@ -44,5 +44,10 @@ def fold_returns(report) -> dict[int, np.ndarray]:
             continue
         path = curve_path(fold.equity_curve_uri)
         if path.is_file():
-            out[int(fold.index)] = simple_returns(pl.read_parquet(path, columns=["equity"])["equity"].to_numpy())
+            out[int(fold.index)] = curve_returns(path)
     return out
+
+
+def curve_returns(path: Path) -> np.ndarray:
+    """The per-bar net returns (after fees) of the equity curve file at `path`."""
+    return simple_returns(pl.read_parquet(path, columns=["equity"])["equity"].to_numpy())

@@ -121,10 +121,15 @@ def fold_metrics(
     }
 
 
+def chained_equity(returns: np.ndarray) -> np.ndarray:
+    """Equity from 1 compounding `returns` bar by bar (one point more than the returns)."""
+    return np.concatenate([[1.0], np.cumprod(1.0 + np.asarray(returns, dtype=np.float64))])
+
+
 def path_metrics(returns: np.ndarray, periods_per_year: float) -> dict[str, float]:
     """A CPCV backtest path's figures from its per-bar returns (its groups' backtests chained)."""
     returns = np.asarray(returns, dtype=np.float64)
-    equity = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
+    equity = chained_equity(returns)
     return {"total_return": float(equity[-1] - 1.0), "sharpe": sharpe_per_bar(returns) * math.sqrt(periods_per_year),
             "max_drawdown": max_drawdown(equity), "bars": int(len(returns))}
 

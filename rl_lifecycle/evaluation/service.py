@@ -386,6 +386,7 @@ def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
     import matplotlib.pyplot as plt
 
     from rl_lifecycle.evaluation.curves import fold_returns
+    from rl_lifecycle.evaluation.metrics import chained_equity
     from rl_lifecycle.evaluation.report import path_returns
     from rl_lifecycle.plots import PLOT_DPI, PLOT_HEIGHT_IN, PLOT_WIDTH_IN
 
@@ -397,7 +398,7 @@ def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
         return None
     fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, PLOT_HEIGHT_IN * 1.25), dpi=PLOT_DPI, layout="constrained")
     for index, returns in paths:
-        ax.plot(np.concatenate([[1.0], np.cumprod(1.0 + returns)]), linewidth=1.0, label=f"path {index}")
+        ax.plot(chained_equity(returns), linewidth=1.0, label=f"path {index}")
     group_rows = sorted({r.test_range for r in report.folds})
     for boundary in np.cumsum([end - start - 1 for start, end in group_rows])[:-1]:  # returns per group
         ax.axvline(boundary, color="grey", linewidth=0.5, linestyle=":")

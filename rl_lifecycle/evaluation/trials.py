@@ -14,11 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 import psycopg
 
-from rl_lifecycle.evaluation.curves import curve_path
-from rl_lifecycle.evaluation.metrics import returns_by_bar, simple_returns
+from rl_lifecycle.evaluation.curves import curve_path, curve_returns
+from rl_lifecycle.evaluation.metrics import returns_by_bar
 from rl_lifecycle.evaluation.overfitting import probability_of_backtest_overfitting
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import to_us
@@ -79,8 +78,7 @@ def bar_returns_of(backtests: Iterable[tuple[tuple[int, int], str, str | None]])
     paths = [(span, curve_path(uri)) for span, uri in done if uri]
     if not done or len(paths) != len(done) or not all(path.is_file() for _, path in paths):
         return None
-    return returns_by_bar(
-        (span, simple_returns(pl.read_parquet(path, columns=["equity"])["equity"].to_numpy())) for span, path in paths)
+    return returns_by_bar((span, curve_returns(path)) for span, path in paths)
 
 
 def tested_spans(backtests: Iterable[tuple[tuple[int, int], str, str | None]]) -> Spans:
