@@ -1,8 +1,10 @@
 """Environment-driven settings: one declarative table of the RL_* variables, and the one reader of them.
 
 `VARIABLES` names each variable with its default, its meaning and, for the rollout switches, the
-stage of the rollout (seed plan) at which it is switched on; `rl-lifecycle status` prints the switches
-from this table, and `load_settings()` reads the environment through it (at each call).
+stage of the rollout (seed plan) at which it is switched on and its switch name; `load_settings()` reads
+the environment through it (at each call). A rollout switch may also be stored in the database
+(`rl-lifecycle switch set`), which then wins over the environment everywhere:
+`rl_lifecycle.switches.settings_in_force` gives the settings with the switches in force.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ class Variable:
     name: str
     default: str | None  # as the environment would spell it; None: unset
     meaning: str
-    stage: int | None = None  # rollout stage: switch them on in this order
-    switch: str | None = None  # its name among the rollout switches
+    stage: int | None = None  # rollout stage (ROLLOUT_STAGES): switch them on in this order
+    switch: str | None = None  # its name as a rollout switch, as people type it (`rl-lifecycle switch set NAME`)
 
     def raw(self) -> str | None:
         """The value set in the environment, stripped; None when unset or blank."""
@@ -50,17 +52,17 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     Variable("RL_HOME", ".rl_lifecycle", "state dir: embedded database, Dagster home, datasets, MLflow artifacts, inbox"),
     Variable("RL_DATABASE_URL", None, "external PostgreSQL; unset: the embedded server under $RL_HOME/pgdata"),
-    Variable("RL_FEATURE_SET", "ta_v2", "the selected feature set; rollback: RL_FEATURE_SET=core_v1",
-             stage=2, switch="TA feature set"),
+    Variable("RL_FEATURE_SET", "ta_v2", "the selected feature set; rollback: point it back at core_v1",
+             stage=2, switch="feature_set"),
     Variable("RL_PAPER_DECISIONS_ENABLED", "false",
-             "one paper decision per market per interval (never routes orders)", stage=2, switch="paper decisions"),
+             "one paper decision per market per interval (never routes orders)", stage=2, switch="paper_decisions"),
     Variable("RL_STRICT_BACKTEST", "true",
-             "strict fold backtests for the promotion gates; keep true outside tests", stage=3, switch="walk-forward gates"),
+             "strict fold backtests for the promotion gates; keep true outside tests", stage=3, switch="strict_backtest"),
     Variable("RL_ONLINE_LEARNING_ENABLED", "false",
-             "the sensor trains, evaluates and decides on every completed window", stage=4, switch="online learning"),
+             "the sensor trains, evaluates and decides on every completed window", stage=4, switch="online_learning"),
     Variable("RL_AUTO_PROMOTION", "false",
              "passing decisions promote by themselves; false: they wait as pending for `rl-lifecycle promote`",
-             stage=5, switch="auto promotion"),
+             stage=5, switch="auto_promotion"),
     Variable("RL_WINDOW_CADENCE", "monthly", "the `window` partitions and the anchor of the feature rule: monthly, weekly, daily"),
     Variable("RL_WINDOW_START", None, "the first `window` partition; unset: by cadence (monthly 2000-01-01, weekly "
              "2010-01-04, daily 2020-01-01)"),
@@ -82,6 +84,15 @@ VARIABLES: tuple[Variable, ...] = (
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
+# The rollout of the seed plan, stage by stage; the switches of a stage are the Variables with that `stage`.
+ROLLOUT_STAGES = {
+    1: "feature snapshot storage",
+    2: "TA feature generation, paper mode only",
+    3: "walk-forward gates",
+    4: "promotions for online learning",
+    5: "auto roll-forward after 7-day stability",
+}
+
 # First `window` partition when RL_WINDOW_START is unset: early enough for the history people import
 # (daily equities and FX back to the 2000s, crypto since 2017) while market x window stays small:
 # monthly from 2000 is about 320 windows per market (100 markets: ~32,000 partitions per asset, well
@@ -97,13 +108,17 @@ def _text(name: str) -> str | None:
     return _BY_NAME[name].value()
 
 
+def parse_flag(text: str) -> bool | None:
+    """`true`/`1`/`yes`/`on` -> True, `false`/`0`/`no`/`off` -> False (any case); anything else None."""
+    value = text.strip().lower()
+    return True if value in _TRUE else False if value in _FALSE else None
+
+
 def _flag(name: str) -> bool:
-    value = _text(name).lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise UserInputError(f"{name}={os.environ.get(name)!r} is not a boolean (use true/false)")
+    value = parse_flag(_text(name))
+    if value is None:
+        raise UserInputError(f"{name}={os.environ.get(name)!r} is not a boolean (use true/false)")
+    return value
 
 
 def _number(name: str) -> float:

@@ -56,7 +56,8 @@ def _results(candles, folds, positions_of_split):
 def _report(candles, config, positions_of_split, curves=None, spec_hash="spec", trials=Trials.of(0, [])):
     folds = make_folds(len(candles), config, label_horizon=2)
     results = _results(candles, folds, positions_of_split)
-    records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, trials, True, curves)
+    records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, trials, True, curves,
+                                            calendar="crypto")
     report = EvaluationReport(MARKET.key, {"algorithm": "rule"}, spec_hash, "dataset-1", config, 2, True, status,
                               aggregates, {}, records)
     return report, folds, results

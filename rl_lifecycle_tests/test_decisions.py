@@ -233,7 +233,7 @@ def test_paper_decisions_schedule_is_gated_and_decides_once_per_market_per_bar(c
     database = PostgresResource(url=rl_env["RL_DATABASE_URL"])
     resources = {"database": database, "mlflow": MlflowResource(database=database)}
     Definitions(jobs=[paper_decisions_job], schedules=[paper_decisions], resources=resources).resolve_all_job_defs()
-    assert paper_decisions.default_status == DefaultScheduleStatus.STOPPED
+    assert paper_decisions.default_status == DefaultScheduleStatus.RUNNING  # it reads the switch every tick
     crypto, fx = _market("S", "1m"), _market("W")
     add_market(conn, crypto)
     add_market(conn, fx, calendar="fx")

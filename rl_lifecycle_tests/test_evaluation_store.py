@@ -53,7 +53,7 @@ ONE_OTHER = Trials.of(1, [0.01])
 def _report(candles, config, folds, results, curves, strict=True, spec_hash="spec-a", dataset_hash="dataset-1",
             trials=ONE_OTHER):
     records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, other_trials=trials,
-                                            strict=strict, curves_dir=curves)
+                                            strict=strict, curves_dir=curves, calendar="crypto")
     return EvaluationReport(MARKET.key, {"algorithm": "rule"}, spec_hash, dataset_hash, config, 2, strict, status,
                             aggregates, {"wall_s": 1.5}, records)
 

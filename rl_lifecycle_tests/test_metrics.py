@@ -21,12 +21,21 @@ from rl_lifecycle.evaluation.metrics import (
     max_drawdown,
     probabilistic_sharpe_ratio,
 )
+from rl_lifecycle.windows import to_us
 
 
-def test_bars_per_year_follow_the_interval():
-    assert bars_per_year("1d") == pytest.approx(365.25)
-    assert bars_per_year("1h") == pytest.approx(365.25 * 24)
-    assert bars_per_year("15m") == pytest.approx(365.25 * 96)
+def test_bars_per_year_follow_the_interval_and_the_calendar():
+    # 24/7: the days of the UTC years the bars touch, times the bars a day (2023: 365 days; 2024: 366)
+    year_2023 = np.array([to_us("2023-03-01"), to_us("2023-06-01")], dtype=np.int64)
+    assert bars_per_year("1d", "crypto", year_2023) == 365
+    assert bars_per_year("1h", None, year_2023) == 365 * 24
+    assert bars_per_year("15m", "crypto", year_2023) == 365 * 96
+    across = np.array([to_us("2023-12-01"), to_us("2024-02-01")], dtype=np.int64)
+    assert bars_per_year("1h", "crypto", across) == (365 + 366) * 24 / 2
+    # the calendar's sessions: XNYS daily 2023 = its 250 sessions (test_calendar_trading: every calendar)
+    assert bars_per_year("1d", "XNYS", year_2023) == 250
+    with pytest.raises(ValueError, match="no bars"):
+        bars_per_year("1d", "XNYS", np.array([], dtype=np.int64))
 
 
 def test_fold_metrics_by_hand():

@@ -17,6 +17,7 @@ from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.markets.table import add_market
 from rl_lifecycle.ops.alerts import check_alert, record_alert, run_alert
 from rl_lifecycle.promotion.audit import AuditRecord, append
+from rl_lifecycle.switches import switch_states
 
 BTC = Market("BTCUSDT", "1h")
 
@@ -173,21 +174,22 @@ SWITCH_ENVS = ("RL_FEATURE_SET", "RL_STRICT_BACKTEST", "RL_AUTO_PROMOTION", "RL_
                "RL_PAPER_DECISIONS_ENABLED")
 
 
-def test_rollout_switches_have_safe_defaults(monkeypatch):
+def test_rollout_switches_have_safe_defaults(conn, monkeypatch):
     for name in SWITCH_ENVS:
         monkeypatch.delenv(name, raising=False)
-    switches = {s.name: s for s in status_of.rollout_switches()}
-    assert [s.stage for s in status_of.rollout_switches()] == sorted(s.stage for s in status_of.rollout_switches())
+    states = switch_states(conn)
+    assert [s.stage for s in states] == sorted(s.stage for s in states)
+    switches = {s.switch: s for s in states}
     assert {k: s.value for k, s in switches.items()} == {
-        "snapshot storage": "on", "TA feature set": "ta_v2", "paper decisions": "false",
-        "walk-forward gates": "true", "online learning": "false", "auto promotion": "false",
+        "feature_set": "ta_v2", "paper_decisions": "false", "strict_backtest": "true", "online_learning": "false",
+        "auto_promotion": "false",
     }
-    assert not any(s.explicit for s in switches.values())
+    assert {s.origin for s in switches.values()} == {"default"}
     monkeypatch.setenv("RL_PAPER_DECISIONS_ENABLED", "yes")
     monkeypatch.setenv("RL_FEATURE_SET", "core_v1")
-    switches = {s.name: s for s in status_of.rollout_switches()}
-    assert switches["paper decisions"].value == "true" and switches["paper decisions"].explicit
-    assert "RL_FEATURE_SET=core_v1" in switches["TA feature set"].line()
+    switches = {s.switch: s for s in switch_states(conn)}
+    assert switches["paper_decisions"].value == "true" and switches["paper_decisions"].origin == "environment"
+    assert "RL_FEATURE_SET=core_v1" in "\n".join(status_of.switch_lines(list(switches.values())))
 
 
 def test_status_per_market(conn):
@@ -210,8 +212,8 @@ def test_status_per_market(conn):
     assert status["challenger"]["last_gate_decision"] == {"action": "reject", "reason_codes": ["SHARPE_BELOW_MIN"]}
     assert status["open_alerts"] == 1 and status["latest_open_alerts"][0]["check"] == "features_deterministic"
     assert status["candle_freshness_seconds"] is None
-    text = "\n".join(status_of.status_lines([status], status_of.rollout_switches()))
-    assert "champion        v3" in text and "features_deterministic" in text and "RL_AUTO_PROMOTION=" in text
+    text = "\n".join(status_of.status_lines([status], switch_states(conn)))
+    assert "champion        v3" in text and "features_deterministic" in text and "auto_promotion" in text
     if status["last_decision"]:
         assert status["last_decision"]["reason_codes"] == ["OOD", "STALE_FEATURES"] and "OOD, STALE_FEATURES" in text
 
@@ -224,6 +226,6 @@ def test_status_and_metrics_commands(rl_env):
     runner = CliRunner()
     result = runner.invoke(app, ["status", "--no-challengers"])
     assert result.exit_code == 0, result.output
-    assert "RL_PAPER_DECISIONS_ENABLED=false" in result.output and "RL_STRICT_BACKTEST=true" in result.output
+    assert "RL_PAPER_DECISIONS_ENABLED" in result.output and "RL_STRICT_BACKTEST" in result.output
     result = runner.invoke(app, ["status", "--json", "--no-challengers"])
     assert result.exit_code == 0 and {"switches", "markets"} <= set(json.loads(result.output))

@@ -10,7 +10,7 @@ barely trained) meets the edge market's new champion on the same folds and is re
 test on every test bar.
 
 Everything is seeded (candles, PPO, the env's episodes) and CPU training is deterministic, so each
-outcome is a fixed fact of this test, not a probability. See `planted_markets` for why the edge is
+outcome is a fixed fact of this test, not a probability. See `rl_lifecycle.candles.planted` for why the edge is
 learnable and the walk is not.
 """
 
@@ -21,6 +21,7 @@ import uuid
 import pytest
 import yaml
 
+from rl_lifecycle.candles.planted import oscillating_candles, random_walk_candles, write_candle_csv
 from rl_lifecycle.candles.service import ingest_file
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets.keys import Market
@@ -38,7 +39,6 @@ from rl_lifecycle.promotion.gates import (
     PAIRED_TEST_NOT_SIGNIFICANT,
     PSR_BELOW_MIN,
 )
-from rl_lifecycle_tests.planted_markets import oscillating_candles, random_walk_candles, write_candle_csv
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,12 @@ def _core_work_seconds(url: str, market: Market, windows: list) -> float:
     this process (the determinism recompute too): the work a backfill cannot avoid."""
     from rl_lifecycle.candles.service import load_window
     from rl_lifecycle.datasets.builder import build_dataset
-    from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
+    from rl_lifecycle.datasets.service import (
+        check_no_unwarm_rows,
+        check_reproducible,
+        market_span_windows,
+        spec_ending_at,
+    )
     from rl_lifecycle.features import service as features
     from rl_lifecycle.features.spec import active_feature_set
     from rl_lifecycle.markets.table import add_market, get_market
@@ -40,7 +45,7 @@ def _core_work_seconds(url: str, market: Market, windows: list) -> float:
             features.check_no_lookahead(spec, MONTHLY, features.window_input(conn, market, spec, window), window.start)
             features.check_warmup_flagged(stored)
         for window in windows:
-            dataset = spec_ending_at(market, window, MONTHLY, spec.name, config.span_windows,
+            dataset = spec_ending_at(market, window, MONTHLY, spec.name, market_span_windows(conn, market, config.span_windows),
                                      forward_return_horizon=config.forward_return_horizon,
                                      transaction_cost_bps=config.transaction_cost_bps)
             build_dataset(conn, dataset, out_dir, spec)

@@ -19,6 +19,21 @@ from rl_lifecycle.settings import load_settings
 CALENDAR_HELP = "trading calendar: crypto (24/7), fx (24/5, New York 17:00) or an exchange code such as XNYS"
 
 # The partitions a command acts on: --partition (repeatable), or --market with --windows FIRST..LAST.
+SpanWindowsOption = Annotated[int | None, typer.Option(
+    help="windows the training dataset spans, ending at the partition's (1..120; builds or reuses that dataset "
+         "first) [default: the market's `market add --span-windows`, else 3]")]
+
+
+def dataset_span_config(span_windows: int | None) -> dict:
+    """The run config that builds `training_dataset` with `span_windows` windows ({} for the default span)."""
+    if span_windows is None:
+        return {}
+    from rl_lifecycle.markets.table import check_span_windows
+
+    check_span_windows(span_windows)
+    return {"training_dataset": {"config": {"span_windows": span_windows}}}
+
+
 PartitionOption = Annotated[list[str] | None, typer.Option(
     help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")]
 RangeMarketOption = Annotated[str | None, typer.Option(help="market key for a range of windows")]

@@ -15,7 +15,9 @@ from rl_lifecycle.cli.common import (
     CALENDAR_HELP,
     PartitionOption,
     RangeMarketOption,
+    SpanWindowsOption,
     WindowsOption,
+    dataset_span_config,
     exit_on_failure,
     partition_keys,
 )
@@ -118,13 +120,19 @@ def materialize(
     partition: PartitionOption = None,
     market: RangeMarketOption = None,
     windows: WindowsOption = None,
+    span_windows: SpanWindowsOption = None,
 ) -> None:
     """Materialize assets (with their blocking checks) on the PostgreSQL-backed Dagster instance."""
     keys = partition_keys(partition, market, windows)  # bad input is refused before the code location loads
+    if span_windows is not None and "training_dataset" not in assets:
+        raise UserInputError(f"--span-windows {span_windows} sets the span of `training_dataset`, which is not among "
+                             f"the assets ({' '.join(assets)}); add it, or leave --span-windows out")
+    ops = dataset_span_config(span_windows)
     from rl_lifecycle.cli.runs import materialize_with_progress
 
     settings = load_settings()
-    exit_on_failure(materialize_with_progress(settings, open_database(settings), assets, keys), "succeeded")
+    exit_on_failure(materialize_with_progress(settings, open_database(settings), assets, keys,
+                                              run_config={"ops": ops} if ops else None), "succeeded")
 
 
 def check(

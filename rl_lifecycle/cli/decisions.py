@@ -57,15 +57,16 @@ def paper_run(
     from rl_lifecycle.decisions.live import run_decider
     from rl_lifecycle.markets.table import get_market
     from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.switches import off_reason, switch_state
 
     selected = [Market.parse(m).key for m in market or []] or None  # bad keys are refused before anything starts
-    if not load_settings().paper_decisions_enabled:
-        raise UserInputError("paper decisions are off: set RL_PAPER_DECISIONS_ENABLED=true to run the decider (docs/runbook.md)")
     url = open_database(load_settings())
-    if selected:
-        with connect(url) as conn:
-            for key in selected:
-                get_market(conn, Market.parse(key))  # an unregistered market is refused by name
+    with connect(url) as conn:
+        switch = switch_state(conn, "paper_decisions")  # as the paper_decisions schedule reads it
+        if not switch.enabled:
+            raise UserInputError(off_reason(switch, "paper decisions are off", "then run the decider (docs/runbook.md)"))
+        for key in selected or []:
+            get_market(conn, Market.parse(key))  # an unregistered market is refused by name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # finish the decision in hand, then stop

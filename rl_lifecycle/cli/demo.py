@@ -1,4 +1,12 @@
-"""The main job behind `make run`: demo markets through every asset, then a readable summary."""
+"""The main job behind `make run`: demo markets through every asset, a champion, then a readable summary.
+
+Two synthetic markets without an edge (`BTCUSDT-1h`, `ETHUSDT-1h`) and one imported market with a planted,
+learnable edge (`EDGEDEMO-1h`, `rl_lifecycle.candles.planted`) go through the data assets, a challenger,
+its walk-forward folds and its promotion decision. The edge's challenger passes every gate and, in manual
+mode, waits; the demo promotes it as `rl-lifecycle promote` does, makes paper decisions with it on the
+month after its training data, and then judges a second challenger (`dqn_small`) against it on the same
+folds: the paired gates, and a deflated Sharpe ratio over two trials.
+"""
 
 from __future__ import annotations
 
@@ -13,33 +21,116 @@ from rl_lifecycle.orchestration.launcher import PartitionRun
 from rl_lifecycle.settings import Settings
 
 DEMO_MARKETS = {Market("BTCUSDT", "1h"): 7, Market("ETHUSDT", "1h"): 11}
+EDGE_MARKET = Market("EDGEDEMO", "1h")
 DEMO_WINDOWS = ("2024-01-01", "2024-06-01")
+# December warms January's features; July is the month after the last window: the champion's paper decisions.
+EDGE_CANDLES = ("2023-12-01", "2024-08-01")
+PAPER_DECISIONS = ("2024-07-01T01:00:00Z", 24)  # the first instant, and how many hourly decisions
 DEMO_ASSETS = ["candles", "feature_snapshots", "training_dataset"]
+SECOND_CHALLENGER = "dqn_small"
+FOLDS = {"ops": {"fold_report": {"config": {"folds": 3}}}}
+LIFECYCLE_ASSETS = ["fold_report", "promotion_decision"]
 
 
 def run_demo(settings: Settings) -> bool:
     from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
+    from rl_lifecycle.switches import settings_in_force
 
     url = open_database(settings)
+    with connect(url) as conn:
+        settings = settings_in_force(conn, settings)  # the rollout switches as the runs will read them
     where = "RL_DATABASE_URL" if settings.database_url else f"embedded PostgreSQL under {settings.pgdata}"
     typer.echo(f"database: {where}; feature set: {settings.feature_set}")
     for market, seed in DEMO_MARKETS.items():
         register_market(url, settings, market, source="synthetic", seed=seed)
+    import_edge_market(settings, url)
+    markets = [*DEMO_MARKETS, EDGE_MARKET]
     windows = WINDOW_SCHEME.range(*DEMO_WINDOWS)
-    keys = [partition_key(m, w) for m in DEMO_MARKETS for w in windows]
+    keys = [partition_key(m, w) for m in markets for w in windows]
     runs = materialize_with_progress(settings, url, DEMO_ASSETS, keys)
     print_summary(runs)
-    last_windows = [partition_key(m, windows[-1]) for m in DEMO_MARKETS]
+    last_windows = [partition_key(m, windows[-1]) for m in markets]
     trained = materialize_with_progress(settings, url, ["challenger_model"], last_windows)
     print_challengers(trained)
-    evaluated = materialize_with_progress(settings, url, ["fold_report", "promotion_decision"], last_windows,
-                                          run_config={"ops": {"fold_report": {"config": {"folds": 3}}}})
+    evaluated = materialize_with_progress(settings, url, LIFECYCLE_ASSETS, last_windows, run_config=FOLDS)
     print_evaluations(url, evaluated)
     print_decisions(url, evaluated, settings)
-    runs += trained + evaluated
+    edge_key = partition_key(EDGE_MARKET, windows[-1])
+    edge_decision = next(r for r in evaluated if r.partition_key == edge_key).metadata.get("promotion_decision", {})
+    promote_if_pending(edge_decision)
+    print_paper_decisions(url)
+    second = materialize_with_progress(settings, url, ["challenger_model", *LIFECYCLE_ASSETS], [edge_key],
+                                       run_config={"ops": {**FOLDS["ops"], "challenger_model": {
+                                           "config": {"spec": SECOND_CHALLENGER}}}})
+    typer.echo(f"\na second challenger ({SECOND_CHALLENGER}) for {EDGE_MARKET.key}, judged against its champion "
+               "on the same folds")
+    print_evaluations(url, second)
+    print_decisions(url, second, settings)
+    print_champions(url, markets)
+    runs += trained + evaluated + second
     failed = [r for r in runs if not r.ok]
     typer.echo(f"\n{len(runs) - len(failed)}/{len(runs)} partition runs succeeded; browse them with `make dev`.")
     return not failed
+
+
+def import_edge_market(settings: Settings, url: str) -> None:
+    """`EDGEDEMO-1h`: planted-edge candles written as a CSV under $RL_HOME/demo and imported like any file."""
+    from rl_lifecycle.candles.planted import oscillating_candles, write_candle_csv
+    from rl_lifecycle.candles.service import ingest_file
+
+    path = write_candle_csv(settings.home / "demo" / f"{EDGE_MARKET.key}.csv", oscillating_candles(
+        *EDGE_CANDLES, period=32, amplitude=0.05, noise=0.002, seed=1))
+    with connect(url) as conn:
+        result = ingest_file(conn, EDGE_MARKET, path)
+    if result.refused:
+        raise RuntimeError(f"the demo's own candles were refused: {result.report}")
+    register_market(url, settings, EDGE_MARKET)  # its `market` partition
+    typer.echo(f"{EDGE_MARKET.key}: a planted, learnable edge (a 32-bar oscillation), {result.rows_read} candles "
+               f"imported from {path}")
+
+
+def promote_if_pending(decision: dict) -> None:
+    """In manual mode a passing challenger waits: promote it as `rl-lifecycle promote` does."""
+    from rl_lifecycle.cli.promotion import promote
+
+    if decision.get("outcome") != "pending_manual":
+        return
+    version = int(decision["challenger_version"])
+    reason = "make run: the demo promotes the challenger that passed every gate"
+    typer.echo(f"\n$ rl-lifecycle promote --market {EDGE_MARKET.key} --version {version} --reason '{reason}'")
+    promote(market=EDGE_MARKET.key, version=version, reason=reason)
+
+
+def print_paper_decisions(url: str) -> None:
+    """The champion's paper decisions on the month after its training data (`rl-lifecycle decide --at T`)."""
+    from rl_lifecycle.decisions.service import decide
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.windows import iso, to_us
+
+    first, count = PAPER_DECISIONS
+    typer.echo(f"\npaper decisions on {EDGE_MARKET.key} (`rl-lifecycle decide --market {EDGE_MARKET.key} --at T`; "
+               "never routes an order)")
+    actions: dict[str, int] = {}
+    registry = open_registry(url)
+    with connect(url) as conn:
+        for i in range(count):
+            record = decide(conn, EDGE_MARKET, registry=registry, at_us=to_us(first) + i * EDGE_MARKET.interval_us).record
+            actions[record.action] = actions.get(record.action, 0) + 1
+            if i < 6 or record.reason_codes:
+                reasons = ", ".join(record.reason_codes) or "-"
+                typer.echo(f"  {iso(record.as_of_us)}: {record.action:<5} (champion "
+                           f"v{record.champion_version}; reasons {reasons})")
+    typer.echo(f"  {count} decisions: " + ", ".join(f"{n} {action}" for action, n in sorted(actions.items())))
+
+
+def print_champions(url: str, markets: list[Market]) -> None:
+    from rl_lifecycle.promotion.audit import current_champion
+
+    typer.echo("\nchampions (the audit decides; `rl-lifecycle status`)")
+    with connect(url) as conn:
+        for market in markets:
+            version = current_champion(conn, market.key)
+            typer.echo(f"  {market.key:<12} {'v' + str(version) if version is not None else 'none'}")
 
 
 def print_summary(runs: list[PartitionRun]) -> None:
@@ -112,7 +203,7 @@ def print_decisions(url: str, runs: list[PartitionRun], settings: Settings) -> N
     from rl_lifecycle.promotion.audit import history
     from rl_lifecycle.promotion.gates import GATE_TABLE_HEADERS, gate_rows
 
-    mode = "auto promotion" if settings.auto_promotion else "manual mode (RL_AUTO_PROMOTION=false): passing challengers wait"
+    mode = "auto promotion" if settings.auto_promotion else "manual mode (auto_promotion off): passing challengers wait"
     typer.echo(f"\npromotion decisions ({mode}; `rl-lifecycle audit --market M --gates`)")
     with connect(url) as conn:
         for run in runs:

@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from rl_lifecycle.cli.common import check_range, check_windows_exist, print_table
+from rl_lifecycle.cli.common import (
+    SpanWindowsOption,
+    check_range,
+    check_windows_exist,
+    dataset_span_config,
+    print_table,
+)
 from rl_lifecycle.config_files import validated
 from rl_lifecycle.db.connection import connect
 from rl_lifecycle.db.migrate import open_database
@@ -34,8 +40,10 @@ def evaluate(
     embargo: Annotated[int, typer.Option(help="bars embargoed after each test range")] = 0,
     test_size: Annotated[int | None, typer.Option(help="rows per test range (default: the largest that fits)")] = None,
     workers: Annotated[int, typer.Option(help="fold steps at once (train + backtest), one process each")] = 2,
+    span_windows: SpanWindowsOption = None,
 ) -> None:
-    """Walk-forward or CPCV NautilusTrader evaluation (materializes `fold_report` with its checks)."""
+    """Walk-forward or CPCV NautilusTrader evaluation (materializes `fold_report` with its checks). With
+    --span-windows N the run builds (or reuses) the N-window `training_dataset` first and evaluates on it."""
     from rl_lifecycle.evaluation.folds import MAX_FOLDS
     from rl_lifecycle.orchestration.assets.evaluation import FoldReportConfig, fold_config
     from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
@@ -54,13 +62,18 @@ def evaluate(
     # refuse bad numbers before launching anything, then what the partition's dataset cannot serve
     options = validated(FoldReportConfig, config, "evaluation options", "(command line)")
     fold_config(options, purge or 0)
+    dataset_ops = dataset_span_config(span_windows)
     from rl_lifecycle.cli.runs import materialize_with_progress
 
     settings = load_settings()
     url = open_database(settings)
-    _check_dataset_serves(url, parsed_market, parsed_window, options)
-    (result,) = materialize_with_progress(settings, url, ["fold_report"], [key],
-                                          run_config={"ops": {"fold_report": {"config": config}},
+    if span_windows is None:
+        _check_dataset_serves(url, parsed_market, parsed_window, options)
+    else:
+        _check_span_serves(url, parsed_market, parsed_window, span_windows, options)
+    assets = ["training_dataset", "fold_report"] if dataset_ops else ["fold_report"]
+    (result,) = materialize_with_progress(settings, url, assets, [key],
+                                          run_config={"ops": {**dataset_ops, "fold_report": {"config": config}},
                                                       "execution": {"config": {"max_concurrent": workers}}})
     if result.metadata.get("fold_report"):
         _print_report(_report(parsed_market, result.metadata["fold_report"]["report_id"]))
@@ -92,7 +105,32 @@ def _check_dataset_serves(url: str, market: Market, window: Window, options) -> 
     try:
         make_folds(dataset.rows, fold_config(options, horizon), horizon)
     except UserInputError as exc:
-        raise UserInputError(f"{what} ({dataset.rows} rows): {exc}; nothing was run") from None
+        spec = dataset.spec
+        raise UserInputError(
+            f"{what} ({dataset.rows} rows over {len(spec.windows())} window(s), {spec.first_window} .. "
+            f"{spec.last_window}): {exc}; a longer span holds more bars: --span-windows N (or "
+            f"`rl-lifecycle market set-span-windows {market.key} N`); nothing was run") from None
+
+
+def _check_span_serves(url: str, market: Market, window: Window, span_windows: int, options) -> None:
+    """Refuse, before a run is launched, a `--span-windows` whose stored bars cannot hold the folds (the
+    dataset's rows are at most the span's stored bars: its warm rows), saying how many bars the span holds."""
+    from rl_lifecycle.datasets.service import span_bars
+    from rl_lifecycle.evaluation.folds import make_folds
+    from rl_lifecycle.orchestration.assets.datasets import TrainingDatasetConfig
+    from rl_lifecycle.orchestration.assets.evaluation import fold_config
+    from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
+
+    horizon = TrainingDatasetConfig().forward_return_horizon  # the dataset the run builds: the default labels
+    if options.purge is not None and options.purge < horizon:
+        raise UserInputError(f"--purge {options.purge} is below the label horizon ({horizon} bars); nothing was run")
+    with connect(url) as conn:
+        span = span_bars(conn, market, window, WINDOW_SCHEME, span_windows)
+    try:
+        make_folds(span.stored, fold_config(options, horizon), horizon)
+    except UserInputError as exc:
+        raise UserInputError(f"--span-windows {span_windows}: {span.describe(market)}, too few for these folds: "
+                             f"{exc}; use a longer --span-windows; nothing was run") from None
 
 
 @report_app.command("show")
@@ -128,9 +166,11 @@ def _print_report(report) -> None:
     from rl_lifecycle.evaluation.service import FOLD_TABLE_HEADERS, fold_table
 
     agg = report.aggregates
+    bars = agg.get("bars_per_year")
     typer.echo(f"report {report.id} {report.market} spec {report.spec.get('name')} ({report.model_spec_hash[:12]}) "
                f"dataset {report.dataset_hash[:12]}: {report.status}; purge {report.fold_config.purge_bars}, "
-               f"embargo {report.fold_config.embargo_bars}, label horizon {report.label_horizon}")
+               f"embargo {report.fold_config.embargo_bars}, label horizon {report.label_horizon}"
+               + (f"; annualised by {bars:g} bars a year ({agg.get('calendar')})" if bars else ""))
     print_table(FOLD_TABLE_HEADERS, fold_table(report))
     shown = {k: agg.get(k) for k in ("psr", "dsr", "pbo", "positive_share", "worst_fold") if k in agg}
     typer.echo("  aggregates: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))

@@ -10,7 +10,19 @@ import sys
 
 import typer
 
-from rl_lifecycle.cli import data, database, decisions, evaluation, lifecycle, markets, models, ops, promotion
+from rl_lifecycle.cli import (
+    data,
+    database,
+    decisions,
+    evaluation,
+    lifecycle,
+    markets,
+    models,
+    ops,
+    paper,
+    promotion,
+    switches,
+)
 from rl_lifecycle.errors import UserInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
@@ -38,9 +50,12 @@ app.add_typer(data.candles_app, name="candles")
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.mlflow_app, name="mlflow")
 app.add_typer(evaluation.report_app, name="report")
+decisions.paper_app.command("pnl")(paper.pnl)
+decisions.paper_app.command("replay")(paper.replay)
 app.add_typer(decisions.paper_app, name="paper")
 app.add_typer(ops.metrics_app, name="metrics")
 app.add_typer(promotion.gates_app, name="gates")
+app.add_typer(switches.switch_app, name="switch")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`rl-lifecycle market ...`: register markets, change their calendar, list them with their candles."""
+"""`rl-lifecycle market ...`: register markets, change their calendar or dataset span, list them with their candles."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from rl_lifecycle.db.migrate import open_database
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.settings import load_settings
 
+SPAN_HELP = ("windows a training dataset of this market spans by default, ending at its partition's "
+             "(1..120; a run's --span-windows wins) [default: 3]")
+
 market_app = typer.Typer(no_args_is_help=True, help="Markets (pair + interval), the `market` partitions.")
 
 
@@ -21,18 +24,51 @@ def market_add(
     interval: Annotated[str, typer.Argument(help="1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d")],
     synthetic_seed: Annotated[int | None, typer.Option(help="generate this market's candles with this seed")] = None,
     calendar: Annotated[str | None, typer.Option(help=CALENDAR_HELP + " [default: crypto]")] = None,
+    span_windows: Annotated[int | None, typer.Option(help=SPAN_HELP)] = None,
 ) -> None:
     """Register a market and its `market` partition."""
     from rl_lifecycle.markets.calendars import normalize_calendar_name
+    from rl_lifecycle.markets.table import check_span_windows
     from rl_lifecycle.orchestration.instance import register_market
 
     market = Market.of(pair, interval)  # validate before touching anything
     if calendar is not None:
         calendar = normalize_calendar_name(calendar)
+    if span_windows is not None:
+        check_span_windows(span_windows)
     settings = load_settings()
     source = "synthetic" if synthetic_seed is not None else "import"
-    added = register_market(open_database(settings), settings, market, source, synthetic_seed, calendar=calendar)
+    added = register_market(open_database(settings), settings, market, source, synthetic_seed, calendar=calendar,
+                            span_windows=span_windows)
     typer.echo(f"{'added' if added else 'already registered'}: {market.key}")
+
+
+@market_app.command("set-span-windows")
+def market_set_span_windows(
+    market: Annotated[str, typer.Argument(help="market key, e.g. GOOGL-1d")],
+    span_windows: Annotated[str, typer.Argument(help="windows a training dataset spans by default, or `default` (3)")],
+) -> None:
+    """Change a market's default dataset span (stored datasets are kept: the span is part of their hash)."""
+    from rl_lifecycle.errors import UserInputError
+    from rl_lifecycle.markets.table import set_market_span_windows
+
+    parsed = Market.parse(market)
+    if span_windows.strip().lower() == "default":
+        wanted = None
+    else:
+        try:
+            wanted = int(span_windows)
+        except ValueError:
+            raise UserInputError(f"span {span_windows!r} is invalid: a number of windows (1 to 120) or `default`") from None
+    with connect(open_database(load_settings())) as conn:
+        previous = set_market_span_windows(conn, parsed, wanted)
+    typer.echo(f"{parsed.key}: span windows {_span_text(previous)} -> {_span_text(wanted)}")
+
+
+def _span_text(span: int | None) -> str:
+    from rl_lifecycle.datasets.spec import DEFAULT_SPAN_WINDOWS
+
+    return f"default ({DEFAULT_SPAN_WINDOWS})" if span is None else str(span)
 
 
 @market_app.command("set-calendar")
@@ -63,10 +99,10 @@ def market_list() -> None:
     if not records:
         typer.echo("no markets; add one with: rl-lifecycle market add BTC/USDT 1h")
         return
-    typer.echo(f"{'market':<18} {'source':<10} {'calendar':<8} {'candles':>9}  first .. last")
+    typer.echo(f"{'market':<18} {'source':<10} {'calendar':<8} {'span':<11} {'candles':>9}  first .. last")
     for r in records:
         candles = coverage.get(r.market)
         n = candles.rows if candles else 0
         span = f"{from_us(candles.first_ts):%Y-%m-%d %H:%M} .. {from_us(candles.last_ts):%Y-%m-%d %H:%M}" if n else "-"
         source = r.source + (f"({r.synthetic_seed})" if r.synthetic_seed is not None else "")
-        typer.echo(f"{r.market.key:<18} {source:<10} {r.calendar:<8} {n:>9}  {span}")
+        typer.echo(f"{r.market.key:<18} {source:<10} {r.calendar:<8} {_span_text(r.span_windows):<11} {n:>9}  {span}")

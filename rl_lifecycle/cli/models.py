@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from rl_lifecycle.cli.common import check_windows_exist
+from rl_lifecycle.cli.common import SpanWindowsOption, check_windows_exist, dataset_span_config
 from rl_lifecycle.db.migrate import open_database
 from rl_lifecycle.markets.keys import Market, partition_key
 from rl_lifecycle.settings import load_settings
@@ -25,8 +25,10 @@ def train(
     market: Annotated[str, typer.Option(help="market key, e.g. BTCUSDT-1h")],
     window: Annotated[str, typer.Option(help="window key, e.g. 2024-06-01: trains on that partition's training dataset")],
     spec: Annotated[str, typer.Option(help="model spec: a name under rl_lifecycle/models/specs/ or a YAML file")] = "ppo_small",
+    span_windows: SpanWindowsOption = None,
 ) -> None:
-    """Train a challenger (materializes `challenger_model` with its checks; the run shows in the UI)."""
+    """Train a challenger (materializes `challenger_model` with its checks; the run shows in the UI). With
+    --span-windows N the run builds (or reuses) the N-window `training_dataset` first and trains on it."""
     from rl_lifecycle.models.spec import load_model_spec
     from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
 
@@ -34,12 +36,14 @@ def train(
     key = partition_key(parsed_market, parsed_window)
     check_windows_exist([key])
     model_spec = load_model_spec(spec)  # a bad spec is refused before anything runs
+    dataset_ops = dataset_span_config(span_windows)
     from rl_lifecycle.cli.runs import materialize_with_progress
 
     settings = load_settings()
-    run_config = {"ops": {"challenger_model": {"config": {"spec": str(Path(spec).resolve()) if Path(spec).is_file() else spec}}}}
-    (result,) = materialize_with_progress(settings, open_database(settings), ["challenger_model"], [key],
-                                          run_config=run_config)
+    run_config = {"ops": {**dataset_ops, "challenger_model": {"config": {
+        "spec": str(Path(spec).resolve()) if Path(spec).is_file() else spec}}}}
+    assets = ["training_dataset", "challenger_model"] if dataset_ops else ["challenger_model"]
+    (result,) = materialize_with_progress(settings, open_database(settings), assets, [key], run_config=run_config)
     trained = result.metadata.get("challenger_model", {})
     if trained:
         typer.echo(f"{parsed_market.key}: {model_spec.name} registered as version {trained['model_version']} "

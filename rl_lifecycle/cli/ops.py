@@ -59,11 +59,11 @@ def status(
     challengers: Annotated[bool, typer.Option(help="look up challengers in the MLflow registry")] = True,
 ) -> None:
     """Per market: champion, challenger, last decision and its reasons, feature freshness, open alerts;
-    and the rollout switches (env vars) in rollout order."""
-    import dataclasses
+    and the rollout switches in rollout order, as in force (stored, else environment, else default)."""
     import json
 
-    from rl_lifecycle.ops.status import market_status, rollout_switches, status_lines
+    from rl_lifecycle.ops.status import market_status, status_lines
+    from rl_lifecycle.switches import switch_states
 
     url = open_database(load_settings())
     registry = None
@@ -73,9 +73,9 @@ def status(
         registry = open_registry(url)
     with connect(url) as conn:
         statuses = market_status(conn, registry)
-    switches = rollout_switches()
+        switches = switch_states(conn)
     if as_json:
-        typer.echo(json.dumps({"switches": [dataclasses.asdict(s) for s in switches], "markets": statuses},
+        typer.echo(json.dumps({"switches": [s.to_json() for s in switches], "markets": statuses},
                               indent=2, default=str))
         return
     for line in status_lines(statuses, switches):

@@ -29,6 +29,7 @@ def promote(
     url = open_database(load_settings())
     with connect(url) as conn:
         result = manual_promote(conn, open_registry(url), Market.parse(market), version, reason, actor(), override=override)
+        _send_event(conn, result)
     _print_promotion(result)
 
 
@@ -44,7 +45,17 @@ def rollback(
     url = open_database(load_settings())
     with connect(url) as conn:
         result = rollback_champion(conn, open_registry(url), Market.parse(market), reason, actor(), to_version=to_version)
+        _send_event(conn, result)
     _print_promotion(result)
+
+
+def _send_event(conn, result) -> None:
+    """POST the action's promotion event now (rl_lifecycle.ops.events; the alert delivery sensor retries)."""
+    from rl_lifecycle.ops.alerts import deliver_safely, load_alert_config
+    from rl_lifecycle.ops.events import event_key
+
+    if result.record is not None and result.record.id is not None and load_alert_config().webhook_url:
+        deliver_safely(conn, keys=[event_key(result.record.id)])
 
 
 def _print_promotion(result) -> None:

@@ -9,12 +9,15 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from rl_lifecycle.candles.store import load_candles
 from rl_lifecycle.datasets.builder import dataset_hash, read_dataset, rebuild_hash
-from rl_lifecycle.datasets.spec import DatasetSpec
+from rl_lifecycle.datasets.spec import DEFAULT_SPAN_WINDOWS, DatasetSpec
 from rl_lifecycle.db.binary_copy import pg_timestamp
 from rl_lifecycle.features.store import load_registered_feature_set
 from rl_lifecycle.features.vectors import load_vectors
+from rl_lifecycle.markets.calendars import get_calendar
 from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import check_span_windows, registered_calendar, registered_span_windows
 from rl_lifecycle.windows import Window, WindowScheme
 
 
@@ -29,6 +32,45 @@ def spec_ending_at(
         market=market.key, first_window=first.key, last_window=window.key, feature_set=feature_set,
         window_cadence=scheme.cadence, **labels,
     )
+
+
+def market_span_windows(conn: psycopg.Connection, market: Market, requested: int | None = None) -> int:
+    """The windows a dataset of `market` spans: `requested` (a run's `--span-windows`) if given, else the
+    market's own default (`market add ... --span-windows N`), else DEFAULT_SPAN_WINDOWS."""
+    if requested is not None:
+        return check_span_windows(requested)
+    registered = registered_span_windows(conn, market)
+    return DEFAULT_SPAN_WINDOWS if registered is None else registered
+
+
+@dataclass(frozen=True)
+class SpanBars:
+    """How many bars the span of `span_windows` windows ending at a window holds: stored candles, and the
+    bars its market's calendar expects there."""
+
+    first_window: Window
+    last_window: Window
+    span_windows: int
+    stored: int
+    expected: int
+    calendar: str
+
+    def describe(self, market: Market) -> str:
+        return (f"a span of {self.span_windows} window(s) ({self.first_window.key} .. {self.last_window.key}) holds "
+                f"{self.stored} stored bar(s) of {market.key} ({self.expected} expected by its calendar "
+                f"{self.calendar})")
+
+
+def span_bars(conn: psycopg.Connection, market: Market, window: Window, scheme: WindowScheme,
+              span_windows: int) -> SpanBars:
+    """The bars of the span of `span_windows` windows ending at `window` (for refusals that say so)."""
+    first = window
+    for _ in range(span_windows - 1):
+        first = scheme.previous(first)
+    calendar = get_calendar(registered_calendar(conn, market))
+    stored = len(load_candles(conn, market, first.start, window.end))
+    expected = len(calendar.expected_bar_opens(first.start, window.end, market.interval_us))
+    return SpanBars(first, window, span_windows, stored, expected, calendar.name)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.windows import CADENCES, Window, WindowScheme
 
+# Windows a training dataset spans (ending at its partition's window) when neither the run nor the market
+# names a span (`market add ... --span-windows N`; `--span-windows` on materialize, train and evaluate).
+# The span is the spec's first_window .. last_window, part of the canonical JSON and so of dataset_hash.
+DEFAULT_SPAN_WINDOWS = 3
+
 
 class DatasetSpec(BaseModel):
     """A market, a span of windows, a feature set, and the label/reward settings later stages need."""

@@ -5,7 +5,7 @@
 1. The market must be registered (its trading calendar judges staleness); `at` defaults to now.
 2. The champion is the promotion audit's (`current_champion`), never an MLflow alias.
 3. The vector is the newest candle closed by `at`, computed by `vectors_from_candles` under the active
-   feature set (RL_FEATURE_SET): the canonical rule, the still-open window included.
+   feature set (the `feature_set` switch, else RL_FEATURE_SET): the canonical rule, the still-open window included.
 4. Hold reasons, all of them listed: NO_CHAMPION, FEATURE_SET_MISMATCH (the champion's fingerprint is not
    the active set's), STALE_FEATURES (more than `stale_after_bars` expected bars closed after the newest
    candle, or none at all), MISSING_CRITICAL_FEATURES, OOD (per-feature z bound and Mahalanobis distance
@@ -37,12 +37,13 @@ from rl_lifecycle.decisions import safety
 from rl_lifecycle.decisions.config import DecisionConfig, load_decision_config
 from rl_lifecycle.decisions.store import DecisionRecord, append_decision, paper_position
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.features.spec import FeatureSetSpec, active_feature_set
+from rl_lifecycle.features.spec import FeatureSetSpec
 from rl_lifecycle.features.vectors import vectors_from_candles
 from rl_lifecycle.markets.calendars import get_calendar
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.markets.table import get_market
 from rl_lifecycle.promotion.audit import current_champion
+from rl_lifecycle.switches import feature_set_in_force
 from rl_lifecycle.trading import POSITION_NAMES
 from rl_lifecycle.windows import iso, newest_closed_bar, to_us, utc_now_us
 
@@ -169,7 +170,7 @@ def decide(
     calendar = get_calendar(get_market(conn, market).calendar)  # unknown market: UserInputError
     at_us = utc_now_us() if at_us is None else int(at_us)
     config = config or load_decision_config()
-    spec = feature_set or active_feature_set()
+    spec = feature_set or feature_set_in_force(conn)  # the feature_set switch as stored, else RL_FEATURE_SET
     champions = champions or CHAMPIONS
     candle_inputs = candle_inputs or CANDLE_INPUTS
     reasons: set[str] = set()

@@ -3,10 +3,10 @@
 Conventions (see docs/evaluation.md):
 * The equity curve holds one value per bar: the account marked at that bar's close, before that
   bar's order; returns are simple per-bar returns E[i] / E[i-1] - 1.
-* Annualisation uses bars per year = 365.25 days / interval, for every calendar. A market with
-  closed hours (FX weekends, exchange sessions) has fewer bars a year, so its annualised figures are
-  overstated by sqrt(calendar bars / open bars) for Sharpe and Sortino; compare such markets with each
-  other, not with 24/7 ones.
+* Annualisation (Sharpe, Sortino, annual return, Calmar) uses the market's trading calendar: bars per
+  year = the calendar's expected bars over the whole UTC years the evaluated bars touch, per year
+  (`TradingCalendar.bars_per_year`): about 252 for XNYS daily bars, 7 a session for XNYS hourly, 120 a
+  week for fx hourly, 24 a day for crypto hourly. PSR and DSR work per bar and need none.
 * Undefined ratios never raise: a zero-variance series has Sharpe (and Sortino) 0.0 when its mean
   return is 0 (flat: no risk, no return) and NaN otherwise; fewer than two returns give NaN; Calmar is
   NaN without a drawdown; win rate is NaN without trades; PSR and DSR are NaN for returns without
@@ -26,17 +26,24 @@ from statistics import NormalDist
 
 import numpy as np
 
+from rl_lifecycle.markets.calendars import TradingCalendar, get_calendar
 from rl_lifecycle.markets.keys import INTERVALS
 from rl_lifecycle.trading import cost_fraction
-from rl_lifecycle.windows import DAY_US
 
-YEAR_US = 365.25 * DAY_US
 EULER_GAMMA = 0.5772156649015329
 _NORMAL = NormalDist()
 
 
-def bars_per_year(interval: str) -> float:
-    return YEAR_US / INTERVALS[interval]
+def bars_per_year(interval: str, calendar: TradingCalendar | str | None, ts: np.ndarray) -> float:
+    """The annualisation of bars of `interval` at open times `ts` (sorted epoch us) on `calendar` (a name,
+    None: crypto): the calendar's expected bars a year over the UTC years from the first bar's open to the
+    last bar's close (`TradingCalendar.bars_per_year`)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    if len(ts) == 0:
+        raise ValueError("no bars: nothing to annualise")
+    cal = calendar if isinstance(calendar, TradingCalendar) else get_calendar(calendar)
+    interval_us = INTERVALS[interval]
+    return cal.bars_per_year(interval_us, int(ts[0]), int(ts[-1]) + interval_us)
 
 
 def simple_returns(equity: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from rl_lifecycle.evaluation.metrics import (
     returns_by_bar,
     simple_returns,
 )
+from rl_lifecycle.markets.calendars import TradingCalendar
 from rl_lifecycle.markets.keys import Market
 
 
@@ -71,13 +72,17 @@ def summarise(
     other_trials: Trials,
     strict: bool,
     curves_dir: Path | None = None,
+    *,
+    calendar: TradingCalendar | str,
 ) -> tuple[list[FoldRecord], dict, str]:
     """A record per backtest, aggregates over the completed ones, and the evaluation status. `results`:
     one per backtest (`FoldResult.fold_index` = `Backtest.index`). `other_trials`: the market's trials
-    without this evaluation (`store.market_trials(..., excluding=its key)`)."""
+    without this evaluation (`store.market_trials(..., excluding=its key)`). `calendar`: the market's
+    trading calendar; every annualised figure uses its bars per year over the dataset's bars `ts`
+    (one figure for every fold of the report: `aggregates["bars_per_year"]`)."""
     by_index = {r.fold_index: r for r in results}
     train = {fold.index: fold.train_ranges for fold in folds}
-    periods = bars_per_year(market.interval)
+    periods = bars_per_year(market.interval, calendar, ts)
     records, metrics_by_fold, returns_by_fold = [], {}, {}
     for test in backtests(folds):
         result = by_index.get(test.index) or FoldResult.failed(test.index, "no backtest result for this fold")
@@ -105,6 +110,8 @@ def summarise(
         returns_by_fold[test.index] = simple_returns(result.equity)
     pooled = returns_by_bar((records[i].test_range, r) for i, r in returns_by_fold.items()) if returns_by_fold else None
     aggregates = aggregate_folds(metrics_by_fold, returns_by_fold, other_trials, pooled)
+    aggregates["bars_per_year"] = periods
+    aggregates["calendar"] = calendar if isinstance(calendar, str) else calendar.name
     if any(fold.test_groups for fold in folds):
         aggregates["paths"] = cpcv_path_figures(folds, records, returns_by_fold, periods)
     missing = [r.index for r in records if r.status != "ok"]

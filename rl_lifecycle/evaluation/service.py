@@ -20,6 +20,7 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.candles.store import load_candles
+from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.evaluation.backtest import FoldJob, FoldResult, align_candles, run_fold_backtest, run_folds
 from rl_lifecycle.evaluation.folds import (
     Backtest,
@@ -40,7 +41,6 @@ from rl_lifecycle.evaluation.store import (
 )
 from rl_lifecycle.evaluation.trials import report_pbo
 from rl_lifecycle.markets.keys import Market
-from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy
 from rl_lifecycle.models.service import (
     TrainingData,
@@ -86,12 +86,23 @@ class _Rows:
     close: np.ndarray
 
 
+def subset_continues(continues: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`continues` of a subset of a dataset's rows (sorted row indices): two rows continue when they are
+    adjacent in the dataset and the dataset's rows continue there (the market's calendar decided that);
+    a join between two train ranges (a purged or tested stretch left out) is a gap."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) < 2:
+        return np.zeros(0, dtype=bool)
+    return (np.diff(rows) == 1) & np.asarray(continues, dtype=bool)[rows[:-1]]
+
+
 def train_fold(data: TrainingData, spec: ModelSpec, fold: Fold, directory: Path) -> SavedPolicy:
-    """A fresh model of `spec` trained on the fold's train rows only (joins between ranges count as gaps)."""
+    """A fresh model of `spec` trained on the fold's train rows only (joins between ranges count as gaps;
+    the market's closes do not)."""
     rows = _rows(fold.train_ranges)
     content = data.content
     subset = _Rows(content.ts[rows], content.values[rows], content.close[rows])
-    trained = train_policy(subset, contiguous(subset.ts, data.market.interval_us), spec)
+    trained = train_policy(subset, subset_continues(data.continues, rows), spec)
     Policy(trained.model, spec, data.dataset.fingerprint, data.features.feature_names).save(directory)
     return SavedPolicy(str(directory), data.dataset.fingerprint, ACTION_POSITIONS[spec.action_set])
 
@@ -129,7 +140,14 @@ def plan_evaluation(
     data = training_data(conn, market, window)
     check_spec_matches_dataset(spec, data)
     horizon = data.dataset.spec.forward_return_horizon
-    folds = make_folds(len(data.content), config, horizon)
+    try:
+        folds = make_folds(len(data.content), config, horizon)
+    except UserInputError as exc:
+        spec = data.dataset.spec
+        raise UserInputError(
+            f"the dataset {data.dataset.dataset_hash[:12]} of {market.key} spans {len(spec.windows())} window(s) "
+            f"({spec.first_window} .. {spec.last_window}) and holds {len(data.content)} rows: {exc}; a longer span "
+            f"holds more (training_dataset config span_windows, `--span-windows N`)") from None
     key = evaluation_key(market, spec.spec_hash, data.dataset.dataset_hash, config)
     return EvaluationPlan(market, window, spec, config, tuple(folds), data.dataset.dataset_hash, horizon,
                           workdir / market.key / key[:16], starting_balance, fold_timeout_s)
@@ -198,7 +216,7 @@ def assemble_report(
     key = evaluation_key(plan.market, plan.spec.spec_hash, plan.dataset_hash, plan.config)
     trials = market_trials(conn, plan.market, excluding=key)  # this evaluation counts itself (a rerun: once)
     records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
-                                            trials, strict, plan.root / "curves")
+                                            trials, strict, plan.root / "curves", calendar=data.calendar)
     pbo = report_pbo(conn, plan.market, records, excluding_key=key)
     aggregates["pbo"], aggregates["pbo_detail"] = pbo["pbo"], pbo
     report = EvaluationReport(
@@ -430,6 +448,9 @@ def report_json(report: EvaluationReport) -> dict:
         "embargo_bars": report.fold_config.embargo_bars,
         "fold_config": report.fold_config.model_dump(mode="json"),
         "scheme": report.fold_config.scheme,
+        # the annualisation of every annualised figure: the market calendar's bars a year (null: stored before)
+        "bars_per_year": report.aggregates.get("bars_per_year"),
+        "calendar": report.aggregates.get("calendar"),
         **({"paths": (report.aggregates.get("paths") or {}).get("count")} if report.fold_config.scheme == "cpcv" else {}),
         # pbo: null when not computed (fewer than two trials of the market on these test bars)
         "aggregate": {**report.aggregates, "pbo": report.aggregates.get("pbo")},

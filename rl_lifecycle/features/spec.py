@@ -32,7 +32,7 @@ from pydantic import (
 
 from rl_lifecycle.config_files import read_yaml
 from rl_lifecycle.errors import UserInputError
-from rl_lifecycle.settings import load_settings
+from rl_lifecycle.settings import Settings, load_settings
 
 # Bump whenever pipeline.py changes how a feature value is computed (normalisations, natives, masks).
 PIPELINE_VERSION = "2.0"
@@ -383,9 +383,11 @@ def load_feature_set(name_or_path: str | Path, anchor: str | None = None) -> Fea
     return spec
 
 
-def active_feature_set() -> FeatureSetSpec:
-    """The set selected by RL_FEATURE_SET (default ta_v2; rollback = point it at core_v1)."""
-    name = load_settings().feature_set
+def active_feature_set(settings: Settings | None = None) -> FeatureSetSpec:
+    """The set `settings.feature_set` selects (default `load_settings()`: RL_FEATURE_SET, default ta_v2;
+    rollback = point it at core_v1). Pass `rl_lifecycle.switches.settings_in_force(conn)` for the
+    `feature_set` rollout switch as in force (stored in the database, else the environment)."""
+    name = (settings or load_settings()).feature_set
     if _is_name(name) and name.strip() not in available_feature_sets():
         raise _unknown_set(name, prefix="RL_FEATURE_SET")
     return load_feature_set(name)

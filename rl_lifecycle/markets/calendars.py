@@ -21,7 +21,15 @@ interval == 0; see `candles.validation`). Which bars are expected:
   session edges lie on the grid (1m bars) this is simply "the bar opens inside the session".
 
 A missing expected bar is a gap. A stored bar the calendar does not expect (a Saturday FX bar, a
-pre-market bar) is kept and never counted as a gap, and it does not break `continues`.
+pre-market bar) is kept and never counted as a gap, and it does not break `continues`. A close of the
+market (a night, a weekend, a holiday) between two bars is no gap either: episodes run across it, and a
+position held over it earns the return from the last bar before it to the first bar after it.
+
+Bars per year (`bars_per_year`, the annualisation of every figure a report gives a year's worth of) are
+the calendar's own: its expected bars over the whole UTC calendar years a span touches, divided by the
+number of those years. XNYS daily in 2023: its 250 sessions; XNYS hourly: 7 bars a session (the 09:00
+bar holding 09:30-10:00 counts, as it is an expected row), fewer on early closes; fx hourly: 120 a week,
+6,242 in 2023; crypto hourly: 8,760 in 2023, 8,784 in 2024.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ FX = "fx"
 DEFAULT_CALENDAR = CRYPTO
 # exchange_calendars' own "24/7" and "24/5" (UTC midnight weeks) would be confused with ours.
 _AMBIGUOUS_EXCHANGE_NAMES = {"24/7": CRYPTO, "24/5": FX}
+_YEAR_US = 365.25 * DAY_US  # only the fallback of `bars_per_year` uses it
 # Default span of a cached exchange calendar; widened when a query reaches beyond it.
 _EXCHANGE_SPAN = (date(1990, 1, 1), date(2040, 12, 31))
 
@@ -126,6 +135,26 @@ class TradingCalendar(ABC):
         grid = self.expected_bar_opens(int(ts[0]), int(ts[-1]) + 1, interval_us)
         between = np.searchsorted(grid, ts[1:], "left") - np.searchsorted(grid, ts[:-1], "right")
         return (between == 0) & (ts[1:] > ts[:-1])
+
+    def bars_per_year(self, interval_us: int, start_us: int, end_us: int) -> float:
+        """The calendar's bars a year around the span [start, end): its expected bars of `interval_us`
+        over the whole UTC calendar years the span touches, divided by the number of those years.
+
+        Whole years, not the span itself, so that neither a span's holidays (a quarter with Christmas)
+        nor where it starts in the week (a span opening on a Monday and ending on a Friday) move it: a
+        report on a quarter of XNYS daily bars in 2023 annualises by the 250 sessions of 2023. An exchange
+        calendar that cannot cover those years (its holidays are not recorded that far) falls back to the
+        span's own expected bars per 365.25 days."""
+        start_us, end_us, interval_us = int(start_us), int(end_us), int(interval_us)
+        if end_us <= start_us:
+            raise ValueError(f"empty span [{start_us}, {end_us}): no bars to count")
+        first, last = _utc_year(start_us), _utc_year(end_us - 1)
+        try:
+            counts = [_bars_in_year(self, interval_us, year) for year in range(first, last + 1)]
+        except UserInputError:
+            expected = len(self.expected_bar_opens(start_us, end_us, interval_us))
+            return expected * _YEAR_US / (end_us - start_us)
+        return sum(counts) / len(counts)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -270,6 +299,17 @@ def get_calendar(name: str | None = None) -> TradingCalendar:
 
 def _day_us(day: date) -> int:
     return (day - date(1970, 1, 1)).days * DAY_US
+
+
+def _utc_year(ts_us: int) -> int:
+    return (datetime(1970, 1, 1) + timedelta(microseconds=ts_us)).year
+
+
+@lru_cache(maxsize=1024)
+def _bars_in_year(calendar: TradingCalendar, interval_us: int, year: int) -> int:
+    """Expected bars of one UTC calendar year (calendars are cached singletons: hashable by identity)."""
+    start, end = _day_us(date(year, 1, 1)), _day_us(date(year + 1, 1, 1))
+    return len(calendar.expected_bar_opens(start, end, interval_us))
 
 
 def _day_grid(start_us: int, end_us: int) -> np.ndarray:

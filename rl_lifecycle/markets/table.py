@@ -1,4 +1,5 @@
-"""The `markets` table: which markets exist, where their candles come from, and their trading calendar."""
+"""The `markets` table: which markets exist, where their candles come from, their trading calendar and the
+default span of their training datasets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rl_lifecycle.markets.calendars import DEFAULT_CALENDAR, normalize_calendar_
 from rl_lifecycle.markets.keys import Market
 
 SOURCES = ("import", "synthetic")
+MAX_SPAN_WINDOWS = 120  # sql/0014's check; datasets.spec.DEFAULT_SPAN_WINDOWS when a market names none
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,14 @@ class MarketRecord:
     source: str  # "import": candles arrive via `rl-lifecycle ingest`; "synthetic": generated on demand
     synthetic_seed: int | None
     calendar: str = DEFAULT_CALENDAR  # `rl_lifecycle.markets.calendars` name: crypto, fx or an exchange code
+    span_windows: int | None = None  # windows a training dataset spans by default (None: the project default)
+
+
+def check_span_windows(value: int, what: str = "--span-windows") -> int:
+    """A span of 1 .. MAX_SPAN_WINDOWS windows, else UserInputError naming `what` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SPAN_WINDOWS:
+        raise UserInputError(f"{what} {value!r} is invalid: a dataset spans 1 to {MAX_SPAN_WINDOWS} windows")
+    return value
 
 
 def add_market(
@@ -28,23 +38,36 @@ def add_market(
     source: str = "import",
     seed: int | None = None,
     calendar: str | None = None,
+    span_windows: int | None = None,
 ) -> bool:
     """Register a market; returns False when it already existed (its source is left as it was).
 
     `calendar` (default crypto) is validated. Naming another calendar than a registered market's is
-    refused: changing it is `set_market_calendar`, an explicit step.
+    refused: changing it is `set_market_calendar`, an explicit step. `span_windows` (None: the project
+    default) is the windows its training datasets span unless a run names another; naming another than a
+    registered market's is refused the same way (`set_market_span_windows`).
     """
     if source not in SOURCES:
         raise UserInputError(f"market source {source!r} is invalid; expected one of {SOURCES}")
     if (source == "synthetic") != (seed is not None):
         raise UserInputError("a synthetic market needs a seed, and only a synthetic market takes one")
     wanted = normalize_calendar_name(calendar) if calendar is not None else None
+    if span_windows is not None:
+        check_span_windows(span_windows)
     with conn.transaction():
         row = conn.execute(
-            """INSERT INTO markets (pair, interval, source, synthetic_seed, calendar) VALUES (%s, %s, %s, %s, %s)
-               ON CONFLICT (pair, interval) DO NOTHING RETURNING pair""",
-            (market.pair, market.interval, source, seed, wanted or DEFAULT_CALENDAR),
+            """INSERT INTO markets (pair, interval, source, synthetic_seed, calendar, span_windows)
+               VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (pair, interval) DO NOTHING RETURNING pair""",
+            (market.pair, market.interval, source, seed, wanted or DEFAULT_CALENDAR, span_windows),
         ).fetchone()
+        if row is None and span_windows is not None:
+            registered = get_market(conn, market).span_windows
+            if registered != span_windows:
+                raise UserInputError(
+                    f"--span-windows {span_windows}: market {market.key} is already registered with "
+                    f"{'no span (the default)' if registered is None else f'a span of {registered} windows'}; "
+                    f"to change it run `rl-lifecycle market set-span-windows {market.key} {span_windows}`"
+                )
         if row is None and wanted is not None:
             registered = registered_calendar(conn, market)
             if registered != wanted:
@@ -69,6 +92,22 @@ def set_market_calendar(conn: psycopg.Connection, market: Market, calendar: str)
     return previous
 
 
+def set_market_span_windows(conn: psycopg.Connection, market: Market, span_windows: int | None) -> int | None:
+    """Change a registered market's default dataset span (None: back to the project default); returns the
+    previous one. Stored datasets are untouched: the span is part of their spec and hash."""
+    if span_windows is not None:
+        check_span_windows(span_windows)
+    with conn.transaction():
+        previous = conn.execute(
+            "SELECT span_windows FROM markets WHERE pair = %s AND interval = %s FOR UPDATE", (market.pair, market.interval)
+        ).fetchone()
+        if previous is None:
+            raise UserInputError(f"market {market.key} is not registered; add it with `rl-lifecycle market add`")
+        conn.execute("UPDATE markets SET span_windows = %s WHERE pair = %s AND interval = %s",
+                     (span_windows, market.pair, market.interval))
+    return previous[0]
+
+
 def registered_calendar(conn: psycopg.Connection, market: Market, *, for_update: bool = False) -> str | None:
     """The market's calendar name, or None when the market is not registered."""
     row = conn.execute(
@@ -78,18 +117,26 @@ def registered_calendar(conn: psycopg.Connection, market: Market, *, for_update:
     return None if row is None else row[0]
 
 
+def registered_span_windows(conn: psycopg.Connection, market: Market) -> int | None:
+    """The market's default dataset span, or None when it names none (or the market is not registered)."""
+    row = conn.execute(
+        "SELECT span_windows FROM markets WHERE pair = %s AND interval = %s", (market.pair, market.interval)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def list_markets(conn: psycopg.Connection) -> list[MarketRecord]:
     rows = conn.execute(
-        "SELECT pair, interval, source, synthetic_seed, calendar FROM markets ORDER BY pair, interval"
+        "SELECT pair, interval, source, synthetic_seed, calendar, span_windows FROM markets ORDER BY pair, interval"
     ).fetchall()
-    return [MarketRecord(Market(p, i), s, seed, cal) for p, i, s, seed, cal in rows]
+    return [MarketRecord(Market(p, i), s, seed, cal, span) for p, i, s, seed, cal, span in rows]
 
 
 def get_market(conn: psycopg.Connection, market: Market) -> MarketRecord:
     row = conn.execute(
-        "SELECT source, synthetic_seed, calendar FROM markets WHERE pair = %s AND interval = %s",
+        "SELECT source, synthetic_seed, calendar, span_windows FROM markets WHERE pair = %s AND interval = %s",
         (market.pair, market.interval),
     ).fetchone()
     if row is None:
         raise UserInputError(f"market {market.key} is not registered; add it with `rl-lifecycle market add`")
-    return MarketRecord(market, row[0], row[1], row[2])
+    return MarketRecord(market, row[0], row[1], row[2], row[3])

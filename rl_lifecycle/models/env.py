@@ -3,8 +3,15 @@
 Observation at row t: the canonical vector as float32, then the position currently held. The
 action picks a target position (`trading.ACTION_POSITIONS`); it is filled at close[t] and held
 over bar t+1, and the reward is `trading.step_rewards` for that step, the same accounting the
-backtest charges. Only rows with a contiguous next bar can be acted on: a gap ends an episode,
+backtest charges. Only rows whose next row continues them can be acted on: a gap ends an episode,
 so no reward spans missing bars. Steps only index preallocated arrays.
+
+`continues[i]` comes from the market's trading calendar (`TradingCalendar.continues`, as
+`models.service.training_data` gives it): a close of the market (a night, a weekend, a holiday) between
+two rows is no gap, so an episode runs across it and a position held over it earns
+`log(close after / close before)`, the first bar after the close against the last bar before it, as the
+backtest and the accountant, which hold positions from bar to bar, book it. A bar missing while the
+market is open is a gap.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ if TYPE_CHECKING:
 
 
 def contiguous(ts: np.ndarray, interval_us: int) -> np.ndarray:
-    """bool[n-1]: row i+1 is the bar right after row i (a 24/7 market; calendars refine this)."""
+    """bool[n-1]: row i+1 is the bar right after row i: the 24/7 (crypto) calendar's `continues`, for arrays
+    without a market. A market's rows take their calendar's (`TradingCalendar.continues`)."""
     return np.diff(np.asarray(ts, dtype=np.int64)) == interval_us
 
 

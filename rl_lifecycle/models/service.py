@@ -26,9 +26,10 @@ from rl_lifecycle.datasets.service import DatasetVersion, latest_version
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
 from rl_lifecycle.features.store import load_registered_feature_set
+from rl_lifecycle.markets.calendars import DEFAULT_CALENDAR, get_calendar
 from rl_lifecycle.markets.keys import Market, partition_key
+from rl_lifecycle.markets.table import registered_calendar
 from rl_lifecycle.models.checks import PARTITION_TAG, ModelCheck, record_check
-from rl_lifecycle.models.env import contiguous
 from rl_lifecycle.models.policy import Policy, actions_digest, load_registered_policy
 from rl_lifecycle.models.spec import ModelSpec, check_dataset_compatible
 from rl_lifecycle.models.statistics import FeatureStatistics
@@ -48,7 +49,10 @@ class TrainingData:
     dataset: DatasetVersion
     features: FeatureSetSpec
     content: DatasetContent
-    continues: np.ndarray  # bool [n-1]: row i+1 is the bar after row i
+    # bool [n-1]: no bar the market's calendar expects is missing between row i and row i+1 (a night,
+    # weekend or holiday close is no break; a missing bar while the market is open is)
+    continues: np.ndarray
+    calendar: str = DEFAULT_CALENDAR  # the market's trading calendar (`markets.calendars` name)
 
 
 def training_data(conn: psycopg.Connection, market: Market, window: Window) -> TrainingData:
@@ -60,7 +64,9 @@ def training_data(conn: psycopg.Connection, market: Market, window: Window) -> T
         )
     features = load_registered_feature_set(conn, version.fingerprint)
     content = read_dataset(version.storage_uri, version.spec, features.feature_names)
-    return TrainingData(market, window, version, features, content, contiguous(content.ts, market.interval_us))
+    calendar = get_calendar(registered_calendar(conn, market))
+    return TrainingData(market, window, version, features, content,
+                        calendar.continues(content.ts, market.interval_us), calendar.name)
 
 
 def check_spec_matches_dataset(spec: ModelSpec, data: TrainingData) -> None:

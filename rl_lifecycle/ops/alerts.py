@@ -27,17 +27,22 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from rl_lifecycle.markets.keys import market_of
+from rl_lifecycle.ops.events import audit_page, event_of
 from rl_lifecycle.ops.logs import log_event
 from rl_lifecycle.settings import load_settings, variable
 
 CHECK_FAILED, RUN_FAILED, INBOX_REJECTED = "check_failed", "run_failed", "inbox_rejected"
-KINDS = (CHECK_FAILED, RUN_FAILED, INBOX_REJECTED)
+# a champion's paper drawdown beyond its walk-forward band (rl_lifecycle.ops.paper); a promotion
+# audit row, sent as an event (rl_lifecycle.promotion.events: recorded resolved, it is no failure)
+PAPER_BREACH, PROMOTION_EVENT = "paper_breach", "promotion_event"
+KINDS = (CHECK_FAILED, RUN_FAILED, INBOX_REJECTED, PAPER_BREACH, PROMOTION_EVENT)
 INBOX_SENSOR_PATH = "/locations/__repository__@rl_lifecycle/sensors/inbox_sensor"  # the UI page of `inbox_sensor`
 DEFAULT_UI_URL = variable("RL_DAGSTER_UI_URL").default
 DEFAULT_TIMEOUT_SECONDS = float(variable("RL_ALERT_WEBHOOK_TIMEOUT_SECONDS").default)
@@ -92,6 +97,7 @@ class Alert:
     next_attempt_at: datetime | None = field(default=None, compare=False)
     last_error: str | None = field(default=None, compare=False)
     resolved_at: datetime | None = field(default=None, compare=False)
+    details: dict | None = field(default=None, compare=False)  # structured figures the webhook body carries
 
     @property
     def market(self) -> str | None:
@@ -103,6 +109,7 @@ class Alert:
             "check": self.check, "severity": self.severity, "job": self.job_name, "summary": self.summary,
             "run_id": self.run_id, "run_url": self.run_url, "id": self.id,
             "failed_at": None if self.failed_at is None else self.failed_at.isoformat(),
+            **({"details": self.details} if self.details is not None else {}),
         }
 
 
@@ -144,19 +151,19 @@ def inbox_key_prefix(market: str, file: str) -> str:
 
 
 _COLUMNS = ("kind", "dedupe_key", "market", "asset", "partition_key", "check_name", "severity", "job_name",
-            "summary", "run_id", "run_url", "failed_at")
+            "summary", "run_id", "run_url", "failed_at", "details")
 _READ = ("id, kind, dedupe_key, asset, partition_key, check_name, severity, job_name, summary, run_id, run_url, "
-         "failed_at, created_at, delivered_at, attempts, next_attempt_at, last_error, resolved_at")
+         "failed_at, created_at, delivered_at, attempts, next_attempt_at, last_error, resolved_at, details")
 
 
 def _from_row(row) -> Alert:
     (id_, kind, key, asset, partition, check, severity, job, summary, run_id, url,
-     failed_at, created, delivered, attempts, next_at, error, resolved) = row
+     failed_at, created, delivered, attempts, next_at, error, resolved, details) = row
     return Alert(kind=kind, dedupe_key=key, summary=summary, run_id=run_id, run_url=url, asset=asset,
                  partition=partition, check=check, severity=severity, job_name=job, failed_at=failed_at,
                  id=int(id_), created_at=created,
                  delivered_at=delivered, attempts=int(attempts), next_attempt_at=next_at, last_error=error,
-                 resolved_at=resolved)
+                 resolved_at=resolved, details=details)
 
 
 def record_alert(conn: psycopg.Connection, alert: Alert) -> Alert | None:
@@ -166,7 +173,8 @@ def record_alert(conn: psycopg.Connection, alert: Alert) -> Alert | None:
     if alert.kind not in KINDS:
         raise ValueError(f"alert kind {alert.kind!r} is invalid; expected one of {KINDS}")
     values = (alert.kind, alert.dedupe_key, alert.market, alert.asset, alert.partition, alert.check,
-              alert.severity, alert.job_name, alert.summary[:4000], alert.run_id, alert.run_url, alert.failed_at)
+              alert.severity, alert.job_name, alert.summary[:4000], alert.run_id, alert.run_url, alert.failed_at,
+              None if alert.details is None else Jsonb(alert.details))
     row = conn.execute(
         f"INSERT INTO alerts ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
         f"ON CONFLICT (dedupe_key) DO NOTHING RETURNING {_READ}",
@@ -244,15 +252,26 @@ def resolve_inbox_alerts(conn: psycopg.Connection, market: str, file: str) -> in
 
 
 # -- webhook ---------------------------------------------------------------------------------------
-def slack_body(alert: Alert) -> dict:
-    """A Slack-compatible incoming-webhook body: `text` (the fallback line) and `blocks`."""
+def slack_body(alert: Alert, ui_url: str = DEFAULT_UI_URL) -> dict:
+    """A Slack-compatible incoming-webhook body: `text` (the fallback line) and `blocks`. A promotion event
+    also carries the audit row under `event` (`ops.events.event_of`), its gate table as text."""
+    event = None
+    if alert.kind == PROMOTION_EVENT:
+        event = event_of(alert.details)
+        alert = replace(alert, run_url=alert.run_url or audit_page(ui_url),
+                        details={**(alert.details or {}), "table": event["gate_table"]})
     if alert.kind == CHECK_FAILED:
         title = f"Asset check failed: {alert.check} on {alert.asset}"
     elif alert.kind == INBOX_REJECTED:
         title = f"Inbox file rejected ({alert.partition or 'no market'})"
+    elif alert.kind == PAPER_BREACH:
+        title = f"{alert.check}: {alert.partition}"
+    elif alert.kind == PROMOTION_EVENT:
+        title = f"Promotion event: {alert.check} on {alert.partition}"
     else:
         title = f"Run failed: {alert.job_name or 'run'}"
-    link = f"<{alert.run_url}|run {alert.run_id[:8]}>" if alert.run_id else f"<{alert.run_url}|inbox sensor>"
+    page = {PAPER_BREACH: "paper_performance", PROMOTION_EVENT: "promotion audit"}.get(alert.kind, "inbox sensor")
+    link = f"<{alert.run_url}|run {alert.run_id[:8]}>" if alert.run_id else f"<{alert.run_url}|{page}>"
     text = f"{title} (partition {alert.partition or '-'}): {alert.summary} {link}"
     fields = [
         ("Asset", alert.asset or "-"),
@@ -263,19 +282,22 @@ def slack_body(alert: Alert) -> dict:
         ("Run", f"<{alert.run_url}|{alert.run_id}>" if alert.run_id else "-"),
     ]
     summary = alert.summary if len(alert.summary) <= 2900 else alert.summary[:2900] + "…"
+    table = (alert.details or {}).get("table")  # e.g. a promotion event's gate table, as fixed-width text
     return {
         "text": text,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
             {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}:*\n{v}"} for k, v in fields]},
             {"type": "section", "text": {"type": "mrkdwn", "text": summary or "-"}},
+            *([{"type": "section", "text": {"type": "mrkdwn", "text": f"```{table[:2900]}```"}}] if table else []),
             {"type": "actions", "elements": [
                 {"type": "button", "text": {"type": "plain_text", "text": "Open the run in Dagster" if alert.run_id
-                                                                          else "Open the inbox sensor in Dagster"}, "url": alert.run_url},
+                                                                          else f"Open the {page} in Dagster"}, "url": alert.run_url},
             ]},
         ],
         # plain fields for webhooks that are not Slack
         "alert": alert.as_dict(),
+        **({"event": event} if event is not None else {}),
     }
 
 
@@ -338,7 +360,7 @@ def deliver_pending(conn: psycopg.Connection, config: AlertConfig | None = None,
                 break
             alert = _from_row(row)
             try:
-                post_webhook(config.webhook_url, slack_body(alert), timeout=config.timeout_seconds)
+                post_webhook(config.webhook_url, slack_body(alert, config.ui_url), timeout=config.timeout_seconds)
             except WebhookError as exc:
                 wait = backoff_seconds(alert.attempts + 1)
                 conn.execute(

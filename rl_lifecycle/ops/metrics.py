@@ -23,8 +23,13 @@ Figures (labels in braces):
   market has none; `rl_challenger_version{market}`: the version holding the MLflow alias `challenger`
   (a version whose blocking checks passed), 0 when none (section `challengers`, read from MLflow: down
   when MLflow cannot be read or no registry is given).
+- `rl_paper_total_return{market,champion_version}`, `rl_paper_max_drawdown{...}`, `rl_paper_trades{...}`,
+  `rl_paper_bars{...}`, `rl_paper_drawdown_limit{...}` (the walk-forward band's limit for the segment's
+  length; absent without a band), `rl_paper_breached{...}` (1 when a PAPER_DRAWDOWN_BEYOND_BACKTEST breach
+  was found in the segment): the paper segment of each market's champion in force, as the last
+  `paper_performance` watch stored it (`paper_segments`, rl_lifecycle.ops.paper).
 - `rl_failed_checks_total{asset,check}`, `rl_failed_runs_total{job}`, `rl_alerts_open{kind}`,
-  `rl_alerts_undelivered`: from `alerts`.
+  `rl_alerts_undelivered` (promotion events apart: `rl_promotion_events_undelivered`): from `alerts`.
 - `rl_metrics_section_up{section}`: 1 when that section's query worked on this scrape, 0 otherwise
   (a broken section never breaks the endpoint); `rl_metrics_database_up`.
 """
@@ -196,6 +201,8 @@ def _alerts(conn: psycopg.Connection) -> list[Metric]:
     runs = CounterMetricFamily("rl_failed_runs", "Failed runs (alerts).", labels=["job"])
     open_ = GaugeMetricFamily("rl_alerts_open", "Alerts not resolved by a later passing check or run.", labels=["kind"])
     undelivered = GaugeMetricFamily("rl_alerts_undelivered", "Alerts the webhook has not accepted (yet).")
+    events = GaugeMetricFamily("rl_promotion_events_undelivered",
+                               "Promotion events (audit rows) the webhook has not accepted (yet).")
     open_counts = {"check_failed": 0.0, "run_failed": 0.0}
     for asset, check, n in conn.execute(
         "SELECT coalesce(asset, ''), coalesce(check_name, ''), count(*) FROM alerts "
@@ -208,11 +215,38 @@ def _alerts(conn: psycopg.Connection) -> list[Metric]:
         runs.add_metric([job], float(n))
     for kind, n in conn.execute("SELECT kind, count(*) FROM alerts WHERE resolved_at IS NULL GROUP BY 1"):
         open_counts[kind] = float(n)
-    pending = float(conn.execute("SELECT count(*) FROM alerts WHERE delivered_at IS NULL").fetchone()[0])
+    pending, pending_events = (float(n) for n in conn.execute(
+        "SELECT count(*) FILTER (WHERE kind <> 'promotion_event'), count(*) FILTER (WHERE kind = 'promotion_event') "
+        "FROM alerts WHERE delivered_at IS NULL").fetchone())
     for kind, n in sorted(open_counts.items()):
         open_.add_metric([kind], n)
     undelivered.add_metric([], pending)
-    return [checks, runs, open_, undelivered]
+    events.add_metric([], pending_events)
+    return [checks, runs, open_, undelivered, events]
+
+
+def _paper(conn: psycopg.Connection) -> list[Metric]:
+    labels = ["market", "champion_version"]
+    families = {
+        "total_return": GaugeMetricFamily("rl_paper_total_return", "Paper return of the champion's segment.", labels=labels),
+        "max_drawdown": GaugeMetricFamily("rl_paper_max_drawdown", "Paper max drawdown of the champion's segment.",
+                                          labels=labels),
+        "trades": GaugeMetricFamily("rl_paper_trades", "Paper round trips of the champion's segment.", labels=labels),
+        "bars": GaugeMetricFamily("rl_paper_bars", "Bars of the champion's paper segment.", labels=labels),
+        "drawdown_limit": GaugeMetricFamily("rl_paper_drawdown_limit",
+                                            "The walk-forward band's drawdown limit for the segment's length.",
+                                            labels=labels),
+        "breached": GaugeMetricFamily("rl_paper_breached", "1 when the champion's paper segment breached its band.",
+                                      labels=labels),
+    }
+    for market, version, *values in conn.execute(
+        "SELECT market, champion_version, total_return, max_drawdown, trades, bars, drawdown_limit, breached "
+        "FROM paper_segments WHERE current ORDER BY market"
+    ):
+        for name, value in zip(families, values, strict=True):
+            if value is not None:
+                families[name].add_metric([market, str(version)], float(value))
+    return list(families.values())
 
 
 SECTIONS: dict[str, Callable[..., list[Metric]]] = {
@@ -222,6 +256,7 @@ SECTIONS: dict[str, Callable[..., list[Metric]]] = {
     "folds": lambda conn, now: _folds(conn),
     "champions": lambda conn, now: _champions(conn),
     "alerts": lambda conn, now: _alerts(conn),
+    "paper": lambda conn, now: _paper(conn),
 }
 
 

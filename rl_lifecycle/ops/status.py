@@ -1,9 +1,9 @@
 """`rl-lifecycle status`: per market, champion, challenger, last decision, freshness and open alerts;
-and the rollout switches (`rl_lifecycle.settings.VARIABLES`) in rollout order."""
+and the rollout switches in rollout order, as in force (`rl_lifecycle.switches`: stored in the
+database, else the environment, else the default) with where each value comes from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
@@ -15,41 +15,27 @@ from rl_lifecycle.markets.table import list_markets
 from rl_lifecycle.ops.alerts import count_open_alerts, list_alerts
 from rl_lifecycle.ops.metrics import age_seconds
 from rl_lifecycle.promotion.audit import current_champion, last_gate_decision
-from rl_lifecycle.settings import load_settings
-from rl_lifecycle.settings import rollout_switches as switch_variables
+from rl_lifecycle.settings import ROLLOUT_STAGES
+from rl_lifecycle.switches import STORED, SwitchState
 
 
 # -- rollout switches -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Switch:
-    stage: int  # the rollout stage (seed plan): switch them on in this order
-    name: str
-    env: str | None
-    value: str
-    default: str
-    explicit: bool  # set in the environment (otherwise the default applies)
-    meaning: str
-
-    def line(self) -> str:
-        where = f"{self.env}={self.value}" if self.env else self.value
-        origin = f"set; default {self.default}" if self.explicit else "default"
-        return f"{self.stage}. {self.name:<20} {where:<36} ({origin})  {self.meaning}"
-
-
-SNAPSHOT_STORAGE = Switch(1, "snapshot storage", None, "on", "on", False,
-                          "feature_snapshots is always stored (the source of every dataset); no switch: roll back the "
-                          "feature set instead")
-
-
-def rollout_switches() -> list[Switch]:
-    """The rollout switches in the order the plan stages them, as the environment sets them now (flags
-    as the settings read them: `1` shows as true)."""
-    settings = load_settings()
-    shown = lambda value: ("true" if value else "false") if isinstance(value, bool) else str(value)  # noqa: E731
-    return [SNAPSHOT_STORAGE] + [
-        Switch(v.stage, v.switch, v.name, shown(getattr(settings, v.field)), v.default, v.explicit, v.meaning)
-        for v in switch_variables()
-    ]
+def switch_lines(switches: list[SwitchState]) -> list[str]:
+    """The rollout stage by stage (each number once), each switch with its value and where it comes from
+    (`switches`: `rl_lifecycle.switches.switch_states`)."""
+    lines = ["rollout switches, stage by stage (in force: stored in the database, else the environment, else the default):"]
+    for stage, name in sorted(ROLLOUT_STAGES.items()):
+        of_stage = [s for s in switches if s.stage == stage]
+        if not of_stage:  # stage 1: feature_snapshots is always stored (the source of every dataset)
+            lines.append(f"  {stage}. {name}: always on, no switch (roll back the feature set instead)")
+            continue
+        lines.append(f"  {stage}. {name}")
+        lines += [f"       {s.switch:<16} {s.value:<8} {s.origin_text()}" for s in of_stage]
+    if any(s.origin != STORED for s in switches):
+        lines.append("  not stored: each process (the daemon, the code location, this shell) reads its own environment")
+    lines.append("  change one for the daemon, the code location and the CLI alike: "
+                 "`rl-lifecycle switch set NAME VALUE` (`switch unset NAME`: back to the environment)")
+    return lines
 
 
 # -- `rl-lifecycle status` --------------------------------------------------------------------------
@@ -116,10 +102,9 @@ def format_age(seconds: float | None) -> str:
     return text + " ago" if seconds >= 0 else "in " + text
 
 
-def status_lines(statuses: list[dict], switches: list[Switch]) -> list[str]:
+def status_lines(statuses: list[dict], switches: list[SwitchState]) -> list[str]:
     """`rl-lifecycle status` as text."""
-    lines = ["rollout switches (in rollout order):"]
-    lines += ["  " + s.line() for s in switches]
+    lines = switch_lines(switches)
     lines.append("")
     if not statuses:
         lines.append("no markets registered; add one with `rl-lifecycle market add`")

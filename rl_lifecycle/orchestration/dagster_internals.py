@@ -9,6 +9,8 @@ any Dagster release (pinned: dagster 1.13.27). After an upgrade, this is the mod
   `RunLauncher.check_run_worker_health` returns and `launch_run` receives.
 - Per-partition check evaluations (`assets/checks.py`): the pointer to the materialization a check
   evaluated, which the UI's per-partition check status compares with the latest one.
+- Idle ticks of the run status sensors (`automation/alerts.py`): the label Dagster gives a tick that
+  returned nothing, replaced by a reason (`copy` of the tick's `SensorExecutionData`, a dagster_shared record).
 """
 
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
@@ -24,13 +26,16 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster._time import datetime_from_timestamp, get_current_timestamp
 from dagster._utils.caching_instance_queryer import CachingInstanceQueryer
+from dagster_shared.record import copy
 
 DAEMON_MODULE = "dagster._daemon"  # `python -m dagster._daemon run`: what the `dagster-daemon` script runs
+# SensorDefinition.evaluate_tick's skip message for a tick that returned nothing (dagster 1.13.27)
+DAGSTER_EMPTY_RESULT = "Sensor function returned an empty result"
 
 __all__ = [
-    "ASSET_PARTITION_RANGE_END_TAG", "ASSET_PARTITION_RANGE_START_TAG", "DAEMON_MODULE",
+    "ASSET_PARTITION_RANGE_END_TAG", "ASSET_PARTITION_RANGE_START_TAG", "DAEMON_MODULE", "DAGSTER_EMPTY_RESULT",
     "AssetCheckEvaluationTargetMaterializationData", "AssetGraphSubset",
     "CachingInstanceQueryer", "CheckRunHealthResult", "JobSubsetSelector", "LaunchRunContext", "PartitionBackfill",
-    "WorkerStatus", "WorkspaceFileTarget", "WorkspaceProcessContext", "datetime_from_timestamp",
+    "WorkerStatus", "WorkspaceFileTarget", "WorkspaceProcessContext", "copy", "datetime_from_timestamp",
     "get_current_timestamp", "make_new_backfill_id",
 ]

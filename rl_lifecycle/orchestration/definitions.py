@@ -11,6 +11,7 @@ from rl_lifecycle.orchestration.assets.datasets import DATASET_CHECKS
 from rl_lifecycle.orchestration.assets.evaluation import EVALUATION_CHECKS
 from rl_lifecycle.orchestration.assets.features import FEATURE_CHECKS
 from rl_lifecycle.orchestration.assets.models import MODEL_CHECKS
+from rl_lifecycle.orchestration.assets.paper import paper_performance
 from rl_lifecycle.orchestration.automation.alerts import (
     alert_delivery_sensor,
     alert_sweep_sensor,
@@ -30,7 +31,7 @@ ALL_CHECKS = [*FEATURE_CHECKS, *DATASET_CHECKS, *MODEL_CHECKS, *EVALUATION_CHECK
 _database = PostgresResource()
 
 defs = Definitions(
-    assets=ALL_ASSETS,
+    assets=[*ALL_ASSETS, paper_performance],
     asset_checks=ALL_CHECKS,
     jobs=[*JOBS, rollback_job, paper_decisions_job],
     sensors=[

@@ -36,6 +36,7 @@ from rl_lifecycle.evaluation.backtest import FoldResult
 from rl_lifecycle.evaluation.folds import Fold, FoldConfig, backtests, make_folds
 from rl_lifecycle.evaluation.metrics import Trials, returns_by_bar, sharpe_moments, simple_returns
 from rl_lifecycle.evaluation.report import summarise
+from rl_lifecycle.markets.calendars import DEFAULT_CALENDAR
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.promotion.gates import ReportSummary, evaluate
 from rl_lifecycle.promotion.policy import GatePolicy
@@ -53,6 +54,7 @@ class Bars:
     market: Market
     ts: np.ndarray
     close: np.ndarray
+    calendar: str = DEFAULT_CALENDAR  # the market's trading calendar: the reports' annualisation
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Calibration:
 def market_bars(conn, market: Market, scheme: WindowScheme, windows: int = 3) -> Bars:
     """The market's stored candles of its last `windows` windows with data (a training dataset's span)."""
     from rl_lifecycle.candles.store import load_candles, newest_candle_ts
+    from rl_lifecycle.markets.table import registered_calendar
 
     newest = newest_candle_ts(conn, market)
     if newest is None:
@@ -104,7 +107,7 @@ def market_bars(conn, market: Market, scheme: WindowScheme, windows: int = 3) ->
     for _ in range(windows - 1):
         first = scheme.previous(first)
     candles = load_candles(conn, market, first.start, last.end)
-    return Bars(market, candles.ts, candles.close)
+    return Bars(market, candles.ts, candles.close, registered_calendar(conn, market) or DEFAULT_CALENDAR)
 
 
 def policy_sha256(policy: GatePolicy) -> str:
@@ -177,7 +180,7 @@ class _Decider:
         itself, its PBO over `others` (their bar returns) and itself; with its bar returns."""
         results = self.results(positions)
         records, aggregates, _ = summarise(self.bars.market, self.folds, results, self.bars.ts, self.cost_bps,
-                                           trials, strict=True)
+                                           trials, strict=True, calendar=self.bars.calendar)
         returns = {r.fold_index: simple_returns(r.equity) for r in results if r.ok}
         own = self.bar_returns(results)
         return ReportSummary.from_stored(_StoredReport(records, aggregates), returns,

@@ -13,8 +13,14 @@ from dagster import (
 from pydantic import Field
 
 from rl_lifecycle.datasets.builder import build_dataset
-from rl_lifecycle.datasets.service import check_no_unwarm_rows, check_reproducible, spec_ending_at
-from rl_lifecycle.features.spec import FeatureSetSpec, active_feature_set
+from rl_lifecycle.datasets.service import (
+    check_no_unwarm_rows,
+    check_reproducible,
+    market_span_windows,
+    spec_ending_at,
+)
+from rl_lifecycle.datasets.spec import DEFAULT_SPAN_WINDOWS
+from rl_lifecycle.features.spec import FeatureSetSpec
 from rl_lifecycle.orchestration.assets.checks import CheckEvents, partition_evaluations
 from rl_lifecycle.orchestration.assets.presentation import (
     log_range,
@@ -31,8 +37,7 @@ from rl_lifecycle.orchestration.partitions import (
 )
 from rl_lifecycle.orchestration.resources import PostgresResource
 from rl_lifecycle.settings import load_settings
-
-DEFAULT_SPAN_WINDOWS = 3
+from rl_lifecycle.switches import feature_set_in_force
 
 # The dataset of a window spans it and the windows before it.
 SPAN_MAPPING = same_market_and_previous_windows(DEFAULT_SPAN_WINDOWS - 1)
@@ -41,14 +46,15 @@ SPAN_MAPPING = same_market_and_previous_windows(DEFAULT_SPAN_WINDOWS - 1)
 class TrainingDatasetConfig(Config):
     # Validated again by DatasetSpec (with a message naming the field); the declared upstream mapping
     # covers the default span, so a longer span still builds but the UI shows fewer upstream windows.
-    span_windows: int = Field(default=DEFAULT_SPAN_WINDOWS, ge=1, le=120, description="windows in the dataset, ending at the partition's")
+    span_windows: int | None = Field(default=None, ge=1, le=120, description="windows in the dataset, ending at the "
+                                     "partition's (default: the market's `--span-windows`, else 3)")
     forward_return_horizon: int = Field(default=1, ge=1, le=10_000, description="label horizon in bars (the minimum purge)")
     transaction_cost_bps: float = Field(default=10.0, ge=0.0, le=1_000.0, description="cost per unit of turnover")
 
 
-def _spec(market, window, config: TrainingDatasetConfig, features: FeatureSetSpec):
+def _spec(conn, market, window, config: TrainingDatasetConfig, features: FeatureSetSpec):
     return spec_ending_at(
-        market, window, WINDOW_SCHEME, features.name, config.span_windows,
+        market, window, WINDOW_SCHEME, features.name, market_span_windows(conn, market, config.span_windows),
         forward_return_horizon=config.forward_return_horizon, transaction_cost_bps=config.transaction_cost_bps,
     )
 
@@ -62,12 +68,12 @@ def _spec(market, window, config: TrainingDatasetConfig, features: FeatureSetSpe
     description="Warm feature rows of the span ending at this window, with close and forward-return label; content-addressed.",
 )
 def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConfig, database: PostgresResource) -> MaterializeResult:
-    features = active_feature_set()
     datasets_dir = load_settings().datasets_dir
     with database.connect() as conn:
+        features = feature_set_in_force(conn)
         partitions = partitions_of_run(context.partition_keys)
         for key, market, window in partitions:
-            spec = _spec(market, window, config, features)
+            spec = _spec(conn, market, window, config, features)
             with user_errors_fail_the_step(key):
                 build = build_dataset(conn, spec, datasets_dir, features)
             log_window(

@@ -35,6 +35,7 @@ from rl_lifecycle.orchestration.partitions import (
 )
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
 from rl_lifecycle.settings import load_settings
+from rl_lifecycle.switches import settings_in_force
 
 
 class FoldReportConfig(Config):
@@ -119,12 +120,12 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
         fold_table,
     )
 
-    settings = load_settings()
     by_role: dict[str, list] = {}
     for task, results in fold_results:
         by_role.setdefault(task.role, []).extend((task, result) for result in results)
     reports, versions = {}, {}
     with database.connect() as conn:
+        settings = settings_in_force(conn)  # the strict_backtest switch as stored, else RL_STRICT_BACKTEST
         for role, items in by_role.items():
             plan = items[0][0].plan
             versions[role] = items[0][0].version
@@ -225,7 +226,7 @@ def folds_leak_free(context: AssetCheckExecutionContext, database: PostgresResou
 
 
 @asset_check(asset=fold_report, blocking=True, partitions_def=market_window_partitions,
-             description="Strict mode (RL_STRICT_BACKTEST): every fold backtest completed.")
+             description="Strict mode (the strict_backtest switch): every fold backtest completed.")
 def folds_complete(context: AssetCheckExecutionContext, database: PostgresResource, mlflow: MlflowResource) -> AssetCheckResult:
     report, _, missing = _stored_challenger_report(context, database, mlflow)
     if missing is not None:

@@ -21,7 +21,7 @@ from rl_lifecycle.features.service import (
     stored_window,
     window_input,
 )
-from rl_lifecycle.features.spec import active_feature_set
+from rl_lifecycle.features.spec import active_feature_set, available_feature_sets, load_feature_set
 from rl_lifecycle.markets.keys import INTERVALS
 from rl_lifecycle.orchestration.assets.checks import CheckEvents, partition_evaluations
 from rl_lifecycle.orchestration.assets.presentation import (
@@ -38,12 +38,16 @@ from rl_lifecycle.orchestration.partitions import (
     same_market_and_previous_windows,
 )
 from rl_lifecycle.orchestration.resources import PostgresResource
+from rl_lifecycle.switches import feature_set_in_force
 
 # A window's features read its own candles plus `warmup` candles from earlier windows: as many
-# windows as the active set's warmup can span at the longest interval (1d), so backfills order right.
-WITH_WARMUP_WINDOWS = same_market_and_previous_windows(
-    WINDOW_SCHEME.windows_for_bars(active_feature_set().warmup, INTERVALS["1d"])
-)
+# windows as the longest warmup can span at the longest interval (1d), so backfills order right. The
+# longest of the shipped sets and the environment's: the `feature_set` switch may select any of them
+# at run time without a reload of the code location.
+WITH_WARMUP_WINDOWS = same_market_and_previous_windows(WINDOW_SCHEME.windows_for_bars(
+    max(spec.warmup for spec in (active_feature_set(), *map(load_feature_set, available_feature_sets()))),
+    INTERVALS["1d"],
+))
 
 
 @asset(
@@ -52,12 +56,13 @@ WITH_WARMUP_WINDOWS = same_market_and_previous_windows(
     deps=[AssetDep("candles", partition_mapping=WITH_WARMUP_WINDOWS)],
     group_name="lifecycle",
     kinds={"postgres", "talib"},
-    description="Feature vectors of the active feature set (RL_FEATURE_SET) by the canonical rule, in rl_feature_snapshots.",
+    description="Feature vectors of the active feature set (the feature_set switch: `rl-lifecycle switch list`) by "
+    "the canonical rule, in rl_feature_snapshots.",
 )
 def feature_snapshots(context: AssetExecutionContext, database: PostgresResource) -> MaterializeResult:
-    spec = active_feature_set()
     partitions = partitions_of_run(context.partition_keys)
     with database.connect() as conn:
+        spec = feature_set_in_force(conn)
         for key, market, window in partitions:
             computed, stats = materialize_window(conn, market, spec, WINDOW_SCHEME, window)
             frame = computed.frame
@@ -103,9 +108,9 @@ def _window_metadata(spec, computed, stats, *, table: bool) -> dict:
     description="Recompute the window in a fresh process; its hash must equal the stored bytes' hash.",
 )
 def features_deterministic(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
-    spec = active_feature_set()
     partitions = partitions_of_run(context.partition_keys)
     with database.connect() as conn:
+        spec = feature_set_in_force(conn)
         stored = [stored_window(conn, market, spec, window) for _, market, window in partitions]
     # one fresh interpreter recomputes every window of the run: its start-up is paid once per run
     fresh = recompute_in_fresh_process(database.database_url(), spec, WINDOW_SCHEME, [(m, w) for _, m, w in partitions])
@@ -122,9 +127,9 @@ def features_deterministic(context: AssetCheckExecutionContext, database: Postgr
     "later candle, leaves the vector at t unchanged.",
 )
 def features_no_lookahead(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
-    spec = active_feature_set()
     outcomes = []
     with database.connect() as conn:
+        spec = feature_set_in_force(conn)
         for key, market, window in partitions_of_run(context.partition_keys):
             candles = window_input(conn, market, spec, window)
             outcomes.append((key, check_no_lookahead(spec, WINDOW_SCHEME, candles, window.start)))
@@ -138,8 +143,8 @@ def features_no_lookahead(context: AssetCheckExecutionContext, database: Postgre
     description="No NaN in a row that is not flagged (missing mask set, not warm).",
 )
 def warmup_flagged(context: AssetCheckExecutionContext, database: PostgresResource) -> CheckEvents:
-    spec = active_feature_set()
     with database.connect() as conn:
+        spec = feature_set_in_force(conn)
         outcomes = [
             (key, check_warmup_flagged(stored_window(conn, market, spec, window)))
             for key, market, window in partitions_of_run(context.partition_keys)

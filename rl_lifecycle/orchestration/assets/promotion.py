@@ -19,7 +19,7 @@ from rl_lifecycle.promotion.gates import (
     PBO_ABOVE_MAX,
     gate_rows,
 )
-from rl_lifecycle.settings import load_settings
+from rl_lifecycle.switches import settings_in_force
 
 
 class PromotionDecisionConfig(Config):
@@ -33,7 +33,7 @@ class PromotionDecisionConfig(Config):
     group_name="lifecycle",
     kinds={"mlflow", "postgres"},
     description="Paired delta gates (challenger minus champion on the same folds) and absolute gates; outcome "
-    "promoted, rejected or pending_manual (RL_AUTO_PROMOTION=false), appended to promotion_audit; a promotion "
+    "promoted, rejected or pending_manual (the auto_promotion switch off), appended to promotion_audit; a promotion "
     "moves the MLflow aliases champion and previous_champion.",
 )
 def promotion_decision(
@@ -43,11 +43,11 @@ def promotion_decision(
     from rl_lifecycle.promotion.service import decide, partition_reports
 
     market, window = parse_partition_key(context.partition_key)
-    settings = load_settings()
     registry = mlflow.registry()
     with user_errors_fail_the_step():
         policy = load_policy(config.policy)
         with database.connect() as conn:
+            settings = settings_in_force(conn)  # the auto_promotion switch as stored, else RL_AUTO_PROMOTION
             reports = partition_reports(conn, registry, market, window)
             result = decide(
                 conn, registry, market, reports.challenger_version, reports.challenger_report, reports.champion_report,

@@ -34,13 +34,11 @@ from dagster import (
     DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
-    RunFailureSensorContext,
     RunsFilter,
     RunStatusSensorContext,
+    RunStatusSensorDefinition,
     SensorEvaluationContext,
     SkipReason,
-    run_failure_sensor,
-    run_status_sensor,
     sensor,
 )
 
@@ -58,6 +56,8 @@ from rl_lifecycle.ops.alerts import (
 from rl_lifecycle.orchestration.dagster_internals import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    DAGSTER_EMPTY_RESULT,
+    copy,
 )
 from rl_lifecycle.orchestration.launcher import root_cause
 from rl_lifecycle.orchestration.partitions import PAPER_MARKET_TAG, PARTITION_TAG
@@ -190,32 +190,58 @@ def _log_new(context, source: str, new: list[Alert]) -> None:
         context.log.info(f"{len(new)} alert(s) for {source}: " + ", ".join(a.dedupe_key for a in new))
 
 
-@run_status_sensor(
-    run_status=DagsterRunStatus.SUCCESS,
-    monitor_all_code_locations=True,
-    minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Alerts on failed asset checks of successful runs (non-blocking or WARN checks); "
-                "resolves alerts whose check passed again. Table `alerts`, log, RL_ALERT_WEBHOOK_URL.",
-)
-def check_failure_alert_sensor(context: RunStatusSensorContext, database: PostgresResource) -> None:
+class _SaysWhenIdle(RunStatusSensorDefinition):
+    """A run status sensor whose idle ticks say what it waits for. Dagster calls the function once per run
+    that reached the status, so on a tick where none did it is not called, and Dagster labels the tick
+    "Sensor function returned an empty result"; this replaces that label with `idle_reason`."""
+
+    def __init__(self, *, idle_reason: str, **kwargs):
+        super().__init__(**kwargs)
+        self.idle_reason = idle_reason
+
+    def evaluate_tick(self, context: SensorEvaluationContext):
+        data = super().evaluate_tick(context)
+        if data.run_requests or data.dagster_run_reactions or data.skip_message != DAGSTER_EMPTY_RESULT:
+            return data
+        return copy(data, skip_message=self.idle_reason)
+
+
+def _check_failures(context: RunStatusSensorContext, database: PostgresResource) -> None:
     with database.connect() as conn:
         new = process_finished_run(context.instance, context.dagster_run, conn, failed=False)
     _log_new(context, f"run {context.dagster_run.run_id}", new)
 
 
-@run_failure_sensor(
+def _run_failures(context: RunStatusSensorContext, database: PostgresResource) -> None:
+    context = context.for_run_failure()
+    message = context.failure_event.message if context.failure_event else None
+    with database.connect() as conn:
+        new = process_finished_run(context.instance, context.dagster_run, conn, failed=True, failure_message=message)
+    _log_new(context, f"run {context.dagster_run.run_id}", new)
+
+
+check_failure_alert_sensor = _SaysWhenIdle(
+    name="check_failure_alert_sensor",
+    run_status=DagsterRunStatus.SUCCESS,
+    run_status_sensor_fn=_check_failures,
+    monitor_all_code_locations=True,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Alerts on failed asset checks of successful runs (non-blocking or WARN checks); "
+                "resolves alerts whose check passed again. Table `alerts`, log, RL_ALERT_WEBHOOK_URL.",
+    idle_reason="no run succeeded since the last tick: no asset check to look at",
+)
+run_failure_alert_sensor = _SaysWhenIdle(
+    name="run_failure_alert_sensor",
+    run_status=DagsterRunStatus.FAILURE,
+    run_status_sensor_fn=_run_failures,
     monitor_all_code_locations=True,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description="Alerts on failed runs and their failed asset checks (one alert per failure). "
                 "Table `alerts`, log, RL_ALERT_WEBHOOK_URL.",
+    idle_reason="no run failed since the last tick: nothing to alert on",
 )
-def run_failure_alert_sensor(context: RunFailureSensorContext, database: PostgresResource) -> None:
-    message = context.failure_event.message if context.failure_event else None
-    with database.connect() as conn:
-        new = process_finished_run(context.instance, context.dagster_run, conn, failed=True, failure_message=message)
-    _log_new(context, f"run {context.dagster_run.run_id}", new)
 
 
 @sensor(

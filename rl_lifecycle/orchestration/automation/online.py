@@ -2,8 +2,9 @@
 planner (`rl_lifecycle.online.planner`: when a window is complete, which runs it calls for, the
 cursor). Here: reading the event log and the database, and turning plans into `RunRequest`s.
 
-**Disabled** (`RL_ONLINE_LEARNING_ENABLED` unset or false): the sensor skips with that reason, visible
-in the UI, and touches nothing, not even its cursor: turning it on later catches up from where it
+**Disabled** (the rollout switch `online_learning` off: stored with `rl-lifecycle switch set`, else
+`RL_ONLINE_LEARNING_ENABLED`, default false; `rl_lifecycle.switches`): the sensor skips saying so
+(the switch, its value, where it comes from, the command that turns it on) and touches nothing, not even its cursor: turning it on later catches up from where it
 stopped. On its very first active evaluation (no cursor) it looks back `FIRST_LOOKBACK_SECONDS`, and
 acts only on each market's newest completed window; later ticks only on windows from the newest one
 it saw the tick before (the planner's `acting_horizon`), so switching it on does not retrain the whole
@@ -58,16 +59,14 @@ from rl_lifecycle.orchestration.partitions import (
     window_partitions,
 )
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
-from rl_lifecycle.settings import load_settings
+from rl_lifecycle.switches import off_reason, switch_state
 from rl_lifecycle.windows import to_us, utc_now_us
 
 CANDLES = "candles"
 TRAINING_DATASET = "training_dataset"
 SCHEDULE_CRON = {"monthly": "15 0 1 * *", "weekly": "15 0 * * 1", "daily": "15 0 * * *"}  # 00:15 UTC after a window ends
-DISABLED_REASON = (
-    "online learning is off: set RL_ONLINE_LEARNING_ENABLED=true where `make dev` runs (the daemon) and restart it; "
-    "this sensor then requests market_data_job and lifecycle_job for every window that completes"
-)
+ONLINE_LEARNING = "online_learning"  # the rollout switch
+WHEN_ON = "this sensor then requests market_data_job and lifecycle_job for every window that completes"
 
 
 # -- reading the instance and the database ------------------------------------------------------------
@@ -206,20 +205,26 @@ def current_cursor(instance) -> OnlineCursor:
     name="online_learning_sensor",
     jobs=[market_data_job, lifecycle_job],  # the daemon refuses run requests of a sensor without targets
     minimum_interval_seconds=30,
-    # running by default so that "online learning is off" shows in the UI; the env var switches it
+    # running by default: it reads the rollout switch on every tick, so a stored change takes effect
+    # without a click or a restart, and "online learning is off" shows in each tick's status
     default_status=DefaultSensorStatus.RUNNING,
-    description="When a market's window completes (RL_ONLINE_LEARNING_ENABLED=true): market_data_job for "
-    "new candles, then lifecycle_job (challenger -> fold report -> promotion decision) for each training "
-    "dataset that passed its checks. Idempotent run keys; cursor = last event-log storage ids.",
+    description="Gated by the rollout switch online_learning (default off): `rl-lifecycle switch set "
+    "online_learning true` turns it on for the daemon and the CLI alike (`rl-lifecycle switch list` shows it; "
+    "RL_ONLINE_LEARNING_ENABLED is the value while nothing is stored). Running here means only that it ticks: "
+    "while the switch is off every tick skips, naming the switch, its value and where it comes from. When on: "
+    "when a market's window completes, market_data_job for new candles, then lifecycle_job (challenger -> fold "
+    "report -> promotion decision) for each training dataset that passed its checks. Idempotent run keys; "
+    "cursor = last event-log storage ids.",
 )
 def online_learning_sensor(context: SensorEvaluationContext, database: PostgresResource, mlflow: MlflowResource):
     from functools import cache
 
     from rl_lifecycle.orchestration.assets.models import ChallengerModelConfig
 
-    if not load_settings().online_learning_enabled:
-        return SkipReason(DISABLED_REASON)
     with database.connect() as conn:
+        switch = switch_state(conn, ONLINE_LEARNING)
+        if not switch.enabled:
+            return SkipReason(off_reason(switch, "online learning is off", WHEN_ON))
         already_trained = already_trained_with(conn, cache(mlflow.registry), ChallengerModelConfig().spec)
         result = evaluate(context.instance, conn, OnlineCursor.from_json(context.cursor), already_trained=already_trained)
     for planned in result.requests:

@@ -6,8 +6,10 @@ a bar their calendar expects has closed and nothing was decided since); each get
 of `rl_lifecycle.decisions.live`), then decides as of that moment through `decide_if_due`, which skips
 a bar slot the long-lived decider (`rl-lifecycle paper run`) already took: one decision per closed bar.
 
-Off by default: the schedule starts STOPPED, and it only requests runs while RL_PAPER_DECISIONS_ENABLED
-is true (set it where the daemon runs; with it set the schedule also starts RUNNING). Paper only.
+Off by default: it only requests runs while the rollout switch `paper_decisions` is on (stored with
+`rl-lifecycle switch set paper_decisions true`, else RL_PAPER_DECISIONS_ENABLED, default false;
+`rl_lifecycle.switches`). The schedule itself starts RUNNING so that it reads the switch on every tick:
+a stored change takes effect without a click or a restart, and each tick says why it skipped. Paper only.
 """
 
 
@@ -23,14 +25,11 @@ from rl_lifecycle.decisions.service import due_decisions
 from rl_lifecycle.orchestration.jobs import paper_decisions_job
 from rl_lifecycle.orchestration.partitions import PAPER_MARKET_TAG
 from rl_lifecycle.orchestration.resources import PostgresResource
-from rl_lifecycle.settings import load_settings
+from rl_lifecycle.switches import off_reason, switch_state
 from rl_lifecycle.windows import iso, to_us
 
 PAPER_DECISIONS = "paper_decisions"
-DISABLED_REASON = (
-    "paper decisions are off: set RL_PAPER_DECISIONS_ENABLED=true where `make dev` runs (the daemon) and restart it; this "
-    "schedule then makes one decision per market per interval while the market is open"
-)
+WHEN_ON = "this schedule then makes one decision per market per interval while the market is open"
 
 
 @schedule(
@@ -38,17 +37,22 @@ DISABLED_REASON = (
     cron_schedule="* * * * *",
     execution_timezone="UTC",
     job=paper_decisions_job,
-    default_status=DefaultScheduleStatus.RUNNING if load_settings().paper_decisions_enabled else DefaultScheduleStatus.STOPPED,
-    description="Every minute: one paper_decisions_job run per market whose newest bar has closed during its trading "
-    "hours and has no decision yet (run key = market + bar). Needs RL_PAPER_DECISIONS_ENABLED=true.",
+    # running by default: it reads the rollout switch on every tick (a stored change needs no click)
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Gated by the rollout switch paper_decisions (default off): `rl-lifecycle switch set "
+    "paper_decisions true` turns it on for the daemon and the CLI alike (`rl-lifecycle switch list` shows it; "
+    "RL_PAPER_DECISIONS_ENABLED is the value while nothing is stored). Running here means only that it ticks: "
+    "while the switch is off every tick skips, naming the switch, its value and where it comes from. When on, "
+    "every minute: one paper_decisions_job run per market whose newest bar has closed during its trading hours "
+    "and has no decision yet (run key = market + bar).",
 )
 def paper_decisions(context: ScheduleEvaluationContext, database: PostgresResource):
-    if not load_settings().paper_decisions_enabled:
-        return SkipReason(DISABLED_REASON)
-    at = context.scheduled_execution_time
-    now_us = to_us(at) if at is not None else None
     with database.connect() as conn:
-        due = due_decisions(conn, now_us)
+        switch = switch_state(conn, PAPER_DECISIONS)
+        if not switch.enabled:
+            return SkipReason(off_reason(switch, "paper decisions are off", WHEN_ON))
+        at = context.scheduled_execution_time
+        due = due_decisions(conn, to_us(at) if at is not None else None)
     if not due:
         return SkipReason("no market is owed a decision: no new bar closed in trading hours since the last ones")
     return [

@@ -1,4 +1,5 @@
-"""Candle files for markets whose answer is known in advance: a planted, learnable edge, or none at all.
+"""Candles for markets whose answer is known in advance: a planted, learnable edge, or none at all (the
+demo's `EDGEDEMO-1h`, the promotion end-to-end test).
 
 * `oscillating_candles`: the log price is a clean periodic oscillation (a sine of `period` bars and
   `amplitude` in log terms) on top of a small Gaussian random walk. The oscillation is predictable
