@@ -35,7 +35,7 @@ def test_make_run_ends_with_a_champion_its_paper_decisions_and_a_second_challeng
 
     # the edge: bootstrap decision passed every gate and waited (manual mode), then `promote` by hand
     first, promoted, second = sorted(history(conn, EDGE_MARKET.key), key=lambda r: r.id)
-    assert first.action == "pending_manual" and not first.gates_failed, first
+    assert first.action == "pending" and not first.gates_failed, first  # the audit's word for pending_manual
     assert promoted.action == "manual_promote" and promoted.challenger_version == first.challenger_version
     champion = current_champion(conn, EDGE_MARKET.key)
     assert champion == first.challenger_version
