@@ -63,6 +63,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RL_AUTO_PROMOTION", "false",
              "passing decisions promote by themselves; false: they wait as pending for `rl-lifecycle promote`",
              stage=5, switch="auto_promotion"),
+    Variable("RL_AUTO_ROLLBACK", "false",
+             "a champion's paper drawdown beyond its walk-forward band rolls back to the previous champion "
+             "(actor auto-rollback); false: the breach is only alerted", stage=5, switch="auto_rollback"),
+    Variable("RL_STABILITY_DAYS", "7", "auto promotion waits until the market has run this many days at the current "
+             "rollout stage without an open alert, failed check or paper breach (STABILITY_WINDOW_NOT_MET)"),
+    Variable("RL_DRIFT_OOD_SHARE", "0.5", "drift: the share of OOD holds among the champion's last RL_DRIFT_BARS "
+             "paper decisions at or above which a bar counts as drifted"),
+    Variable("RL_DRIFT_BARS", "12", "drift: bars the OOD share must stay at or above RL_DRIFT_OOD_SHARE before online "
+             "learning retrains the market's latest window early (the share is over a trailing window of as many bars)"),
     Variable("RL_WINDOW_CADENCE", "monthly", "the `window` partitions and the anchor of the feature rule: monthly, weekly, daily"),
     Variable("RL_WINDOW_START", None, "the first `window` partition; unset: by cadence (monthly 2000-01-01, weekly "
              "2010-01-04, daily 2020-01-01)"),
@@ -81,6 +90,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RL_INGEST_MAX_ROWS", "10000000", "most data rows of a candle file"),
     Variable("RL_INBOX_SETTLE_SECONDS", "10",
              "an inbox file is taken once its size and mtime have stayed the same this long, over two sensor ticks"),
+    # Past one machine (docs/deployment.md): rl_lifecycle/cluster/, rl_lifecycle/orchestration/celery.py
+    Variable("RL_EXECUTOR", "multiprocess", "how lifecycle_job runs its steps: multiprocess (processes of this "
+             "machine) or celery (tasks on the workers of `rl-lifecycle worker`, over the broker)"),
+    Variable("RL_BROKER_URL", None, "an existing Redis (or RabbitMQ) broker for Celery; unset: the embedded Redis of "
+             "`rl-lifecycle broker start` on 127.0.0.1:RL_BROKER_PORT"),
+    Variable("RL_BROKER_PORT", "6390", "the embedded Redis broker's port (127.0.0.1 only)"),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -90,13 +105,15 @@ ROLLOUT_STAGES = {
     2: "TA feature generation, paper mode only",
     3: "walk-forward gates",
     4: "promotions for online learning",
-    5: "auto roll-forward after 7-day stability",
+    5: "auto roll-forward after 7-day stability (and auto rollback on a paper breach)",
 }
 
 # First `window` partition when RL_WINDOW_START is unset: early enough for the history people import
 # (daily equities and FX back to the 2000s, crypto since 2017) while market x window stays small:
 # monthly from 2000 is about 320 windows per market (100 markets: ~32,000 partitions per asset, well
 # under Dagster's 100,000). Shorter windows start later for the same reason (weekly ~860, daily ~2,500).
+EXECUTORS = ("multiprocess", "celery")
+
 DEFAULT_WINDOW_START = {"monthly": "2000-01-01", "weekly": "2010-01-04", "daily": "2020-01-01"}
 
 
@@ -127,6 +144,36 @@ def _number(name: str) -> float:
         return float(value)
     except ValueError:
         raise UserInputError(f"{name}={value!r} is not a number") from None
+
+
+def _days(name: str) -> float:
+    """A number of days >= 0 (fractions allowed: 0.5 is twelve hours)."""
+    value = _number(name)
+    if not value >= 0 or value == float("inf"):
+        raise UserInputError(f"{name}={_text(name)!r} is not a number of days >= 0")
+    return value
+
+
+def _share(name: str) -> float:
+    """A share in (0, 1]."""
+    value = _number(name)
+    if not 0 < value <= 1:
+        raise UserInputError(f"{name}={_text(name)!r} is not a share in (0, 1]")
+    return value
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    value = _text(name).lower()
+    if value not in choices:
+        raise UserInputError(f"{name}={_text(name)!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _port(name: str) -> int:
+    value = _bound(name)
+    if value > 65535:
+        raise UserInputError(f"{name}={value} is not a TCP port (1..65535)")
+    return value
 
 
 def _bound(name: str, *, zero: bool = False) -> int:
@@ -225,6 +272,10 @@ class Settings:
     mlflow_artifacts: str | None
     mlflow_ui_url: str
     auto_promotion: bool
+    auto_rollback: bool
+    stability_days: float
+    drift_ood_share: float
+    drift_bars: int
     paper_decisions_enabled: bool
     decision_config: str | None
     alert_webhook_url: str | None
@@ -236,6 +287,9 @@ class Settings:
     ingest_max_line_bytes: int
     ingest_max_rows: int
     inbox_settle_seconds: int
+    executor: str
+    broker_url: str | None
+    broker_port: int
 
     @property
     def pgdata(self) -> Path:
@@ -262,6 +316,11 @@ class Settings:
     def bench_dir(self) -> Path:
         return self.home / "bench"
 
+    @property
+    def broker_dir(self) -> Path:
+        """The embedded Redis broker's data, log and pid file."""
+        return self.home / "broker"
+
 
 def default_window_start(cadence: str) -> str:
     return DEFAULT_WINDOW_START.get(cadence, DEFAULT_WINDOW_START["monthly"])
@@ -282,6 +341,10 @@ def load_settings() -> Settings:
         strict_backtest=_flag("RL_STRICT_BACKTEST"),
         online_learning_enabled=_flag("RL_ONLINE_LEARNING_ENABLED"),
         auto_promotion=_flag("RL_AUTO_PROMOTION"),
+        auto_rollback=_flag("RL_AUTO_ROLLBACK"),
+        stability_days=_days("RL_STABILITY_DAYS"),
+        drift_ood_share=_share("RL_DRIFT_OOD_SHARE"),
+        drift_bars=_bound("RL_DRIFT_BARS"),
         paper_decisions_enabled=_flag("RL_PAPER_DECISIONS_ENABLED"),
         decision_config=_text("RL_DECISION_CONFIG"),
         alert_webhook_url=_text("RL_ALERT_WEBHOOK_URL"),
@@ -293,6 +356,9 @@ def load_settings() -> Settings:
         ingest_max_line_bytes=_bound("RL_INGEST_MAX_LINE_BYTES"),
         ingest_max_rows=_bound("RL_INGEST_MAX_ROWS"),
         inbox_settle_seconds=_bound("RL_INBOX_SETTLE_SECONDS", zero=True),
+        executor=_choice("RL_EXECUTOR", EXECUTORS),
+        broker_url=_text("RL_BROKER_URL"),
+        broker_port=_port("RL_BROKER_PORT"),
         feature_set=_text("RL_FEATURE_SET"),
         window_cadence=cadence,
         mlflow_artifacts=_text("RL_MLFLOW_ARTIFACTS"),

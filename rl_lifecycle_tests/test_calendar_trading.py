@@ -143,14 +143,16 @@ def test_a_folds_training_rows_continue_where_the_dataset_does_and_joins_are_gap
 # -- the production path: an XNYS daily market in PostgreSQL ---------------------------------------------
 
 
-def store_on_calendar(conn, market: Market, calendar: str, start: str, end: str, seed: int, *drop: str) -> None:
-    """Synthetic candles on the calendar's expected bars only (as an exchange's files hold them), less `drop`."""
+def store_on_calendar(conn, market: Market, calendar: str, start: str, end: str, seed: int, *drop: str,
+                      fill: str = "close") -> None:
+    """Synthetic candles on the calendar's expected bars only (as an exchange's files hold them), less `drop`;
+    the market filled at `fill` (these tests' datasets are built with the spec's default fill, close)."""
     frame = synthetic_candles(market, to_us(start), to_us(end), seed)
     expected = set(get_calendar(calendar).expected_bar_opens(to_us(start), to_us(end), market.interval_us).tolist())
     keep = sorted(expected - {to_us(d) for d in drop})
     frame = frame.filter(frame["ts"].dt.epoch("us").is_in(keep))
     with conn.transaction():
-        add_market(conn, market, calendar=calendar)
+        add_market(conn, market, calendar=calendar, fill=fill)
         upsert_candles(conn, market, frame)
 
 

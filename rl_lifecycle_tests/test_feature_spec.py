@@ -248,6 +248,7 @@ def test_accepts_cumulative_with_difference_and_trailing_stop_as_ratio() -> None
     data["indicators"].append({"function": "SAR", "params": {"acceleration": 0.02, "maximum": 0.2},
                                "inputs": ["high", "low"],
                                "outputs": [{"output": "real", "feature": "sar", "normalise": {"kind": "log_ratio"}}]})
+    data["groups"]["trend"].append("sar")  # every feature belongs to a group
     assert "sar" in parse_feature_set(data).feature_names
 
 

@@ -171,7 +171,7 @@ def test_the_figures_as_json_log_lines(conn, caplog):
 
 # -- switches and status ------------------------------------------------------------------------------
 SWITCH_ENVS = ("RL_FEATURE_SET", "RL_STRICT_BACKTEST", "RL_AUTO_PROMOTION", "RL_ONLINE_LEARNING_ENABLED",
-               "RL_PAPER_DECISIONS_ENABLED")
+               "RL_PAPER_DECISIONS_ENABLED", "RL_AUTO_ROLLBACK")
 
 
 def test_rollout_switches_have_safe_defaults(conn, monkeypatch):
@@ -182,7 +182,7 @@ def test_rollout_switches_have_safe_defaults(conn, monkeypatch):
     switches = {s.switch: s for s in states}
     assert {k: s.value for k, s in switches.items()} == {
         "feature_set": "ta_v2", "paper_decisions": "false", "strict_backtest": "true", "online_learning": "false",
-        "auto_promotion": "false",
+        "auto_promotion": "false", "auto_rollback": "false",
     }
     assert {s.origin for s in switches.values()} == {"default"}
     monkeypatch.setenv("RL_PAPER_DECISIONS_ENABLED", "yes")

@@ -57,8 +57,10 @@ def test_the_band_is_the_quantiles_of_every_window_of_the_tested_returns():
 def test_the_fill_rule_holds_each_decision_from_its_bar_until_the_next():
     ts = np.arange(6, dtype=np.int64) * HOUR
     assert target_positions(ts, np.array([1, 4]) * HOUR, np.array([1, 0])).tolist() == [0, 1, 1, 1, 0, 0]
+    # the same targets under next_open: the accountant fills them at the next candle's open (test_fill_convention)
+    assert target_positions(ts, np.array([1, 4]) * HOUR, np.array([1, 0]), "next_open").tolist() == [0, 1, 1, 1, 0, 0]
     with pytest.raises(ValueError, match="next_open"):
-        target_positions(ts, ts, np.zeros(6), convention="next_open")
+        target_positions(ts, ts, np.zeros(6), convention="at_noon")
 
 
 # -- through the database: a hand-made champion history -----------------------------------------------------

@@ -18,7 +18,7 @@ def main() -> int:
     # imported when run, not when this module is: some groups load torch, SB3 or NautilusTrader at import
     from rl_lifecycle.bench.backfill import bench_backfill
     from rl_lifecycle.bench.decisions import bench_decide
-    from rl_lifecycle.bench.evaluation import bench_accountant, bench_rl_vs_trivial, bench_walkforward_speedup
+    from rl_lifecycle.bench.evaluation import bench_accountant, bench_rl_vs_replay, bench_walkforward_speedup
     from rl_lifecycle.bench.features import bench_pipeline_vs_talib
     from rl_lifecycle.bench.gates import bench_gates
     from rl_lifecycle.bench.models import bench_inference, bench_sb3_fps
@@ -43,8 +43,9 @@ def main() -> int:
         results.update(bench_snapshots(scratch))
         print("datasets.warm_vs_cold ...", flush=True)
         results.update(bench_datasets(scratch))
-        print("backtest.rl_vs_trivial_strategy, walkforward.speedup_2_workers ...", flush=True)
-        results.update(bench_rl_vs_trivial(scratch))
+        print("backtest.rl_vs_replay_strategy, backtest.rl_vs_trivial_strategy, walkforward.speedup_2_workers ...",
+              flush=True)
+        results.update(bench_rl_vs_replay(scratch))
         results.update(bench_walkforward_speedup(scratch))
     print("backtest.accountant_bars_per_s ...", flush=True)
     results.update(bench_accountant())

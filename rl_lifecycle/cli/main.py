@@ -11,6 +11,8 @@ import sys
 import typer
 
 from rl_lifecycle.cli import (
+    ablation,
+    cluster,
     data,
     database,
     decisions,
@@ -34,6 +36,7 @@ app.command("materialize")(data.materialize)
 app.command("check")(data.check)
 app.command("train")(models.train)
 app.command("evaluate")(evaluation.evaluate)
+app.command("ablation")(ablation.ablation)
 app.command("promote")(promotion.promote)
 app.command("rollback")(promotion.rollback)
 app.command("reconcile")(promotion.reconcile)
@@ -43,15 +46,19 @@ app.command("status")(ops.status)
 app.command("backfill")(data.backfill)
 app.command("run")(lifecycle.run)
 app.command("dev")(lifecycle.dev)
+app.command("worker")(cluster.worker)
 
 app.add_typer(database.db_app, name="db")
+app.add_typer(cluster.broker_app, name="broker")
 app.add_typer(markets.market_app, name="market")
 app.add_typer(data.candles_app, name="candles")
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.mlflow_app, name="mlflow")
 app.add_typer(evaluation.report_app, name="report")
+app.add_typer(ablation.feature_set_app, name="feature-set")
 decisions.paper_app.command("pnl")(paper.pnl)
 decisions.paper_app.command("replay")(paper.replay)
+decisions.paper_app.command("watch")(paper.watch_command)
 app.add_typer(decisions.paper_app, name="paper")
 app.add_typer(ops.metrics_app, name="metrics")
 app.add_typer(promotion.gates_app, name="gates")

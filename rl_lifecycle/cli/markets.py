@@ -1,4 +1,5 @@
-"""`rl-lifecycle market ...`: register markets, change their calendar or dataset span, list them with their candles."""
+"""`rl-lifecycle market ...`: register markets, change their calendar, dataset span or fill convention, list them
+with their candles."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from rl_lifecycle.settings import load_settings
 SPAN_HELP = ("windows a training dataset of this market spans by default, ending at its partition's "
              "(1..120; a run's --span-windows wins) [default: 3]")
 
+FILL_HELP = ("where a position decided at a bar's close is filled: close (that bar's close) or next_open (the next "
+             "bar's open) [default: close for crypto, next_open for fx and exchange calendars]")
+
 market_app = typer.Typer(no_args_is_help=True, help="Markets (pair + interval), the `market` partitions.")
 
 
@@ -25,10 +29,11 @@ def market_add(
     synthetic_seed: Annotated[int | None, typer.Option(help="generate this market's candles with this seed")] = None,
     calendar: Annotated[str | None, typer.Option(help=CALENDAR_HELP + " [default: crypto]")] = None,
     span_windows: Annotated[int | None, typer.Option(help=SPAN_HELP)] = None,
+    fill: Annotated[str | None, typer.Option(help=FILL_HELP)] = None,
 ) -> None:
     """Register a market and its `market` partition."""
     from rl_lifecycle.markets.calendars import normalize_calendar_name
-    from rl_lifecycle.markets.table import check_span_windows
+    from rl_lifecycle.markets.table import check_span_windows, parse_fill
     from rl_lifecycle.orchestration.instance import register_market
 
     market = Market.of(pair, interval)  # validate before touching anything
@@ -36,10 +41,12 @@ def market_add(
         calendar = normalize_calendar_name(calendar)
     if span_windows is not None:
         check_span_windows(span_windows)
+    if fill is not None:
+        fill = parse_fill(fill)
     settings = load_settings()
     source = "synthetic" if synthetic_seed is not None else "import"
     added = register_market(open_database(settings), settings, market, source, synthetic_seed, calendar=calendar,
-                            span_windows=span_windows)
+                            span_windows=span_windows, fill=fill)
     typer.echo(f"{'added' if added else 'already registered'}: {market.key}")
 
 
@@ -71,6 +78,23 @@ def _span_text(span: int | None) -> str:
     return f"default ({DEFAULT_SPAN_WINDOWS})" if span is None else str(span)
 
 
+@market_app.command("set-fill")
+def market_set_fill(
+    market: Annotated[str, typer.Argument(help="market key, e.g. GOOGL-1d")],
+    fill: Annotated[str, typer.Argument(help="close, next_open, or `default` (the calendar's)")],
+) -> None:
+    """Change a market's fill convention. Its stored datasets keep the fill they were built under: training and
+    evaluation refuse them until `training_dataset` is materialized again under the new fill."""
+    from rl_lifecycle.markets.table import get_market, parse_fill, set_market_fill
+
+    parsed = Market.parse(market)
+    wanted = None if fill.strip().lower() == "default" else parse_fill(fill, "fill")
+    with connect(open_database(load_settings())) as conn:
+        previous = set_market_fill(conn, parsed, wanted)
+        current = get_market(conn, parsed).fill_convention
+    typer.echo(f"{parsed.key}: fill {previous} -> {current}")
+
+
 @market_app.command("set-calendar")
 def market_set_calendar(
     market: Annotated[str, typer.Argument(help="market key, e.g. GOOGL-1d")],
@@ -99,10 +123,11 @@ def market_list() -> None:
     if not records:
         typer.echo("no markets; add one with: rl-lifecycle market add BTC/USDT 1h")
         return
-    typer.echo(f"{'market':<18} {'source':<10} {'calendar':<8} {'span':<11} {'candles':>9}  first .. last")
+    typer.echo(f"{'market':<18} {'source':<10} {'calendar':<8} {'span':<11} {'fill':<9} {'candles':>9}  first .. last")
     for r in records:
         candles = coverage.get(r.market)
         n = candles.rows if candles else 0
         span = f"{from_us(candles.first_ts):%Y-%m-%d %H:%M} .. {from_us(candles.last_ts):%Y-%m-%d %H:%M}" if n else "-"
         source = r.source + (f"({r.synthetic_seed})" if r.synthetic_seed is not None else "")
-        typer.echo(f"{r.market.key:<18} {source:<10} {r.calendar:<8} {_span_text(r.span_windows):<11} {n:>9}  {span}")
+        typer.echo(f"{r.market.key:<18} {source:<10} {r.calendar:<8} {_span_text(r.span_windows):<11} "
+                   f"{r.fill_convention:<9} {n:>9}  {span}")

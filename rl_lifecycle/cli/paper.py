@@ -1,4 +1,4 @@
-"""`paper pnl` and `paper replay`: how the champion does on its paper decisions, and whether they match the
+"""`paper pnl`, `paper watch` and `paper replay`: how the champion does on its paper decisions, and whether they match the
 backtest bar by bar (registered on `decisions.paper_app` by `rl_lifecycle.cli.main`)."""
 
 from __future__ import annotations
@@ -64,6 +64,40 @@ def pnl(
         state = "" if not e.get("available") else ("  within" if e["within"] else f"  BREACH x{len(e['breaches'])}")
         typer.echo(f"v{s['champion_version']}  {s['from']} .. {s['to']}  {s['bars']} bars  return {_pct(s['total_return'])}"
                    f"  max dd {s['max_drawdown']:.2%}  trades {s['trades']}  | {band}{state}")
+
+
+def watch_command(
+    market: Annotated[str | None, typer.Option(help="one market (default: every market with paper decisions)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON array")] = False,
+) -> None:
+    """What `paper_watch_sensor` does on each tick: every market's champion against its walk-forward band, each
+    breach alerted once and, with the rollout switch auto_rollback on, a breached champion rolled back to the
+    previous one (once per breach, actor auto-rollback, in the audit)."""
+    import json
+
+    from rl_lifecycle.models.tracking import open_registry
+    from rl_lifecycle.ops.watch import watch_markets
+    from rl_lifecycle.switches import settings_in_force
+
+    url = open_database(load_settings())
+    with connect(url) as conn:
+        settings = settings_in_force(conn)
+        watched = watch_markets(conn, registry=_cached(lambda: open_registry(url)), auto_rollback=settings.auto_rollback,
+                                markets=None if market is None else [Market.parse(market)])
+        if any(w.alerted or w.rolled_back for w in watched):
+            from rl_lifecycle.ops.alerts import deliver_safely, load_alert_config
+
+            if load_alert_config().webhook_url:
+                deliver_safely(conn)
+    if as_json:
+        typer.echo(json.dumps([w.to_json() for w in watched], indent=2))
+        return
+    if not watched:
+        typer.echo("no market has paper decisions of a champion")
+    for w in watched:
+        typer.echo(w.describe())
+    if not settings.auto_rollback:
+        typer.echo("auto rollback is off: breaches are only alerted (`rl-lifecycle switch set auto_rollback true`)")
 
 
 def replay(

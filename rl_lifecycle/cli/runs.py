@@ -37,6 +37,10 @@ def _with_progress(settings: Settings, url: str, keys: list[str], launch) -> lis
     unregistered = sorted({market_of(k) for k in keys} - registered)
     if unregistered:
         raise UserInputError(f"market(s) not registered: {', '.join(unregistered)}; add them with `rl-lifecycle market add`")
+    if settings.executor == "celery":  # lifecycle steps go to the broker: a clear error before any run waits on it
+        from rl_lifecycle.cluster.broker import broker_url, require_reachable
+
+        require_reachable(broker_url(settings))
     instance = get_instance(settings, url)
     sync_market_partitions(instance, sorted(registered))
     bar = tqdm(total=len(keys), desc="runs", unit="partition", file=sys.stderr, disable=None)  # no bar when not a TTY

@@ -22,7 +22,7 @@ switch_app = typer.Typer(
     "stored in the database they hold for the daemon, the code location and the CLI alike.")
 
 NameArgument = Annotated[str, typer.Argument(
-    help="feature_set, paper_decisions, strict_backtest, online_learning, auto_promotion (or RL_AUTO_PROMOTION, ...)")]
+    help="feature_set, paper_decisions, strict_backtest, online_learning, auto_promotion, auto_rollback (or RL_AUTO_PROMOTION, ...)")]
 ActorOption = Annotated[str | None, typer.Option(help="who changes it, for the audit [default: cli:$USER]")]
 ReasonOption = Annotated[str | None, typer.Option(help="why, for the audit")]
 

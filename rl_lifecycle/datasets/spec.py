@@ -28,11 +28,24 @@ class DatasetSpec(BaseModel):
     window_cadence: str = "monthly"
     forward_return_horizon: int = Field(default=1, ge=1, le=10_000, description="bars ahead for the label; the minimum purge")
     transaction_cost_bps: float = Field(default=10.0, ge=0.0, le=1_000.0, description="cost per unit of turnover, for rewards")
+    # The market's fill convention when the dataset was built (`trading.FILLS`; `market add ... --fill`): the env
+    # rewards, the backtest fills and the paper book follow it. Part of the canonical JSON (so of dataset_hash)
+    # when it is not `close`, so datasets stored before the field keep their hashes.
+    fill: str = Field(default="close", description="fill convention: close or next_open")
 
     @field_validator("market")
     @classmethod
     def _normalise_market(cls, value: str) -> str:
         return Market.parse(value).key
+
+    @field_validator("fill")
+    @classmethod
+    def _known_fill(cls, value: str) -> str:
+        from rl_lifecycle.trading import FILLS
+
+        if value not in FILLS:
+            raise ValueError(f"must be one of {FILLS}")
+        return value
 
     @field_validator("window_cadence")
     @classmethod
@@ -72,4 +85,7 @@ class DatasetSpec(BaseModel):
         return self.forward_return_horizon
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = self.model_dump(mode="json")
+        if fields["fill"] == "close":  # the convention before the field existed: the same hashes as then
+            del fields["fill"]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))

@@ -7,9 +7,10 @@ segment per champion reign: a new champion version starts a new segment, and so 
 returns after a rollback. Decisions without a champion (NO_CHAMPION) or without a bar belong to none.
 Within a segment a bar decided more than once (a stale feed decided again) counts its last decision.
 
-**The fill rule** (`target_positions`, the one place a convention lives): `close`, the backtest's and
-the env's convention (`rl_lifecycle.trading`): the position decided on bar b is filled at b's close and
-held over the following bars until the next decision. A segment runs from its first decided bar to the
+**The fill rule** (`target_positions` and the accountant's `fill`): the market's convention
+(`rl_lifecycle.trading.FILLS`, as the backtest and the env follow it): under `close` the position decided on
+bar b is filled at b's close, under `next_open` at bar b+1's open, and held over the following bars until
+the next decision. A segment runs from its first decided bar to the
 first decided bar of the next segment (marked at that bar's close, before the next champion's first
 order), or to the newest stored candle for the segment in force. Each segment is booked as a fresh
 account from flat with the starting balance, as each fold backtest is, by the backtest's own
@@ -44,10 +45,11 @@ from rl_lifecycle.evaluation.accountant import AccountResult, account_candles
 from rl_lifecycle.evaluation.backtest import Fill, trade_pnls
 from rl_lifecycle.evaluation.metrics import fold_metrics
 from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.trading import FILL_CLOSE, FILLS
 from rl_lifecycle.windows import iso
 
-FILL_AT_CLOSE = "close"
-FILL_CONVENTIONS = (FILL_AT_CLOSE,)
+FILL_AT_CLOSE = FILL_CLOSE
+FILL_CONVENTIONS = FILLS
 BREACH_CODE = "PAPER_DRAWDOWN_BEYOND_BACKTEST"
 BREACH_QUANTILE = 0.99
 RETURN_QUANTILES = (0.05, 0.5, 0.95)
@@ -110,8 +112,9 @@ def segment_end(segments: Sequence[SegmentDecisions], index: int, newest_candle_
 # -- the fill rule -------------------------------------------------------------------------------------
 def target_positions(candle_ts: np.ndarray, decided_ts: np.ndarray, decided_positions: np.ndarray,
                      convention: str = FILL_AT_CLOSE) -> np.ndarray:
-    """The accountant's target at each candle (it fills a target change at that candle's close): under
-    `close`, the position of the latest decision on or before the candle (flat before the first)."""
+    """The accountant's target at each candle: the position of the latest decision on or before the candle (flat
+    before the first), under either convention; the accountant fills a change at that candle's close (`close`)
+    or at the next candle's open (`next_open`)."""
     if convention not in FILL_CONVENTIONS:
         raise ValueError(f"fill convention {convention!r} is unknown; expected one of {', '.join(FILL_CONVENTIONS)}")
     candle_ts = np.asarray(candle_ts, dtype=np.int64)
@@ -148,7 +151,7 @@ def book_segment(market: Market | str, candles: CandleArrays, segment: SegmentDe
     if not len(candles):
         raise ValueError(f"no candles for the paper segment of v{segment.champion_version} from {iso(segment.first_bar)}")
     positions = target_positions(candles.ts, segment.bar_ts, segment.positions, convention)
-    booked = account_candles(market, candles, positions, cost_bps, starting_balance)
+    booked = account_candles(market, candles, positions, cost_bps, starting_balance, fill=convention)
     fills = [Fill(int(b), int(candles.ts[b]), float(q), float(p), float(f)) for b, q, p, f in
              zip(booked.fill_bars, booked.fill_quantities, booked.fill_prices, booked.fill_fees, strict=True)]
     metrics = fold_metrics(booked.equity, booked.positions, booked.traded_notional, booked.fees_paid,

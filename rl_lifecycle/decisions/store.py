@@ -67,6 +67,17 @@ def decision_history(conn: psycopg.Connection, market: str, limit: int | None = 
     return [_record(r) for r in conn.execute(query, params).fetchall()]
 
 
+def reign_decisions(conn: psycopg.Connection, market: str, champion_version: int) -> list[DecisionRecord]:
+    """The market's newest run of decisions made by `champion_version` (since the last decision by any other
+    champion, or by none), oldest first: the champion in force's reign, for the drift measures."""
+    rows = conn.execute(
+        _SELECT + """ WHERE market = %(m)s AND id > coalesce((SELECT max(id) FROM rl_decisions WHERE market = %(m)s
+                      AND champion_version IS DISTINCT FROM %(v)s), 0) ORDER BY id""",
+        {"m": market, "v": int(champion_version)},
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
 def paper_position(conn: psycopg.Connection, market: str, as_of_us: int) -> int:
     """The paper position held going into a decision at `as_of`: the latest earlier decision's (flat when none)."""
     row = conn.execute(

@@ -20,6 +20,10 @@ policy takes exactly as a fold backtest in NautilusTrader does (`backtest.py`), 
 All of it is exact: quantities, prices and fees per fill, the equity curve and the account equity
 equal the backtest's to the last bit (rl_lifecycle_tests/test_accountant.py runs both).
 
+**Fill convention** (`trading.FILLS`): with `opens`, `next_open`: a target decided at bar t's close is
+traded at bar t+1's open, sized there (equity = cash + units x open[t+1], the open as Nautilus holds it) and
+filled at that open; equity marked at bar t+1's close includes it. Same arithmetic, another price.
+
 Vectorised: nothing loops over bars. A fill's size depends on the equity the fills before it left,
 so the sizes form a chain, which `_Chain` solves in windows of fills: guess the holding after each
 fill of the window from an equity path (at first the unrounded strategy's, a continued fraction; then
@@ -53,6 +57,7 @@ from rl_lifecycle.evaluation.backtest import (
     trade_pnls,
 )
 from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.trading import FILL_CLOSE, FILL_NEXT_OPEN, check_fill
 
 FIXED_PRECISION = 16  # decimals of Nautilus' fixed-point values (its high-precision build; checked by the tests)
 _FIXED_SCALE = 10.0**FIXED_PRECISION
@@ -92,7 +97,7 @@ class AccountResult:
     close: np.ndarray
     positions: np.ndarray  # int8, held after each bar's order (no order at the last bar)
     equity: np.ndarray  # marked at each close, before its order
-    fill_bars: np.ndarray  # int64, the bar at whose close each fill happened
+    fill_bars: np.ndarray  # int64, the bar at whose close (fill next_open: at whose open) each fill happened
     fill_quantities: np.ndarray  # signed: + buy, - sell
     fill_prices: np.ndarray
     fill_fees: np.ndarray  # quote currency
@@ -101,6 +106,7 @@ class AccountResult:
     account_equity: float  # the Nautilus account at the last close (FoldResult.account_equity)
     margin: bool  # booked as a margin account (else a cash account)
     precisions: Precisions = field(default_factory=lambda: Precisions(0, 0, 0))
+    fill: str = "close"  # the fill convention booked (`trading.FILLS`)
 
     @property
     def bars(self) -> int:
@@ -479,14 +485,16 @@ def _money_as_double(units: int, precision: int) -> float:
 
 def account(close: np.ndarray, positions: np.ndarray, cost_bps: float, starting_balance: float,
             size_precision: int, initial_position: int = 0, *, price_precision: int | None = None,
-            currency_precision: int = 8, margin: bool | None = None) -> AccountResult:
+            currency_precision: int = 8, margin: bool | None = None,
+            opens: np.ndarray | None = None) -> AccountResult:
     """Book `positions` (target per bar, as `trading.rollout` or `FoldResult.positions` give them; the
     last bar's is never traded) over `close` as the fold backtest would; see the module doc.
 
     `price_precision` defaults to the closes' decimals (`decimals_needed`); the backtest takes it over
     open, high, low and close (`precisions_for`). `currency_precision` is the quote currency's
     (8: USDT, 2: USD, 0: JPY). `margin`: book a margin account (the backtest's choice for a policy that
-    can go short); None: when some position is short. A cash account cannot hold shorts."""
+    can go short); None: when some position is short. A cash account cannot hold shorts. `opens`: the bars'
+    opens, for the `next_open` fill convention (a target decided at bar t fills at open[t + 1])."""
     close = np.ascontiguousarray(close, dtype=np.float64)
     targets = np.asarray(positions)
     n = len(close)
@@ -507,12 +515,18 @@ def account(close: np.ndarray, positions: np.ndarray, cost_bps: float, starting_
         raise ValueError(f"starting_balance={starting_balance!r}: must be a positive number")
     if n and not (close.min() > 0 and close.max() < math.inf):  # NaN fails both
         raise ValueError("close: every close must be a positive finite number")
+    if opens is not None:
+        opens = np.ascontiguousarray(opens, dtype=np.float64)
+        if opens.shape != (n,) or (n and not (opens.min() > 0 and opens.max() < math.inf)):
+            raise ValueError(f"opens: need one positive finite open per close ({n}), got shape {opens.shape}")
     targets = targets.astype(np.int8, copy=False)
     shorts = bool(lowest < 0) or initial_position < 0
     margin = shorts if margin is None else bool(margin)
     if shorts and not margin and (targets[:-1] < 0).any():
         raise ValueError("a cash account cannot hold shorts: book positions with shorts with margin=True")
-    price_precision = decimals_needed(close) if price_precision is None else int(price_precision)
+    if price_precision is None:
+        price_precision = decimals_needed(close if opens is None else np.concatenate([close, opens]))
+    price_precision = int(price_precision)
     precisions = Precisions(int(size_precision), price_precision, int(currency_precision))
     book = _Book(precisions.size, precisions.currency, _fee_rate(cost_bps))
 
@@ -525,25 +539,32 @@ def account(close: np.ndarray, positions: np.ndarray, cost_bps: float, starting_
         bars = np.concatenate(([0], changed)) if decisions[0] != initial_position else changed
     else:
         bars = np.empty(0, np.int64)
-    price_units = _fixed_units(close[bars], precisions.price)
+    # where each decision trades: at its bar's close, or (next_open) at the next bar's open
+    fill_at = bars if opens is None else bars + 1
+    fill_source = close if opens is None else opens
+    price_units = _fixed_units(fill_source[fill_at], precisions.price)
     if len(price_units) and price_units.max() >= _EXACT_INT:
-        raise ValueError(f"close: {close[bars].max()} at {precisions.price} decimals exceeds float64's exact integers")
+        raise ValueError(f"prices: {fill_source[fill_at].max()} at {precisions.price} decimals exceeds float64's "
+                         "exact integers")
     seen = _fixed_as_double(price_units, precisions.price)  # bar.close.as_double(): what the strategy sizes with
     fill_price = price_units / 10.0**precisions.price  # round(last_px.as_double(), price_precision)
     units, cash, held = _solve_sizes(decisions[bars].astype(np.float64), seen, fill_price,
                                      float(starting_balance), book)
 
     traded = units != 0
-    units, bars, seen, fill_price, price_units = (a[traded] for a in (units, bars, seen, fill_price, price_units))
+    units, bars, fill_at, seen, fill_price, price_units = (a[traded] for a in (units, bars, fill_at, seen, fill_price,
+                                                                                price_units))
     quantity = units / book.size_scale
     fee = book.fee(units, seen)
+    # a decision at bar b changes the equity marked from bar b + 1 on, filled at b's close or b + 1's open alike
     equity = _equity_curve(n, float(starting_balance), bars, quantity, fill_price, fee, close)
     account_equity = _account_equity(units, seen, price_units, float(close[-1]) if n else 0.0,
                                      starting_balance, book, precisions, margin)
     return AccountResult(
         starting_balance=float(starting_balance), close=close, positions=held_targets, equity=equity,
-        fill_bars=bars.astype(np.int64), fill_quantities=quantity, fill_prices=fill_price, fill_fees=fee,
+        fill_bars=fill_at.astype(np.int64), fill_quantities=quantity, fill_prices=fill_price, fill_fees=fee,
         units=held, cash=cash, account_equity=account_equity, margin=margin, precisions=precisions,
+        fill="close" if opens is None else "next_open",
     )
 
 
@@ -574,11 +595,13 @@ def _equity_curve(n, starting_balance, bars, quantity, price, fee, close) -> np.
 
 def account_candles(market: str | Market, candles: CandleArrays, positions: np.ndarray, cost_bps: float,
                     starting_balance: float = 100_000.0, initial_position: int = 0,
-                    margin: bool | None = None) -> AccountResult:
-    """`account` with the instrument the fold backtest builds for this market and these candles."""
+                    margin: bool | None = None, fill: str = FILL_CLOSE) -> AccountResult:
+    """`account` with the instrument the fold backtest builds for this market and these candles, under the
+    fill convention `fill` (`trading.FILLS`)."""
     precisions = precisions_for(market, candles, starting_balance)
     return account(candles.close, positions, cost_bps, starting_balance, precisions.size, initial_position,
-                   price_precision=precisions.price, currency_precision=precisions.currency, margin=margin)
+                   price_precision=precisions.price, currency_precision=precisions.currency, margin=margin,
+                   opens=candles.open if check_fill(fill, "fill") == FILL_NEXT_OPEN else None)
 
 
 def fold_result(fold_index: int, close_ts: np.ndarray, close: np.ndarray, positions: np.ndarray, cost_bps: float,
@@ -614,13 +637,14 @@ PARITY_TOLERANCE = 1e-6
 
 
 def replay(market: str | Market, candles: CandleArrays, result: FoldResult, cost_bps: float, *,
-           initial_position: int = 0, margin: bool | None = None) -> dict:
+           initial_position: int = 0, margin: bool | None = None, fill: str | None = None) -> dict:
     """A Nautilus fold's positions booked again by the accountant, and how far the two books are apart:
     what every fold report keeps beside the engine of record (the `backtest_parity` check reads it).
 
     `margin`: the account the backtest used (a margin account iff its policy could go short). None: a
     margin account when the positions go short; otherwise both kinds are tried (a long-only book of a
-    policy that could have gone short ran on a margin account) and the closer one is reported."""
+    policy that could have gone short ran on a margin account) and the closer one is reported. `fill`: the
+    backtest's fill convention (None: `result.fill`)."""
     positions = np.asarray(result.positions, dtype=np.int8)
     if margin is not None:
         kinds = [bool(margin)]
@@ -629,7 +653,7 @@ def replay(market: str | Market, candles: CandleArrays, result: FoldResult, cost
     best = None
     for kind in kinds:
         booked = account_candles(market, candles, positions, cost_bps, result.starting_balance, initial_position,
-                                 margin=kind)
+                                 margin=kind, fill=result.fill if fill is None else fill)
         gap = abs(booked.account_equity - result.account_equity)
         if best is None or gap < best[1]:
             best = (booked, gap)
@@ -644,6 +668,7 @@ def replay(market: str | Market, candles: CandleArrays, result: FoldResult, cost
         "total_return": booked.total_return,
         "account_equity": float(booked.account_equity),
         "account": "margin" if booked.margin else "cash",
+        "fill": booked.fill,
         "fills": booked.fills,
         "fills_agree": fills_agree,
         "max_equity_difference": equity_gap,

@@ -8,11 +8,21 @@ in the child, or the child dying, comes back as a failed FoldResult with the tra
 Conventions (docs/evaluation.md):
 * Bars carry `ts_event = ts_init = open time + interval` (their close): Nautilus releases a bar to
   strategies at `ts_init`, so keyed by open time a strategy would see a bar before it formed.
-* Fill convention, verified by tests: the exchange processes a bar (open, high, low, close) before
-  the strategy's `on_bar`, and the market order sent from `on_bar` is matched right after, at that
-  bar's close and timestamp. That is trading.py's convention: the position chosen at bar t's close
-  is filled at close[t] and held over bar t+1. The fill model offers unlimited size at the top of
-  the book, so there is no slippage beyond the fee (slippage belongs in the spec's cost_bps).
+* Fill convention `close`, verified by tests: the exchange processes a bar (open, high, low, close)
+  before the strategy's `on_bar`, and the market order sent from `on_bar` is matched right after, at
+  that bar's close and timestamp. That is trading.py's convention: the position chosen at bar t's
+  close is filled at close[t] and held over bar t+1. The fill model offers unlimited size at the top
+  of the book, so there is no slippage beyond the fee (slippage belongs in the spec's cost_bps).
+* Fill convention `next_open` (`FoldJob.fill`): Nautilus 1.221 has no market-on-open order for bar
+  data: a market order is matched when the exchange processes its command queue, which it does after
+  each data point, so an order sent from `on_bar` fills at that close and one sent from the next
+  `on_bar` at the next close (the exchange has already moved the book through the next bar's open, high,
+  low and close). So the venue also receives each bar's open as a trade tick stamped 1 ns after the
+  bar opens (after the previous bar's close, before its own: `opens_after_open`); the strategy decides
+  at `on_bar` and sends the order from `on_trade_tick`, sized at that open, and the exchange matches it
+  right away against the book the tick set: at open[t+1], stamped at the tick. The bar's own open then
+  moves nothing (Nautilus skips an open equal to the last price) and its high, low and close follow.
+  `_result_from_run` refuses a fill at any other time.
 * Sizing: when the target position changes, buy or sell to hold target x equity / close units,
   rounded to the size precision; while the target is unchanged nothing is traded. No order is sent
   at the fold's last bar (its outcome lies after the fold); the final equity is marked at the last
@@ -37,7 +47,7 @@ import numpy as np
 
 from rl_lifecycle.candles.frame import CandleArrays
 from rl_lifecycle.markets.keys import Market
-from rl_lifecycle.trading import ActsOnVectors, rollout
+from rl_lifecycle.trading import FILL_NEXT_OPEN, ActsOnVectors, check_fill, rollout
 
 VENUE = "SIM"
 MAX_PRECISION = 9
@@ -60,14 +70,17 @@ class FoldJob:
     cost_bps: float
     starting_balance: float = 100_000.0
     initial_position: int = 0
-    strategy: Literal["rl", "idle"] = "rl"  # idle: a strategy that does nothing (benchmark baseline)
+    strategy: Literal["rl", "idle", "replay"] = "rl"  # idle: does nothing; replay: sends `orders` (benchmarks)
     timeout_s: float | None = None
+    fill: str = "close"  # the fill convention (`trading.FILLS`): at the deciding bar's close, or the next open
+    # replay: (bar index, signed quantity) of each order, sent at that bar as the rl strategy sent it
+    orders: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
 class Fill:
-    bar: int  # index of the bar at whose close it filled
-    ts: int  # fill time, epoch us
+    bar: int  # index of the bar at whose close it filled (fill next_open: at whose open)
+    ts: int  # fill time, epoch us (next_open: the bar's open time)
     quantity: float  # signed: + buy, - sell
     price: float
     fee: float
@@ -91,6 +104,7 @@ class FoldResult:
     account_equity: float = math.nan  # quote balance + position x last close, read from the Nautilus account
     timings: dict[str, float] = field(default_factory=dict)
     replay: dict | None = None  # the same positions booked by the exact accountant (`accountant.replay`)
+    fill: str = "close"  # the fill convention the backtest ran under (`trading.FILLS`)
 
     @property
     def ok(self) -> bool:
@@ -205,6 +219,28 @@ def bars_at_close(bar_type, instrument, candles: CandleArrays, interval_us: int)
     )
 
 
+def open_tick_ns(candles: CandleArrays) -> np.ndarray:
+    """When the venue sees each bar's open (fill next_open): 1 ns after the bar opens, so after the previous
+    bar's close (which may be that instant) and before its own close. uint64 ns."""
+    return (candles.ts * _NS_PER_US + 1).astype(np.uint64)
+
+
+def opens_after_open(instrument, candles: CandleArrays) -> list:
+    """Trade ticks at the opens of bars 1 .. n-1 (bar 0's open precedes every decision), at `open_tick_ns`:
+    the prices a `next_open` order fills at. One size increment each (the fill model sets the fill's size)."""
+    from nautilus_trader.model.data import TradeTick
+    from nautilus_trader.model.enums import AggressorSide
+
+    m = max(len(candles) - 1, 0)
+    ts = open_tick_ns(candles)[1:]
+    return TradeTick.from_raw_arrays_to_list(
+        instrument.id, instrument.price_precision, instrument.size_precision,
+        np.array(candles.open[1:], dtype=np.float64), np.full(m, 10.0 ** -instrument.size_precision),
+        np.full(m, int(AggressorSide.NO_AGGRESSOR), dtype=np.uint8), [f"OPEN-{i}" for i in range(1, m + 1)],
+        ts, ts.copy(),
+    )
+
+
 # -- strategies (Nautilus classes are created lazily: importing this module stays light) ----------
 
 
@@ -237,26 +273,76 @@ def _strategy_classes():
         def on_bar(self, bar):
             self.bars_seen += 1
 
-    class TargetPositionStrategy(Strategy):
-        """Holds the policy's target positions: one batched rollout at start, a market order per change."""
+    class _Trader(Strategy):
+        """Market orders to a target holding, with the position id followed from the position events: on a
+        HEDGING venue (see build_engine) an order that reduces, closes or reverses the holding names the open
+        position, an order from flat opens a new one. (Asking `cache.positions_open(...)` before each order
+        gives the same ids but costs more with every position ever opened.)"""
 
-        def __init__(self, instrument, bar_type, close_ns: np.ndarray, vectors: np.ndarray,
-                     policy: ActsOnVectors, initial_position: int, starting_balance: float):
-            super().__init__(_strategy_config("RL-001"))
+        def __init__(self, strategy_id: str, instrument, bar_type, close_ns: np.ndarray, starting_balance: float,
+                     fill: str):
+            super().__init__(_strategy_config(strategy_id))
             self.instrument = instrument
             self.bar_type = bar_type
             self.close_ns = close_ns.tolist()
-            self.vectors = vectors
-            self.policy = policy
-            self.current = int(initial_position)
-            self.initial_position = int(initial_position)
-            self.targets: list[int] = []
+            self.next_open = fill == "next_open"
             self.fills: list[tuple[int, int, float, float, float]] = []  # (ts_ns, side, qty, price, fee)
             # Holdings as a cash account books them (the same for a margin account's economics):
             # equity = cash + quantity x price. Followed from the fill events, checked against the account.
             self.cash = float(starting_balance)
             self.held = 0.0
             self.bars_seen = 0
+            self.position_id = None  # the open position's id, from the position events
+            self.precision = instrument.size_precision
+
+        def on_start(self):
+            self.subscribe_bars(self.bar_type)
+            if self.next_open:
+                self.subscribe_trade_ticks(self.instrument.id)
+
+        def _check_bar(self, bar) -> int:
+            i = self.bars_seen
+            self.bars_seen += 1
+            if bar.ts_init != self.close_ns[i]:
+                raise RuntimeError(f"bar {i} arrived at {bar.ts_init}, expected its close {self.close_ns[i]}")
+            return i
+
+        def _send(self, delta: float) -> None:
+            size = round(abs(delta), self.precision)
+            if size > 0:  # a change smaller than one size increment trades nothing
+                side = OrderSide.BUY if delta > 0 else OrderSide.SELL
+                self.submit_order(self.order_factory.market(self.instrument.id, side, Quantity(size, self.precision)),
+                                  position_id=self.position_id)
+
+        def on_position_opened(self, event):
+            self.position_id = event.position_id
+
+        def on_position_closed(self, event):
+            if event.position_id == self.position_id:
+                self.position_id = None
+
+        def on_order_filled(self, event):
+            sign = 1 if event.order_side == OrderSide.BUY else -1
+            quantity = round(event.last_qty.as_double(), self.precision)  # undo fixed-point noise
+            price = round(event.last_px.as_double(), self.instrument.price_precision)
+            fee = round(event.commission.as_double(), event.commission.currency.precision)
+            self.fills.append((event.ts_event, sign, quantity, price, fee))
+            self.held += sign * quantity
+            self.cash -= sign * quantity * price + fee
+
+    class TargetPositionStrategy(_Trader):
+        """Holds the policy's target positions: one batched rollout at start, a market order per change, sent
+        at the deciding bar's close (fill close) or at the next bar's open (fill next_open), sized there."""
+
+        def __init__(self, instrument, bar_type, close_ns: np.ndarray, vectors: np.ndarray,
+                     policy: ActsOnVectors, initial_position: int, starting_balance: float, fill: str = "close"):
+            super().__init__("RL-001", instrument, bar_type, close_ns, starting_balance, fill)
+            self.vectors = vectors
+            self.policy = policy
+            self.current = int(initial_position)
+            self.initial_position = int(initial_position)
+            self.targets: list[int] = []
+            self.pending: int | None = None  # next_open: the target decided at the last close, traded at the open
             self.rollout_s = 0.0
 
         def on_start(self):
@@ -265,42 +351,51 @@ def _strategy_classes():
             self.rollout_s = time.perf_counter() - started
             if len(self.targets) != len(self.close_ns):
                 raise RuntimeError(f"policy gave {len(self.targets)} positions for {len(self.close_ns)} bars")
-            self.subscribe_bars(self.bar_type)
+            super().on_start()
 
         def on_bar(self, bar):
-            i = self.bars_seen
-            self.bars_seen += 1
-            if bar.ts_init != self.close_ns[i]:
-                raise RuntimeError(f"bar {i} arrived at {bar.ts_init}, expected its close {self.close_ns[i]}")
+            i = self._check_bar(bar)
             if i == len(self.targets) - 1:
                 return  # the last decision would be held past the fold
             target = self.targets[i]
             if target == self.current:
                 return
-            close = bar.close.as_double()
-            equity = self.cash + self.held * close
-            delta = target * equity / close - self.held
             self.current = target
-            size = round(abs(delta), self.instrument.size_precision)
-            if size > 0:  # a change smaller than one size increment trades nothing
-                side = OrderSide.BUY if delta > 0 else OrderSide.SELL
-                quantity = Quantity(size, self.instrument.size_precision)
-                # HEDGING venue (see build_engine): an order that reduces, closes or reverses the
-                # holding names the open position; an order from flat opens a new one.
-                held = self.cache.positions_open(None, self.instrument.id, self.id)
-                self.submit_order(self.order_factory.market(self.instrument.id, side, quantity),
-                                  position_id=held[0].id if held else None)
+            if self.next_open:
+                self.pending = target
+                return
+            self._trade(target, bar.close.as_double())
 
-        def on_order_filled(self, event):
-            sign = 1 if event.order_side == OrderSide.BUY else -1
-            quantity = round(event.last_qty.as_double(), self.instrument.size_precision)  # undo fixed-point noise
-            price = round(event.last_px.as_double(), self.instrument.price_precision)
-            fee = round(event.commission.as_double(), event.commission.currency.precision)
-            self.fills.append((event.ts_event, sign, quantity, price, fee))
-            self.held += sign * quantity
-            self.cash -= sign * quantity * price + fee
+        def on_trade_tick(self, tick):  # next_open: the next bar's open
+            if self.pending is not None:
+                target, self.pending = self.pending, None
+                self._trade(target, tick.price.as_double())
 
-    return IdleStrategy, TargetPositionStrategy
+        def _trade(self, target: int, price: float) -> None:
+            equity = self.cash + self.held * price
+            self._send(target * equity / price - self.held)
+
+    class ReplayStrategy(_Trader):
+        """Sends the given orders, (bar index, signed quantity), at those bars as TargetPositionStrategy sent
+        them (at the bar's close, or at its open under next_open; a fill's `bar` and `quantity` are the order's):
+        the same venue work without policy, rollout or sizing, the benchmark's measure of what the RL strategy
+        itself costs."""
+
+        def __init__(self, instrument, bar_type, close_ns: np.ndarray, orders, starting_balance: float,
+                     fill: str = "close"):
+            super().__init__("REPLAY-001", instrument, bar_type, close_ns, starting_balance, fill)
+            self.at = {int(bar): float(quantity) for bar, quantity in orders}
+
+        def on_bar(self, bar):
+            i = self._check_bar(bar)
+            if not self.next_open and i in self.at:
+                self._send(self.at[i])
+
+        def on_trade_tick(self, tick):
+            if self.bars_seen in self.at:
+                self._send(self.at[self.bars_seen])
+
+    return IdleStrategy, TargetPositionStrategy, ReplayStrategy
 
 
 def _top_of_book_fill_model():
@@ -366,20 +461,30 @@ def _result_from_run(job: FoldJob, strategy, instrument, close_ns: np.ndarray, a
     n = len(job.candles)
     close = np.asarray(job.candles.close, dtype=np.float64)
     fills = []
-    bar_of = {int(t): i for i, t in enumerate(close_ns.tolist())}
+    next_open = job.fill == "next_open"
+    # where a fill may happen: a bar's close (fill close) or the tick of a later bar's open (fill next_open)
+    at_ns = open_tick_ns(job.candles) if next_open else close_ns
+    bar_of = {int(t): i for i, t in enumerate(at_ns.tolist()) if not next_open or i > 0}
+    stamp_us = np.asarray(job.candles.ts if next_open else close_ns // _NS_PER_US, dtype=np.int64)
     for ts_ns, sign, quantity, price, fee in strategy.fills:
         if int(ts_ns) not in bar_of:
-            raise RuntimeError(f"a fill at {ts_ns} ns is not at any bar's close")
-        fills.append(Fill(bar_of[int(ts_ns)], int(ts_ns) // _NS_PER_US, sign * quantity, price, fee))
+            raise RuntimeError(f"a fill at {ts_ns} ns is not at any bar's {'open' if next_open else 'close'}")
+        bar = bar_of[int(ts_ns)]
+        if next_open and price != round(float(job.candles.open[bar]), instrument.price_precision):
+            raise RuntimeError(f"a fill at bar {bar}'s open was at {price}, not its open {job.candles.open[bar]}")
+        fills.append(Fill(bar, int(stamp_us[bar]), sign * quantity, price, fee))
     cash_flow, quantity_flow, fees, notional = (np.zeros(n) for _ in range(4))
     for fill in fills:
         cash_flow[fill.bar] += -fill.quantity * fill.price - fill.fee
         quantity_flow[fill.bar] += fill.quantity
         fees[fill.bar] += fill.fee
         notional[fill.bar] += abs(fill.quantity) * fill.price
-    # holdings before each bar's order: what the earlier bars' fills left
-    cash_before = job.starting_balance + np.concatenate(([0.0], np.cumsum(cash_flow)[:-1]))
-    quantity_before = np.concatenate(([0.0], np.cumsum(quantity_flow)[:-1]))
+    if next_open:  # marked at each close: the fills at its open are in, the order decided at it is not yet
+        cash_before = job.starting_balance + np.cumsum(cash_flow)
+        quantity_before = np.cumsum(quantity_flow)
+    else:  # holdings before each bar's order: what the earlier bars' fills left
+        cash_before = job.starting_balance + np.concatenate(([0.0], np.cumsum(cash_flow)[:-1]))
+        quantity_before = np.concatenate(([0.0], np.cumsum(quantity_flow)[:-1]))
     equity = cash_before + quantity_before * close
     final_equity = job.starting_balance + cash_flow.sum() + quantity_flow.sum() * close[-1]
     if abs(final_equity - account_equity) > 1e-6 * job.starting_balance:
@@ -394,14 +499,15 @@ def _result_from_run(job: FoldJob, strategy, instrument, close_ns: np.ndarray, a
         equity=equity, positions=held, traded_notional=notional, fees=fees, fills=fills,
         trade_pnls=trade_pnls(fills, float(close[-1])),
         account_equity=account_equity,
-        timings=timings,
+        timings=timings, fill=job.fill,
     )
 
 
 def build_engine(market: Market, candles: CandleArrays, cost_bps: float, starting_balance: float,
-                 shorts: bool = False):
+                 shorts: bool = False, fill: str = "close"):
     """A BacktestEngine with the venue (fee model, fill model), the instrument and the bars of
-    `candles` stamped at their close. Returns (engine, instrument, bar_type, close_ns).
+    `candles` stamped at their close (fill next_open: and their opens as trade ticks, `opens_after_open`).
+    Returns (engine, instrument, bar_type, close_ns).
 
     The account is a cash account; with `shorts`, a margin account at leverage 1 (a Nautilus 1.221
     cash account does not book a short sale's proceeds and borrowed base currency).
@@ -441,6 +547,8 @@ def build_engine(market: Market, candles: CandleArrays, cost_bps: float, startin
         )
         engine.add_instrument(instrument)
         engine.add_data(bars)
+        if check_fill(fill, "fill") == FILL_NEXT_OPEN:
+            engine.add_data(opens_after_open(instrument, candles))
     except BaseException:
         engine.dispose()
         raise
@@ -459,31 +567,35 @@ def run_fold_in_this_process(job: FoldJob) -> FoldResult:
     # from the policy for both strategy kinds: the idle baseline runs on the same venue and account
     shorts = min(job.policy.positions) < 0
     engine, instrument, bar_type, close_ns = build_engine(market, job.candles, job.cost_bps, job.starting_balance,
-                                                          shorts)
+                                                          shorts, job.fill)
     n = len(close_ns)
     try:
-        idle_class, rl_class = _strategy_classes()
+        idle_class, rl_class, replay_class = _strategy_classes()
         if job.strategy == "idle":
             strategy = idle_class(bar_type)
+        elif job.strategy == "replay":
+            strategy = replay_class(instrument, bar_type, close_ns, job.orders, job.starting_balance, job.fill)
         else:
             strategy = rl_class(instrument, bar_type, close_ns, np.asarray(job.vectors, dtype=np.float64),
-                                job.policy, job.initial_position, job.starting_balance)
+                                job.policy, job.initial_position, job.starting_balance, job.fill)
         engine.add_strategy(strategy)
-        prepared = time.perf_counter()
+        prepared, prepared_cpu = time.perf_counter(), time.process_time()
         engine.run()
-        ran = time.perf_counter()
+        ran, ran_cpu = time.perf_counter(), time.process_time()
         if strategy.bars_seen != n:
             raise RuntimeError(f"the strategy saw {strategy.bars_seen} of {n} bars")
         account_equity = _account_equity(engine, instrument, float(job.candles.close[-1]))
-        timings = {"prepare_s": prepared - started, "engine_s": ran - prepared,
+        timings = {"prepare_s": prepared - started, "engine_s": ran - prepared, "engine_cpu_s": ran_cpu - prepared_cpu,
                    "rollout_s": getattr(strategy, "rollout_s", 0.0)}
-        if job.strategy == "idle":
+        if job.strategy in ("idle", "replay"):
             result = FoldResult(
                 fold_index=job.fold_index, status="ok", instrument=str(instrument.id),
                 starting_balance=job.starting_balance, close_ts=(close_ns // _NS_PER_US).astype(np.int64),
                 close=np.array(job.candles.close, dtype=np.float64), equity=np.full(n, job.starting_balance),
                 positions=np.zeros(n, np.int8), traded_notional=np.zeros(n), fees=np.zeros(n),
-                account_equity=account_equity, timings=timings)
+                account_equity=account_equity, timings=timings, fill=job.fill)
+            if job.strategy == "replay":  # what it sent and what filled (the benchmark compares them)
+                result.fills = [Fill(-1, int(ts) // _NS_PER_US, sign * q, p, f) for ts, sign, q, p, f in strategy.fills]
         else:
             result = _result_from_run(job, strategy, instrument, close_ns, account_equity, timings)
     finally:

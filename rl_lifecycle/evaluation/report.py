@@ -74,12 +74,14 @@ def summarise(
     curves_dir: Path | None = None,
     *,
     calendar: TradingCalendar | str,
+    fill: str = "close",
 ) -> tuple[list[FoldRecord], dict, str]:
     """A record per backtest, aggregates over the completed ones, and the evaluation status. `results`:
     one per backtest (`FoldResult.fold_index` = `Backtest.index`). `other_trials`: the market's trials
     without this evaluation (`store.market_trials(..., excluding=its key)`). `calendar`: the market's
     trading calendar; every annualised figure uses its bars per year over the dataset's bars `ts`
-    (one figure for every fold of the report: `aggregates["bars_per_year"]`)."""
+    (one figure for every fold of the report: `aggregates["bars_per_year"]`). `fill`: the fill convention the
+    backtests ran under (`aggregates["fill"]`; a result of another fill is refused)."""
     by_index = {r.fold_index: r for r in results}
     train = {fold.index: fold.train_ranges for fold in folds}
     periods = bars_per_year(market.interval, calendar, ts)
@@ -93,6 +95,8 @@ def summarise(
         if not result.ok:
             records.append(FoldRecord(**row, status="failed", error=result.error))
             continue
+        if result.fill != fill:
+            raise ValueError(f"fold {test.index} was backtested with fill {result.fill!r}, the report is of fill {fill!r}")
         metrics = fold_metrics(result.equity, result.positions, result.traded_notional, result.fees_paid,
                                result.trade_pnls, periods)
         baselines = {
@@ -112,6 +116,7 @@ def summarise(
     aggregates = aggregate_folds(metrics_by_fold, returns_by_fold, other_trials, pooled)
     aggregates["bars_per_year"] = periods
     aggregates["calendar"] = calendar if isinstance(calendar, str) else calendar.name
+    aggregates["fill"] = fill
     if any(fold.test_groups for fold in folds):
         aggregates["paths"] = cpcv_path_figures(folds, records, returns_by_fold, periods)
     missing = [r.index for r in records if r.status != "ok"]

@@ -102,7 +102,9 @@ def train_fold(data: TrainingData, spec: ModelSpec, fold: Fold, directory: Path)
     rows = _rows(fold.train_ranges)
     content = data.content
     subset = _Rows(content.ts[rows], content.values[rows], content.close[rows])
-    trained = train_policy(subset, subset_continues(data.continues, rows), spec)
+    trained = train_policy(subset, subset_continues(data.continues, rows), spec,
+                           feature_names=data.features.feature_names,
+                           opens=None if data.open is None else data.open[rows])
     Policy(trained.model, spec, data.dataset.fingerprint, data.features.feature_names).save(directory)
     return SavedPolicy(str(directory), data.dataset.fingerprint, ACTION_POSITIONS[spec.action_set])
 
@@ -156,7 +158,7 @@ def plan_evaluation(
 def _fold_job(plan: EvaluationPlan, data: TrainingData, candles, test: Backtest, policy: SavedPolicy) -> FoldJob:
     start, end = test.test_range
     return FoldJob(plan.market.key, test.index, candles.slice(start, end), data.content.values[start:end], policy,
-                   plan.spec.cost_bps, plan.starting_balance, timeout_s=plan.fold_timeout_s)
+                   plan.spec.cost_bps, plan.starting_balance, timeout_s=plan.fold_timeout_s, fill=data.fill)
 
 
 def _backtests_of(plan: EvaluationPlan, fold_index: int) -> list[Backtest]:
@@ -204,7 +206,8 @@ def with_replay(job: FoldJob, result: FoldResult) -> FoldResult:
         return result
     # the account the backtest ran on: a margin account iff the policy can go short (backtest.run_fold_in_this_process)
     return replace(result, replay=replay(job.market, job.candles, result, job.cost_bps,
-                                         initial_position=job.initial_position, margin=min(job.policy.positions) < 0))
+                                         initial_position=job.initial_position, margin=min(job.policy.positions) < 0,
+                                         fill=job.fill))
 
 
 def assemble_report(
@@ -216,7 +219,8 @@ def assemble_report(
     key = evaluation_key(plan.market, plan.spec.spec_hash, plan.dataset_hash, plan.config)
     trials = market_trials(conn, plan.market, excluding=key)  # this evaluation counts itself (a rerun: once)
     records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
-                                            trials, strict, plan.root / "curves", calendar=data.calendar)
+                                            trials, strict, plan.root / "curves", calendar=data.calendar,
+                                            fill=data.fill)
     pbo = report_pbo(conn, plan.market, records, excluding_key=key)
     aggregates["pbo"], aggregates["pbo_detail"] = pbo["pbo"], pbo
     report = EvaluationReport(
@@ -451,6 +455,9 @@ def report_json(report: EvaluationReport) -> dict:
         # the annualisation of every annualised figure: the market calendar's bars a year (null: stored before)
         "bars_per_year": report.aggregates.get("bars_per_year"),
         "calendar": report.aggregates.get("calendar"),
+        # where the folds filled a position decided at a bar's close: close or next_open (null: stored before
+        # the field, when every market filled at the close)
+        "fill": report.aggregates.get("fill"),
         **({"paths": (report.aggregates.get("paths") or {}).get("count")} if report.fold_config.scheme == "cpcv" else {}),
         # pbo: null when not computed (fewer than two trials of the market on these test bars)
         "aggregate": {**report.aggregates, "pbo": report.aggregates.get("pbo")},

@@ -5,6 +5,12 @@ parameter spelled out (TA-Lib defaults change between releases), the input serie
 reads, and how each output is normalised into a scale-free feature. Its fingerprint covers
 the spec, the TA-Lib C library version and `PIPELINE_VERSION`, so any change that can move
 a single bit of a feature changes the fingerprint.
+
+A set may name **feature groups** (`groups:`, a mapping group -> features): every feature in exactly one
+group, unknown or doubly assigned features refused by name. The grouping moves no value, so it is kept
+out of `fingerprint` (the identity of the vectors: snapshots, datasets, policies key on it, and a stored
+snapshot stays valid when only the grouping changes); it has a digest of its own, `grouping_digest`,
+and `identity` is the pair (docs/features.md, "Feature groups"). Ablations record both.
 """
 
 from __future__ import annotations
@@ -247,6 +253,20 @@ class Indicator(_Frozen):
 AnchorCadence = Literal["monthly", "weekly", "daily"]
 
 
+class FeatureGroup(_Frozen):
+    """A named group of a set's features (momentum, trend, volatility, ...): what an ablation removes."""
+
+    name: StrictStr = Field(pattern=_NAME)
+    features: tuple[StrictStr, ...]
+
+
+def _groups_from_mapping(value: Any) -> Any:
+    """YAML writes `groups: {momentum: [rsi_14, ...], ...}`; stored specs dump a list of {name, features}."""
+    if isinstance(value, dict):
+        return [{"name": name, "features": features} for name, features in value.items()]
+    return value
+
+
 class FeatureSetSpec(_Frozen):
     name: StrictStr = Field(pattern=_NAME)
     version: StrictInt = Field(ge=1)
@@ -256,6 +276,15 @@ class FeatureSetSpec(_Frozen):
     # The window cadence of anchor(t). It moves every value, so it is part of the spec and of the
     # fingerprint; load_feature_set fills it from RL_WINDOW_CADENCE unless the YAML declares it.
     anchor: AnchorCadence = "monthly"
+    # Every feature in exactly one named group; None: the set declares no grouping (no ablation by group).
+    groups: tuple[FeatureGroup, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _groups_mapping(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "groups" in data:
+            return {**data, "groups": _groups_from_mapping(data["groups"])}
+        return data
 
     @model_validator(mode="after")
     def _check_features(self) -> FeatureSetSpec:
@@ -278,6 +307,36 @@ class FeatureSetSpec(_Frozen):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _check_groups(self) -> FeatureSetSpec:  # after _check_features: duplicates are named first
+        if self.groups is None:
+            return self
+        if not self.groups:
+            raise ValueError("groups: at least one group is required when groups are given")
+        known = set(self.feature_names)
+        owner: dict[str, str] = {}
+        names: set[str] = set()
+        for group in self.groups:
+            if group.name in names:
+                raise ValueError(f"groups.{group.name}: group declared twice")
+            names.add(group.name)
+            if not group.features:
+                raise ValueError(f"groups.{group.name}: a group needs at least one feature")
+            for feature in group.features:
+                if feature not in known:
+                    raise ValueError(f"groups.{group.name}: unknown feature {feature!r}; the set's features are "
+                                     f"{', '.join(self.feature_names)}")
+                if feature in owner:
+                    where = "twice in it" if owner[feature] == group.name else f"also in group {owner[feature]!r}"
+                    raise ValueError(f"groups.{group.name}: feature {feature!r} is assigned {where}; "
+                                     "every feature belongs to exactly one group")
+                owner[feature] = group.name
+        missing = [name for name in self.feature_names if name not in owner]
+        if missing:
+            raise ValueError(f"groups: feature(s) {', '.join(missing)} belong to no group; every feature belongs "
+                             "to exactly one group")
+        return self
+
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(out.feature for ind in self.indicators for out in ind.outputs)
@@ -296,9 +355,41 @@ class FeatureSetSpec(_Frozen):
         return tuple(dict.fromkeys(ind.function for ind in self.indicators if not ind.info.native))
 
     @property
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(group.name for group in self.groups or ())
+
+    def group_features(self, name: str) -> tuple[str, ...]:
+        """The features of group `name`, in the set's column order; an unknown group is refused by name."""
+        if self.groups is None:
+            raise UserInputError(f"feature set {self.name} declares no feature groups (add `groups:` to its YAML)")
+        for group in self.groups:
+            if group.name == name:
+                members = set(group.features)
+                return tuple(f for f in self.feature_names if f in members)
+        raise UserInputError(f"feature set {self.name} has no group {name!r}; its groups are "
+                             f"{', '.join(self.group_names)}")
+
+    def group_of(self, feature: str) -> str | None:
+        return next((g.name for g in self.groups or () if feature in g.features), None)
+
+    @property
+    def grouping_digest(self) -> str | None:
+        """sha256 of the grouping (groups in declaration order, members sorted); None without groups."""
+        if self.groups is None:
+            return None
+        canonical = json.dumps([[g.name, sorted(g.features)] for g in self.groups], separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def identity(self) -> dict[str, str | None]:
+        """What names this set exactly: the vectors' fingerprint and the grouping's digest."""
+        return {"fingerprint": self.fingerprint, "grouping": self.grouping_digest}
+
+    @property
     def fingerprint(self) -> str:
+        """The identity of the vectors: the spec without its grouping (labels move no value), TA-Lib, pipeline."""
         payload = {
-            "spec": self.model_dump(mode="json"),
+            "spec": self.model_dump(mode="json", exclude={"groups"}),
             "talib": TALIB_C_VERSION,
             "pipeline": PIPELINE_VERSION,
         }
@@ -391,3 +482,63 @@ def active_feature_set(settings: Settings | None = None) -> FeatureSetSpec:
     if _is_name(name) and name.strip() not in available_feature_sets():
         raise _unknown_set(name, prefix="RL_FEATURE_SET")
     return load_feature_set(name)
+
+
+# -- constrained sets from evidence (issue 18) -------------------------------------------------------------
+
+
+def derive_feature_set(base: FeatureSetSpec, drop: tuple[str, ...] | list[str], name: str, *,
+                       version: int = 1, base_declares_anchor: bool = False) -> dict:
+    """The YAML document of a new set: `base` without the features of the groups in `drop` (each refused by
+    name when `base` has no such group), its groups minus those, named `name`. The warmup stays the base's,
+    so the kept features are computed from the same first candle by the same pipeline: their values are the
+    base set's, bit for bit (under the new set's own fingerprint). The anchor is written only when the base
+    declares one (otherwise the new set follows RL_WINDOW_CADENCE like the base)."""
+    if not re.match(_NAME, name):
+        raise UserInputError(f"--name {name!r}: a feature-set name is [a-z][a-z0-9_]{{0,62}}")
+    if not drop:
+        raise UserInputError("give at least one group to drop (--drop GROUP)")
+    removed = {f for group in drop for f in base.group_features(group)}
+    if len(removed) == len(base.feature_names):
+        raise UserInputError(f"dropping {', '.join(drop)} leaves feature set {base.name} without features")
+    data = base.model_dump(mode="json", exclude={"groups"} if base.groups is None else None)
+    indicators = []
+    for ind in data["indicators"]:
+        outputs = [out for out in ind["outputs"] if out["feature"] not in removed]
+        if outputs:
+            indicators.append({**ind, "outputs": outputs})
+    derived = {
+        "name": name, "version": version,
+        "description": f"{base.name} v{base.version} (fingerprint {base.fingerprint[:12]}) without the feature "
+                       f"group(s) {', '.join(drop)}. " + base.description,
+        "warmup": base.warmup, "indicators": indicators,
+        "groups": {g.name: list(g.features) for g in base.groups or () if g.name not in drop},
+    }
+    if base_declares_anchor:
+        derived["anchor"] = base.anchor
+    parse_feature_set(derived, source=f"<derived {name}>")  # a set the loader accepts
+    return derived
+
+
+def write_derived_feature_set(base_name: str, drop: list[str], name: str, out: Path | None = None,
+                              version: int = 1) -> Path:
+    """`derive_feature_set` of a shipped set, written as `<sets dir>/<name>.yaml` (or `out`); an existing
+    file is never overwritten."""
+    import yaml
+
+    by_name = _is_name(base_name)
+    path = SETS_DIR / f"{base_name.strip()}.yaml" if by_name else Path(base_name).expanduser()
+    if by_name and not path.is_file():
+        raise _unknown_set(base_name.strip())
+    raw = read_yaml(path, "feature set file")
+    base = load_feature_set(base_name)
+    data = derive_feature_set(base, drop, name, version=version,
+                              base_declares_anchor=isinstance(raw, dict) and "anchor" in raw)
+    target = out or SETS_DIR / f"{name}.yaml"
+    if target.exists():
+        raise UserInputError(f"{target} exists: choose another --name (or --out); nothing was written")
+    header = (f"# Derived by `rl-lifecycle feature-set derive --from {base.name} --drop {' --drop '.join(drop)} "
+              f"--name {name}`:\n# the same canonical pipeline, a fingerprint of its own.\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
+    return target

@@ -12,6 +12,12 @@ two rows is no gap, so an episode runs across it and a position held over it ear
 `log(close after / close before)`, the first bar after the close against the last bar before it, as the
 backtest and the accountant, which hold positions from bar to bar, book it. A bar missing while the
 market is open is a gap.
+
+**Fill convention** (`trading.FILLS`, the market's): without `opens`, `close` as above. With `opens` (each
+row's open), `next_open`: the action at row t is filled at open[t+1], so the step's reward is
+`previous x log(open[t+1] / close[t]) + target x log(close[t+1] / open[t+1]) - cost x |target - previous|`:
+the gap from bar t's close to the next open (a night, a weekend) still belongs to the position held before,
+as the backtest's fill at the next open books it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import TYPE_CHECKING
 import gymnasium as gym
 import numpy as np
 
-from rl_lifecycle.trading import ACTION_POSITIONS, cost_fraction
+from rl_lifecycle.trading import ACTION_POSITIONS, FILL_CLOSE, FILL_NEXT_OPEN, cost_fraction
 
 if TYPE_CHECKING:
     from rl_lifecycle.models.spec import ModelSpec
@@ -64,6 +70,7 @@ class MarketEnv(gym.Env):
         cost_bps: float = 10.0,
         episode_length: int | None = None,
         seed: int | None = None,
+        opens: np.ndarray | None = None,
     ):
         if action_set not in ACTION_POSITIONS:
             raise ValueError(f"action_set {action_set!r} is not one of {', '.join(ACTION_POSITIONS)}")
@@ -81,9 +88,19 @@ class MarketEnv(gym.Env):
         if not (np.isfinite(close) & (close > 0)).all():
             raise ValueError("close prices must be finite and positive (rewards are log returns)")
         self._obs = observations(vectors, np.zeros(n, dtype=np.int8))  # position column rewritten per step
-        log_return = np.zeros(n)
-        log_return[:-1] = np.log(close[1:] / close[:-1])
-        self._log_return = log_return.tolist()  # Python floats: scalar steps avoid numpy scalar overhead
+        # reward = previous x gap[t] + target x held[t] - cost x |target - previous|
+        gap, held = np.zeros(n), np.zeros(n)
+        if opens is None:  # fill at close[t]: the target earns close to close
+            held[:-1] = np.log(close[1:] / close[:-1])
+        else:  # fill at open[t+1]: the previous position earns the gap to it, the target the bar from it
+            opens = np.asarray(opens, dtype=np.float64)
+            if len(opens) != n or not (np.isfinite(opens) & (opens > 0)).all():
+                raise ValueError(f"opens: need {n} finite positive opens (fill next_open), got {len(opens)}")
+            gap[:-1] = np.log(opens[1:] / close[:-1])
+            held[:-1] = np.log(close[1:] / opens[1:])
+        self._log_return = held.tolist()  # Python floats: scalar steps avoid numpy scalar overhead
+        self._gap = gap.tolist() if opens is not None else None
+        self.fill = FILL_CLOSE if opens is None else FILL_NEXT_OPEN
         self._segments = segments(continues, n)
         if len(self._segments) == 0:
             raise ValueError("no two consecutive bars: nothing to act on")
@@ -102,8 +119,10 @@ class MarketEnv(gym.Env):
     @classmethod
     def from_dataset(cls, content, continues: np.ndarray, spec: ModelSpec | None = None, *,
                      action_set: str | None = None, cost_bps: float | None = None,
-                     episode_length: int | None = None, seed: int | None = None) -> MarketEnv:
-        """An env over a dataset's rows (`DatasetContent`), configured by a model spec or by the keywords."""
+                     episode_length: int | None = None, seed: int | None = None,
+                     opens: np.ndarray | None = None) -> MarketEnv:
+        """An env over a dataset's rows (`DatasetContent`), configured by a model spec or by the keywords;
+        `opens` (the rows' opens) for the `next_open` fill convention (`TrainingData.open`)."""
         if spec is not None:
             given = [name for name, value in (("action_set", action_set), ("cost_bps", cost_bps),
                                               ("episode_length", episode_length), ("seed", seed)) if value is not None]
@@ -114,7 +133,7 @@ class MarketEnv(gym.Env):
         if action_set is None or cost_bps is None:
             raise ValueError("need a model spec, or action_set and cost_bps")
         return cls(content.values, content.close, continues, action_set=action_set, cost_bps=cost_bps,
-                   episode_length=episode_length, seed=seed)
+                   episode_length=episode_length, seed=seed, opens=opens)
 
     def _observation(self) -> np.ndarray:
         obs = self._obs[self._row].copy()
@@ -141,7 +160,11 @@ class MarketEnv(gym.Env):
 
     def step(self, action):
         target = self._positions[int(action)]
-        reward = target * self._log_return[self._row] - self._cost * abs(target - self._position)
+        if self._gap is None:
+            reward = target * self._log_return[self._row] - self._cost * abs(target - self._position)
+        else:  # the order of trading.step_rewards' operations: the same floats
+            reward = (self._position * self._gap[self._row] + target * self._log_return[self._row]
+                      - self._cost * abs(target - self._position))
         self._position = target
         self._row += 1
         terminated = self._row >= self._segment_last  # a gap or the end of the data: nothing follows

@@ -20,7 +20,7 @@ import numpy as np
 
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.models.env import observations
-from rl_lifecycle.models.spec import ModelSpec
+from rl_lifecycle.models.spec import ModelSpec, feature_columns
 from rl_lifecycle.trading import ACTION_POSITIONS, rollout
 
 MODEL_FILE = "model.zip"
@@ -52,9 +52,18 @@ class Policy:
         self.feature_names, self.version = tuple(feature_names), version
         self.positions: tuple[int, ...] = ACTION_POSITIONS[spec.action_set]
         self._position_of = np.asarray(self.positions, dtype=np.int8)
+        # the columns of the set's vectors the model observes (`ModelSpec.features`); None: all of them
+        self._columns = feature_columns(spec, self.feature_names)
+
+    @property
+    def observed_features(self) -> tuple[str, ...]:
+        """The features the model sees, in its observation's order (the position follows them)."""
+        return self.feature_names if self._columns is None else tuple(self.feature_names[i] for i in self._columns)
 
     def act(self, vectors: np.ndarray, positions: np.ndarray, *, fingerprint: str) -> np.ndarray:
-        """Target positions (int8) for canonical float64 vectors of `fingerprint`, held at `positions`."""
+        """Target positions (int8) for canonical float64 vectors of `fingerprint`, held at `positions`. The
+        vectors are the set's whole vectors; a spec that observes some features only (`ModelSpec.features`)
+        has its columns selected here, as the trainer selected them."""
         if fingerprint != self.fingerprint:
             raise UserInputError(
                 f"vectors of feature fingerprint {fingerprint[:12]} given to a policy trained on {self.fingerprint[:12]} "
@@ -67,6 +76,8 @@ class Policy:
             return np.empty(0, dtype=np.int8)
         import torch
 
+        if self._columns is not None:
+            vectors = vectors[:, self._columns]
         with one_torch_thread(), torch.no_grad():
             actions, _ = self.model.predict(observations(vectors, positions), deterministic=True)
         return self._position_of[np.asarray(actions, dtype=np.int64)]

@@ -28,14 +28,15 @@ from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
 from rl_lifecycle.features.store import load_registered_feature_set
 from rl_lifecycle.markets.calendars import DEFAULT_CALENDAR, get_calendar
 from rl_lifecycle.markets.keys import Market, partition_key
-from rl_lifecycle.markets.table import registered_calendar
+from rl_lifecycle.markets.table import market_fill, registered_calendar
 from rl_lifecycle.models.checks import PARTITION_TAG, ModelCheck, record_check
 from rl_lifecycle.models.policy import Policy, actions_digest, load_registered_policy
-from rl_lifecycle.models.spec import ModelSpec, check_dataset_compatible
+from rl_lifecycle.models.spec import ModelSpec, check_dataset_compatible, feature_columns
 from rl_lifecycle.models.statistics import FeatureStatistics
 from rl_lifecycle.models.tracking import ModelRegistry, ModelVersionInfo
 from rl_lifecycle.models.trainer import train_policy, weights_hash
 from rl_lifecycle.plots import line_png, moving_average
+from rl_lifecycle.trading import FILL_CLOSE, FILL_NEXT_OPEN
 from rl_lifecycle.windows import Window, iso
 
 POLICY_ARTIFACTS = "policy"
@@ -53,20 +54,47 @@ class TrainingData:
     # weekend or holiday close is no break; a missing bar while the market is open is)
     continues: np.ndarray
     calendar: str = DEFAULT_CALENDAR  # the market's trading calendar (`markets.calendars` name)
+    fill: str = FILL_CLOSE  # the fill convention the dataset was built under (= the market's: refused otherwise)
+    # float64 [n]: each row's open, from the stored candles, under `next_open` (the env's and backtest's fill
+    # price); None under `close`
+    open: np.ndarray | None = None
+
+
+def check_dataset_fill(dataset_fill: str, market_fill_now: str, market: Market, dataset_hash_: str) -> None:
+    """A dataset is used only under the fill it was built under: a model trained with close-fill rewards is
+    never evaluated, nor trusted, as if it filled at the next open (or back)."""
+    if dataset_fill != market_fill_now:
+        raise UserInputError(
+            f"fill: the dataset {dataset_hash_[:12]} of {market.key} was built under fill {dataset_fill!r}, but the "
+            f"market fills at {market_fill_now!r} now: materialize `training_dataset` again (its models and "
+            f"evaluations follow the new fill), or `rl-lifecycle market set-fill {market.key} {dataset_fill}`")
 
 
 def training_data(conn: psycopg.Connection, market: Market, window: Window) -> TrainingData:
-    """The partition's latest training dataset, as the arrays it was hashed over."""
+    """The partition's latest training dataset, as the arrays it was hashed over; refused when it was built under
+    another fill convention than the market's (`check_dataset_fill`)."""
     version = latest_version(conn, market, window)
     if version is None or not Path(version.storage_uri).exists():
         raise UserInputError(
             f"no training dataset for {partition_key(market, window)}: materialize `training_dataset` for it first"
         )
     features = load_registered_feature_set(conn, version.fingerprint)
+    fill = version.spec.fill
+    check_dataset_fill(fill, market_fill(conn, market), market, version.dataset_hash)
     content = read_dataset(version.storage_uri, version.spec, features.feature_names)
     calendar = get_calendar(registered_calendar(conn, market))
+    opens = None
+    if fill == FILL_NEXT_OPEN:
+        from rl_lifecycle.candles.store import load_candles
+
+        candles = load_candles(conn, market, int(content.ts[0]), int(content.ts[-1]) + market.interval_us)
+        at = np.minimum(np.searchsorted(candles.ts, content.ts), max(len(candles) - 1, 0))
+        if not len(candles) or not np.array_equal(candles.ts[at], content.ts):
+            raise UserInputError(f"the dataset {version.dataset_hash[:12]} of {market.key} has rows without a stored "
+                                 f"candle: their opens (fill next_open) are unknown")
+        opens = np.asarray(candles.open, dtype=np.float64)[at]
     return TrainingData(market, window, version, features, content,
-                        calendar.continues(content.ts, market.interval_us), calendar.name)
+                        calendar.continues(content.ts, market.interval_us), calendar.name, fill, opens)
 
 
 def check_spec_matches_dataset(spec: ModelSpec, data: TrainingData) -> None:
@@ -76,6 +104,7 @@ def check_spec_matches_dataset(spec: ModelSpec, data: TrainingData) -> None:
         lambda name: load_feature_set(name, anchor=data.features.anchor).fingerprint,
         dataset=f"the dataset {data.dataset.dataset_hash[:12]}",
     )
+    feature_columns(spec, data.features.feature_names)  # the features it observes are the set's
 
 
 @dataclass(frozen=True)
@@ -118,12 +147,14 @@ def train_challenger(
         "train_start": iso(int(content.ts[0])),
         "train_end": iso(int(content.ts[-1])),
         "train_rows": str(len(content)),
+        "fill": data.fill,
     }
     run_id = registry.start_run(market, f"{partition_key(market, window)} {spec.name}", {**lineage, **(run_tags or {})})
     try:
         registry.log_params(run_id, {**json.loads(spec.canonical_json()), "dataset_hash": data.dataset.dataset_hash})
         metrics = registry.metric_logger(run_id)
-        trained = train_policy(content, data.continues, spec, progress=progress, log_metrics=metrics)
+        trained = train_policy(content, data.continues, spec, progress=progress, log_metrics=metrics,
+                               feature_names=data.features.feature_names)
         metrics.flush()
         policy = Policy(trained.model, spec, data.dataset.fingerprint, data.features.feature_names)
         actions = policy.rollout(content.values, fingerprint=data.dataset.fingerprint)

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rl_lifecycle.config_files import read_yaml, validated
@@ -180,6 +181,20 @@ class ModelSpec(_Frozen):
     cost_bps: float = Field(default=10.0, ge=0.0, le=1_000.0)
     episode_length: int | None = Field(default=None, ge=2, le=10_000_000, description="bars; None = a whole segment")
     feature_set: str = Field(min_length=1)
+    # The feature columns the policy observes, by name (None: every feature of the set; []: none, the
+    # position alone). The vectors every path hands the policy stay the set's full canonical vectors;
+    # the trainer and `Policy.act` select these columns (`feature_columns`), so a feature removed from a
+    # spec is removed alike in the env, the backtest, the accountant's replays and paper decisions.
+    features: tuple[str, ...] | None = Field(default=None, max_length=4096)
+
+    @field_validator("features")
+    @classmethod
+    def _distinct_features(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            repeated = sorted({name for name in value if value.count(name) > 1})
+            if repeated:
+                raise ValueError(f"features: {', '.join(repeated)} listed more than once")
+        return value
 
     @model_validator(mode="after")
     def _known_hyperparameters(self) -> ModelSpec:
@@ -189,7 +204,9 @@ class ModelSpec(_Frozen):
         return self
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # `features` only when given: the specs written before it existed keep their hash
+        dumped = self.model_dump(mode="json", exclude={"features"} if self.features is None else None)
+        return json.dumps(dumped, sort_keys=True, separators=(",", ":"))
 
     @property
     def spec_hash(self) -> str:
@@ -209,6 +226,27 @@ def load_model_spec(name_or_path: str) -> ModelSpec:
         known = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
         raise UserInputError(f"model spec {name_or_path!r} not found: give a YAML file or one of {known}")
     return parse_model_spec(read_yaml(path, "model spec"), str(path))
+
+
+def feature_columns(spec: ModelSpec, feature_names: tuple[str, ...] | list[str]) -> np.ndarray | None:
+    """The column indices of `spec.features` in vectors of `feature_names` (the spec's order); None when
+    the spec observes every feature. A feature the vectors do not hold is refused by name."""
+    if spec.features is None:
+        return None
+    index = {name: i for i, name in enumerate(feature_names)}
+    unknown = [name for name in spec.features if name not in index]
+    if unknown:
+        raise UserInputError(f"model spec {spec.name!r}: features {', '.join(unknown)} are not features of "
+                             f"feature set {spec.feature_set} ({', '.join(feature_names)})")
+    return np.array([index[name] for name in spec.features], dtype=np.int64)
+
+
+def observed(spec: ModelSpec, feature_names: tuple[str, ...] | list[str], vectors: np.ndarray) -> np.ndarray:
+    """The columns of canonical `vectors` (of `feature_names`) the spec's policy observes: the one
+    selection the trainer's env and `Policy.act` both apply."""
+    columns = feature_columns(spec, feature_names)
+    vectors = np.asarray(vectors)
+    return vectors if columns is None else vectors[:, columns]
 
 
 def check_dataset_compatible(

@@ -32,6 +32,7 @@ CHAMPION = "champion"
 LINEAGE_TAGS = (
     "market", "dataset_hash", "fingerprint", "feature_set", "model_spec_hash", "model_spec_name", "algorithm",
     "train_start", "train_end", "weights_hash", "actions_sha256", "train_rows",
+    "fill",  # the fill convention the training dataset was built under (`trading.FILLS`)
 )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from rl_lifecycle.models.env import MarketEnv
 from rl_lifecycle.models.policy import one_torch_thread
-from rl_lifecycle.models.spec import ModelSpec
+from rl_lifecycle.models.spec import ModelSpec, observed
 
 Progress = Callable[[int, int], None]
 MetricSink = Callable[[int, dict[str, float]], None]
@@ -78,16 +78,33 @@ def build_model(spec: ModelSpec, env):
     return model
 
 
+@dataclass(frozen=True)
+class _Observed:
+    """A dataset's rows with only the columns the spec observes (what the env reads: values and close)."""
+
+    values: np.ndarray
+    close: np.ndarray
+
+
 def train_policy(
     content, continues: np.ndarray, spec: ModelSpec, *, progress: Progress | None = None,
-    log_metrics: MetricSink | None = None,
+    log_metrics: MetricSink | None = None, feature_names: tuple[str, ...] | None = None,
+    opens: np.ndarray | None = None,
 ) -> TrainedModel:
-    """Train `spec` on a dataset's rows (`DatasetContent`); `continues[i]`: row i+1 is the bar after row i."""
+    """Train `spec` on a dataset's rows (`DatasetContent`); `continues[i]`: row i+1 is the bar after row i.
+    `opens`: the rows' opens under the `next_open` fill convention (`TrainingData.open`), None under `close`.
+    `feature_names`: the columns of `content.values`, needed when the spec observes some of them only
+    (`ModelSpec.features`): the env then sees those columns, selected as `Policy.act` selects them."""
     from stable_baselines3.common.utils import set_random_seed
 
+    if spec.features is not None:
+        if feature_names is None:
+            raise ValueError(f"model spec {spec.name!r} observes features {list(spec.features)}: give the "
+                             "feature_names of the vectors")
+        content = _Observed(observed(spec, feature_names, content.values), content.close)
     with deterministic_torch():
         set_random_seed(spec.seed)
-        env = MarketEnv.from_dataset(content, continues, spec)
+        env = MarketEnv.from_dataset(content, continues, spec, opens=opens)
         model = build_model(spec, env)
         reporter = _Reporter(spec.total_timesteps, progress, log_metrics)
         if log_metrics is not None:

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rl_lifecycle.candles.store import candle_coverage
-from rl_lifecycle.markets.keys import parse_partition_key, partition_key
+from rl_lifecycle.markets.keys import Market, parse_partition_key, partition_key
 from rl_lifecycle.windows import Window, WindowScheme
 
 # the jobs the plans name (defined in `rl_lifecycle.orchestration.jobs`)
@@ -109,6 +109,7 @@ class DatasetEvent:
     partition: str
     run_finished: bool = True
     blocking_checks_passed: bool = True
+    drift_reason: str | None = None  # its run was requested for drift: an open window is retrained too
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class PlannedRequest:
     run_key: str
     reason: str
     market: str | None = None  # set for lifecycle runs: one decision per market at a time
+    drift_reason: str | None = None  # requested because the market drifts (the sensor puts it in the run's tags)
 
 
 def window_complete(window: Window, newest_close_us: int | None, now_us: int) -> bool:
@@ -245,9 +247,9 @@ def plan_lifecycle_requests(
         market, window = parse_partition_key(partition, scheme)
         if market.key not in registered or not event.blocking_checks_passed:
             continue
-        if not window_complete(window, newest_close_us.get(market.key), now_us):
-            continue
-        if not _acts_on(horizon, market.key, window):
+        if not window_complete(window, newest_close_us.get(market.key), now_us) and not event.drift_reason:
+            continue  # an open window is retrained only when drift asked for its dataset
+        if not _acts_on(horizon, market.key, window) and not event.drift_reason:
             continue  # completed before the sensor last looked: history, not news
         if market.key not in newest_per_market or window.start > newest_per_market[market.key][0].start:
             newest_per_market[market.key] = (window, partition, event)
@@ -257,10 +259,30 @@ def plan_lifecycle_requests(
             continue
         requests.append(PlannedRequest(
             LIFECYCLE_JOB, partition, f"lifecycle:{partition}:{event.storage_id}",
-            f"training dataset (event {event.storage_id}) of completed window {partition} passed its checks",
-            market=market_key,
+            f"training dataset (event {event.storage_id}) of {'drifting' if event.drift_reason else 'completed'} "
+            f"window {partition} passed its checks", market=market_key, drift_reason=event.drift_reason,
         ))
     return requests, new_cursor
+
+
+# -- drift: retrain the latest window before it closes ------------------------------------------------
+def plan_drift_requests(signals: Iterable, scheme: WindowScheme, first_window: str) -> list[PlannedRequest]:
+    """For each market that drifts (`decisions.drift.DriftSignal`: the OOD share of its champion's paper
+    decisions has stayed at or above the threshold for the configured bars), the data job for the window of
+    its newest decided bar, open or not (run key `drift:<partition>:<episode start>`: one request per drift
+    episode, however many ticks see it). Its training dataset, once its checks pass, is retrained and decided
+    on like a completed window's (`plan_lifecycle_requests` with the event's `drift_reason`)."""
+    requests = []
+    for signal in sorted(signals, key=lambda s: s.market):
+        market = Market.parse(signal.market)
+        window = scheme.containing(signal.last_bar_us)
+        if window.key < first_window:
+            continue
+        partition = partition_key(market, window)
+        requests.append(PlannedRequest(
+            DATA_JOB, partition, f"drift:{partition}:{signal.since_us}", signal.reason, drift_reason=signal.reason,
+        ))
+    return requests
 
 
 # -- the schedule: the latest closed window of every market ----------------------------------------

@@ -63,8 +63,13 @@ def _challenger(registry, market) -> dict | None:
 
 
 def market_status(conn: psycopg.Connection, registry=None, now: datetime | None = None) -> list[dict]:
-    """Per registered market: champion (audit), challenger (MLflow), last decision, freshness, open alerts."""
+    """Per registered market: champion (audit), challenger (MLflow), last decision, freshness, open alerts, and
+    how far it is into its stability window (`ops.stability`: what auto promotion waits for)."""
+    from rl_lifecycle.ops.stability import market_stability
+    from rl_lifecycle.switches import settings_in_force
+
     now = now or datetime.now(UTC)
+    settings = settings_in_force(conn)
     statuses = []
     for market in (r.market for r in list_markets(conn)):
         newest = newest_candle_ts(conn, market)
@@ -85,6 +90,7 @@ def market_status(conn: psycopg.Connection, registry=None, now: datetime | None 
             "candle_freshness_seconds": age_seconds(newest, market.interval_us, now),
             "feature_freshness_seconds": features,
             "open_alerts": count_open_alerts(conn, market.key),
+            "stability": market_stability(conn, market, settings, now).to_json(),
             "latest_open_alerts": [
                 {"kind": a.kind, "asset": a.asset, "check": a.check, "partition": a.partition,
                  "summary": a.summary[:200] if a.kind != "inbox_rejected" else a.summary[:1000], "run_url": a.run_url, "created_at": a.created_at.isoformat()}
@@ -130,14 +136,24 @@ def status_lines(statuses: list[dict], switches: list[SwitchState]) -> list[str]
             f"  freshness       candles {format_age(st['candle_freshness_seconds'])}; features {features}",
             f"  open alerts     {st['open_alerts']}",
         ]
+        if (window := st.get("stability")) is not None:
+            lines.append(f"  stability       {_stability_text(window)}")
         for a in st["latest_open_alerts"]:
             if a["kind"] == "inbox_rejected":  # the summary: the file and its report, then the first problem
                 first, *problems = a["summary"].splitlines() or [""]
                 lines.append(f"    - {a['created_at'][:19]} inbox: {first}")
                 lines += [f"      {problems[0].strip()}"] if problems else []
                 continue
-            what = f"{a['check']} on {a['asset']}" if a["kind"] == "check_failed" else f"run failed ({a['asset'] or '-'})"
+            what = (f"{a['check']} on {a['asset']}" if a["kind"] == "check_failed" else
+                    f"paper breach ({a['check']})" if a["kind"] == "paper_breach" else f"run failed ({a['asset'] or '-'})")
             lines.append(f"    - {a['created_at'][:19]} {what} [{a['partition'] or '-'}] {a['run_url']}")
     return lines
 
 
+def _stability_text(window: dict) -> str:
+    """How far the market is into its stability window: `2.0 of 7 days since switch ... ; missing: ...`."""
+    head = (f"{window['elapsed_days']:.1f} of {window['required_days']:g} day(s) since {window['since']} "
+            f"({window['counting_from'][:16]})")
+    if window["met"]:
+        return head + ": stable, auto promotion may roll forward"
+    return head + "; auto promotion waits (STABILITY_WINDOW_NOT_MET): " + "; ".join(window["missing"])

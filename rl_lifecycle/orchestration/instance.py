@@ -45,12 +45,13 @@ def get_instance(settings: Settings, database_url: str) -> DagsterInstance:
 
 def register_market(
     url: str, settings: Settings, market: Market, source: str = "import", seed: int | None = None,
-    *, calendar: str | None = None, span_windows: int | None = None,
+    *, calendar: str | None = None, span_windows: int | None = None, fill: str | None = None,
 ) -> bool:
     """Register a market in the `markets` table (calendar default crypto, dataset span default 3; another
     than a registered market's is refused) and as a `market` partition; False when it was registered already."""
     with connect(url) as conn:
-        added = add_market(conn, market, source=source, seed=seed, calendar=calendar, span_windows=span_windows)
+        added = add_market(conn, market, source=source, seed=seed, calendar=calendar, span_windows=span_windows,
+                           fill=fill)
     sync_market_partitions(get_instance(settings, url), [market.key])
     return added
 

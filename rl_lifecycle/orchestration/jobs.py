@@ -20,6 +20,7 @@ from dagster import Field as DagsterField
 from pydantic import Field
 
 from rl_lifecycle.markets.keys import Market, market_of
+from rl_lifecycle.orchestration.assets.ablation import feature_ablation
 from rl_lifecycle.orchestration.assets.candles import candles
 from rl_lifecycle.orchestration.assets.datasets import training_dataset
 from rl_lifecycle.orchestration.assets.evaluation import fold_report
@@ -29,6 +30,7 @@ from rl_lifecycle.orchestration.assets.promotion import promotion_decision
 from rl_lifecycle.orchestration.failures import user_errors_fail_the_step
 from rl_lifecycle.orchestration.partitions import PROMOTION_MARKET_TAG, market_window_partitions
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
+from rl_lifecycle.settings import load_settings
 from rl_lifecycle.windows import iso, to_us
 
 MARKET_DATA_ASSETS = [candles, feature_snapshots, training_dataset]
@@ -40,6 +42,16 @@ ALL_ASSETS = [*MARKET_DATA_ASSETS, *LIFECYCLE_ASSETS]
 def fold_executor(config: dict) -> dict:
     """Steps in processes of their own, forked from a server that imported the code location once."""
     return {"max_concurrent": config["max_concurrent"], "start_method": {"forkserver": {}}}
+
+
+def lifecycle_executor():
+    """The lifecycle's executor: local processes (default), or Celery tasks with RL_EXECUTOR=celery."""
+    settings = load_settings()
+    if settings.executor == "celery":
+        from rl_lifecycle.orchestration.celery import celery_lifecycle_executor
+
+        return celery_lifecycle_executor(settings)
+    return fold_executor
 
 
 # Two jobs because their backfill policies differ: market data takes a range of one market's windows
@@ -65,10 +77,18 @@ lifecycle_job = define_asset_job(
     # one step per fold of `fold_report`: steps run in processes of their own, `max_concurrent` at a
     # time (run config `execution.config.max_concurrent`; 2 by default), forked from a server that
     # imported this code location once per run
-    executor_def=fold_executor,
+    executor_def=lifecycle_executor(),
     description="Challenger model -> fold report (a step per fold) -> promotion decision for one market x window, with every blocking check.",
 )
 JOBS = [market_data_job, lifecycle_job]  # in dependency order
+# Research, not the promotion path: the feature-group ablation of a partition's challenger (issue 18).
+feature_ablation_job = define_asset_job(
+    "feature_ablation_job",
+    selection=AssetSelection.assets(feature_ablation),
+    partitions_def=market_window_partitions,
+    description="Feature-group ablation and permutation importance of the partition challenger's spec "
+    "(`rl-lifecycle ablation`); every variant is an evaluation and a trial of the market.",
+)
 
 
 class RollbackConfig(Config):

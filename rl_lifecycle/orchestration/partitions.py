@@ -111,4 +111,5 @@ PARTITION_TAG = "dagster/partition"
 PROMOTION_MARKET_TAG = "promotion/market"  # dagster.yaml: one lifecycle_job run per market at a time
 PAPER_MARKET_TAG = "paper_decisions/market"  # the market of a (not partitioned) paper decision run
 TRIGGER_TAG = "rl_lifecycle/trigger"  # which sensor or schedule requested a run
+DRIFT_TAG = "rl_lifecycle/drift_reason"  # why online learning retrained a window early (drift)
 SOURCE_TAG = "rl_lifecycle/source"  # `cli` for backfills submitted by `rl-lifecycle backfill`

@@ -24,6 +24,7 @@ PROMOTE, REJECT, PENDING, MANUAL_PROMOTE, ROLLBACK = "promote", "reject", "pendi
 ACTIONS = (PROMOTE, REJECT, PENDING, MANUAL_PROMOTE, ROLLBACK)
 CHAMPION_MOVES = (PROMOTE, MANUAL_PROMOTE, ROLLBACK)
 GATE_DECISIONS = (PROMOTE, REJECT, PENDING)  # actions that ran the gates
+AUTO_ROLLBACK_ACTOR = "auto-rollback"  # the actor of a rollback the paper watch made (sql/0015: event auto_rollback)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class AuditRecord:
     fingerprint: str | None = None
     override: bool = False
     note: str | None = None
+    # the figures an automatic action acted on (an auto rollback: its breach, `breach_key` once per breach)
+    details: dict | None = field(default=None, compare=False)
     id: int | None = field(default=None, compare=False)
     created_at: datetime | None = field(default=None, compare=False)
 
@@ -52,7 +55,7 @@ class AuditRecord:
 
 _COLUMNS = ("market", "action", "actor", "reason_codes", "gates", "challenger_version", "champion_version",
             "resulting_champion_version", "dataset_hash", "evaluation_report_id", "feature_set", "fingerprint",
-            "override", "note")
+            "override", "note", "details")
 _SELECT = f"SELECT {', '.join(_COLUMNS)}, id, created_at FROM promotion_audit"
 
 
@@ -67,6 +70,7 @@ def append(conn: psycopg.Connection, record: AuditRecord) -> AuditRecord:
     values = [getattr(record, c) for c in _COLUMNS]
     values[_COLUMNS.index("reason_codes")] = list(record.reason_codes)
     values[_COLUMNS.index("gates")] = Jsonb(list(record.gates))
+    values[_COLUMNS.index("details")] = None if record.details is None else Jsonb(record.details)
     row = conn.execute(
         f"INSERT INTO promotion_audit ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
         "RETURNING id, created_at",
@@ -139,6 +143,15 @@ def last_gate_decision(conn: psycopg.Connection, market: str, version: int) -> A
     row = conn.execute(
         _SELECT + " WHERE market = %s AND challenger_version = %s AND action = ANY(%s) ORDER BY id DESC LIMIT 1",
         (market, int(version), list(GATE_DECISIONS)),
+    ).fetchone()
+    return None if row is None else _record(row)
+
+
+def auto_rollback_of(conn: psycopg.Connection, market: str, breach_key: str) -> AuditRecord | None:
+    """The automatic rollback made for the breach `breach_key`, if any (there is at most one: sql/0016)."""
+    row = conn.execute(
+        _SELECT + " WHERE market = %s AND action = %s AND details ->> 'breach_key' = %s ORDER BY id LIMIT 1",
+        (market, ROLLBACK, breach_key),
     ).fetchone()
     return None if row is None else _record(row)
 

@@ -48,12 +48,14 @@ PBO_ABOVE_MAX = "PBO_ABOVE_MAX"
 MODEL_CHECKS_NOT_PASSED = "MODEL_CHECKS_NOT_PASSED"
 # Not a gate: why a decision whose gates all passed waits for a person.
 MANUAL_APPROVAL_REQUIRED = "MANUAL_APPROVAL_REQUIRED"
+# Not a gate: auto promotion is on, but the market is not yet stable (rl_lifecycle.promotion.stability).
+STABILITY_WINDOW_NOT_MET = "STABILITY_WINDOW_NOT_MET"
 
 ABSOLUTE_CODES = (MODEL_CHECKS_NOT_PASSED, NO_COMPLETED_FOLDS, FOLD_FAILED, NOT_BETTER_THAN_FLAT, NOT_BETTER_THAN_BUY_AND_HOLD,
                   TOO_FEW_TRADES, PSR_BELOW_MIN, DSR_BELOW_MIN, PBO_ABOVE_MAX)
 PAIRED_CODES = (PAIRED_TEST_NOT_SIGNIFICANT, SHARPE_DELTA_BELOW_MIN, RETURN_DELTA_BELOW_MIN, DRAWDOWN_WORSE_THAN_MAX,
                 TOO_FEW_FOLD_WINS)
-REASON_CODES = ABSOLUTE_CODES + PAIRED_CODES + (MANUAL_APPROVAL_REQUIRED,)
+REASON_CODES = ABSOLUTE_CODES + PAIRED_CODES + (MANUAL_APPROVAL_REQUIRED, STABILITY_WINDOW_NOT_MET)
 
 
 class FoldMismatchError(UserInputError):
@@ -376,12 +378,15 @@ def evaluate(
     policy: GatePolicy,
     auto_promotion: bool,
     model_checks: Mapping[str, str | None] | None = None,
+    stability=None,
 ) -> Decision:
     """Every gate, then the outcome: rejected when any fails, else promoted or pending_manual.
     `model_checks`: the challenger version's blocking checks and their recorded outcomes
     (`rl_lifecycle.models.service.model_checks`); decisions on registered versions always give them, and
     a version whose checks did not all pass is rejected (MODEL_CHECKS_NOT_PASSED). None: no version
-    behind the report (the calibration's synthetic challengers)."""
+    behind the report (the calibration's synthetic challengers). `stability`: the market's
+    `stability.StabilityWindow`; with auto promotion, a passing challenger whose market is not stable waits
+    (pending_manual, STABILITY_WINDOW_NOT_MET). None: no window applies (a bootstrap, a direct caller)."""
     gates = [] if model_checks is None else [model_checks_gate(model_checks)]
     gates += absolute_gates(challenger, policy)
     if champion is not None:
@@ -389,6 +394,8 @@ def evaluate(
     failed = list(dict.fromkeys(g.code for g in gates if not g.passed))
     if failed:
         outcome, codes = REJECTED, tuple(failed)
+    elif auto_promotion and stability is not None and not stability.met:
+        outcome, codes = PENDING_MANUAL, (STABILITY_WINDOW_NOT_MET,)
     elif auto_promotion:
         outcome, codes = PROMOTED, ()
     else:

@@ -33,7 +33,15 @@ from rl_lifecycle.models.tracking import (
 )
 from rl_lifecycle.promotion import audit
 from rl_lifecycle.promotion.audit import AuditRecord, market_decision_lock, try_market_decision_lock
-from rl_lifecycle.promotion.gates import PENDING_MANUAL, PROMOTED, REJECTED, Decision, ReportSummary, evaluate
+from rl_lifecycle.promotion.gates import (
+    PENDING_MANUAL,
+    PROMOTED,
+    REJECTED,
+    STABILITY_WINDOW_NOT_MET,
+    Decision,
+    ReportSummary,
+    evaluate,
+)
 from rl_lifecycle.promotion.policy import GatePolicy
 from rl_lifecycle.windows import Window
 
@@ -206,8 +214,14 @@ def decide(
     actor: str,
     *,
     evaluated_champion_version: int | None = None,
+    stability=None,
 ) -> PromotionResult:
     """Run the gates on the challenger, record the decision, and move the aliases when it is promoted.
+
+    `stability`: the market's `promotion.stability.StabilityWindow` (read by `ops.stability.market_stability`);
+    with `auto_promotion`, a passing challenger of a market with a champion is promoted only when it is met,
+    else it waits (pending_manual, STABILITY_WINDOW_NOT_MET, what is missing in the audit's note and the
+    window in its details). A bootstrap (no champion) is not held by it.
 
     Reports are `ReportSummary` or stored `EvaluationReport`s; the champion's must cover the same folds.
     `evaluated_champion_version`: the champion `champion_report` belongs to; when the audit's champion
@@ -246,7 +260,10 @@ def decide(
                 f"{market.key}: version {challenger_version} was trained on dataset {trained_on[:12]}, but the "
                 f"challenger report {challenger.report_id} evaluated dataset {challenger.dataset_hash[:12]}"
             )
-        decision = evaluate(challenger, champion_summary, policy, auto_promotion, model_checks=model_checks(info))
+        window = stability if champion is not None else None
+        decision = evaluate(challenger, champion_summary, policy, auto_promotion, model_checks=model_checks(info),
+                            stability=window)
+        waits = STABILITY_WINDOW_NOT_MET in decision.reason_codes
         promoted = decision.outcome == PROMOTED
         resulting = int(challenger_version) if promoted else champion
         resulting_info = info if promoted else (None if champion is None else registry.version(market, champion))
@@ -256,6 +273,8 @@ def decide(
             challenger_version=int(challenger_version), champion_version=champion,
             resulting_champion_version=resulting, dataset_hash=challenger.dataset_hash or trained_on,
             evaluation_report_id=challenger.report_id, **_lineage(resulting_info),
+            note=f"stability window not met: {'; '.join(window.missing)}" if waits else None,
+            details={"stability": window.to_json()} if window is not None and auto_promotion else None,
         ))
         return _result(registry, conn, market, record, decision, healed)
 
@@ -358,6 +377,56 @@ def rollback(
             dataset_hash=info.tags.get("dataset_hash"), note=note, **_lineage(info),
         ))
         return _result(registry, conn, market, record, healed=healed)
+
+
+@dataclass(frozen=True)
+class AutoRollback:
+    """What `auto_rollback` did: the rollback (`result`), or why nothing was done (`skipped`)."""
+
+    result: PromotionResult | None
+    skipped: str | None = None
+
+
+def auto_rollback(
+    conn: psycopg.Connection,
+    registry: ModelRegistry,
+    market: Market | str,
+    *,
+    breach_key: str,
+    breached_version: int,
+    note: str,
+    details: dict,
+) -> AutoRollback:
+    """Roll back to the previous champion because champion `breached_version` breached its band, through the
+    same audited path as `rollback` (actor `auto-rollback`, `details` with `breach_key` in the audit row),
+    once per breach: nothing is done when a rollback for `breach_key` is in the audit already (whichever
+    process made it), when the champion is no longer `breached_version`, or when it has no previous champion."""
+    market = _market(market)
+    with market_decision_lock(conn, market.key):
+        healed = reconcile_aliases(registry, conn, market)
+        done = audit.auto_rollback_of(conn, market.key, breach_key)
+        if done is not None:
+            return AutoRollback(None, f"rolled back for this breach already (audit #{done.id})")
+        chain = audit.champion_chain(conn, market.key)
+        champion = chain[-1] if chain else None
+        if champion != int(breached_version):
+            return AutoRollback(None, f"the champion is {'v' + str(champion) if champion else 'none'} now, "
+                                      f"not the breached v{breached_version}")
+        if len(chain) < 2:
+            return AutoRollback(None, f"champion v{champion} has no previous champion to roll back to: roll back "
+                                      "by hand to a named version (`rl-lifecycle rollback --to-version N`)")
+        target = chain[-2]
+        info = registry.version(market, target)
+        try:
+            record = audit.append(conn, AuditRecord(
+                market=market.key, action=audit.ROLLBACK, actor=audit.AUTO_ROLLBACK_ACTOR, challenger_version=target,
+                champion_version=champion, resulting_champion_version=target,
+                dataset_hash=info.tags.get("dataset_hash"), note=_reason(note),
+                details={**details, "breach_key": breach_key}, **_lineage(info),
+            ))
+        except psycopg.errors.UniqueViolation:  # another process rolled back for it between our read and write
+            return AutoRollback(None, "rolled back for this breach already (by another process)")
+        return AutoRollback(_result(registry, conn, market, record, healed=healed))
 
 
 @dataclass(frozen=True)

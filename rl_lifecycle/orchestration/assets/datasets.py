@@ -21,6 +21,7 @@ from rl_lifecycle.datasets.service import (
 )
 from rl_lifecycle.datasets.spec import DEFAULT_SPAN_WINDOWS
 from rl_lifecycle.features.spec import FeatureSetSpec
+from rl_lifecycle.markets.table import market_fill
 from rl_lifecycle.orchestration.assets.checks import CheckEvents, partition_evaluations
 from rl_lifecycle.orchestration.assets.presentation import (
     log_range,
@@ -56,6 +57,7 @@ def _spec(conn, market, window, config: TrainingDatasetConfig, features: Feature
     return spec_ending_at(
         market, window, WINDOW_SCHEME, features.name, market_span_windows(conn, market, config.span_windows),
         forward_return_horizon=config.forward_return_horizon, transaction_cost_bps=config.transaction_cost_bps,
+        fill=market_fill(conn, market),
     )
 
 

@@ -33,12 +33,14 @@ class PromotionDecisionConfig(Config):
     group_name="lifecycle",
     kinds={"mlflow", "postgres"},
     description="Paired delta gates (challenger minus champion on the same folds) and absolute gates; outcome "
-    "promoted, rejected or pending_manual (the auto_promotion switch off), appended to promotion_audit; a promotion "
+    "promoted, rejected or pending_manual (the auto_promotion switch off, or STABILITY_WINDOW_NOT_MET: the market "
+    "has not run RL_STABILITY_DAYS at the current rollout stage without an alert, failed check or breach), appended to promotion_audit; a promotion "
     "moves the MLflow aliases champion and previous_champion.",
 )
 def promotion_decision(
     context: AssetExecutionContext, config: PromotionDecisionConfig, database: PostgresResource, mlflow: MlflowResource
 ) -> MaterializeResult:
+    from rl_lifecycle.ops.stability import market_stability
     from rl_lifecycle.promotion.policy import load_policy
     from rl_lifecycle.promotion.service import decide, partition_reports
 
@@ -49,10 +51,12 @@ def promotion_decision(
         with database.connect() as conn:
             settings = settings_in_force(conn)  # the auto_promotion switch as stored, else RL_AUTO_PROMOTION
             reports = partition_reports(conn, registry, market, window)
+            # with auto promotion, a market with a champion rolls forward only once stable (RL_STABILITY_DAYS)
+            stability = market_stability(conn, market, settings) if settings.auto_promotion else None
             result = decide(
                 conn, registry, market, reports.challenger_version, reports.challenger_report, reports.champion_report,
                 policy, settings.auto_promotion, actor=f"dagster run {context.run_id}",
-                evaluated_champion_version=reports.champion_version,
+                evaluated_champion_version=reports.champion_version, stability=stability,
             )
     decision, record = result.decision, result.record
     if decision is None:  # the partition's challenger is the champion already: nothing to decide
@@ -69,6 +73,7 @@ def promotion_decision(
         "gate_values": MetadataValue.json(decision.gates_json()),
         "bootstrap": decision.bootstrap,
         "auto_promotion": settings.auto_promotion,
+        "stability_window": "-" if stability is None else stability.describe(),
         "challenger_version": reports.challenger_version,
         "champion_before": _version(reports.champion_version),
         "champion_after": _version(result.champion),

@@ -44,12 +44,14 @@ from rl_lifecycle.online.planner import (
     newest_candle_closes,
     newest_complete_windows,
     plan_data_requests,
+    plan_drift_requests,
     plan_latest_window_requests,
     plan_lifecycle_requests,
     seen_windows,
 )
 from rl_lifecycle.orchestration.jobs import lifecycle_job, market_data_job
 from rl_lifecycle.orchestration.partitions import (
+    DRIFT_TAG,
     MARKET_DIMENSION,
     PROMOTION_MARKET_TAG,
     TRIGGER_TAG,
@@ -59,7 +61,7 @@ from rl_lifecycle.orchestration.partitions import (
     window_partitions,
 )
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
-from rl_lifecycle.switches import off_reason, switch_state
+from rl_lifecycle.switches import off_reason, settings_in_force, switch_state
 from rl_lifecycle.windows import to_us, utc_now_us
 
 CANDLES = "candles"
@@ -133,9 +135,25 @@ def already_trained_with(conn, registry_of, spec_name: str):
     return already_trained
 
 
+def drift_signals(conn, markets, settings) -> list:
+    """The markets whose champion's paper decisions drift (`decisions.drift`: the OOD share at or above
+    RL_DRIFT_OOD_SHARE for RL_DRIFT_BARS bars)."""
+    from rl_lifecycle.decisions.drift import market_drift
+    from rl_lifecycle.promotion.audit import current_champion
+
+    signals = []
+    for market in markets:
+        signal = market_drift(conn, market, current_champion(conn, market), settings.drift_ood_share,
+                              settings.drift_bars)
+        if signal is not None:
+            signals.append(signal)
+    return signals
+
+
 def evaluate(instance, conn, cursor: OnlineCursor | None, now_us: int | None = None,
-             already_trained=None) -> OnlineTick:
-    """Read new events since `cursor` and plan both steps (what the sensor does when enabled)."""
+             already_trained=None, settings=None) -> OnlineTick:
+    """Read new events since `cursor` and plan both steps (what the sensor does when enabled); with `settings`
+    (the switches in force), also the drift retraining of each drifting market's latest window."""
     now_us = utc_now_us() if now_us is None else now_us
     after_timestamp = None if cursor is not None else now_us / 1e6 - FIRST_LOOKBACK_SECONDS
     seen = None if cursor is None else cursor.windows
@@ -178,7 +196,8 @@ def evaluate(instance, conn, cursor: OnlineCursor | None, now_us: int | None = N
         run = run_of(r.run_id)
         finished = run is None or run.is_finished
         passed = finished and _blocking_checks_passed(instance, r.run_id, r.partition_key)
-        dataset_events.append(DatasetEvent(r.storage_id, r.partition_key, finished, passed))
+        drift = run.tags.get(DRIFT_TAG) if run is not None else None
+        dataset_events.append(DatasetEvent(r.storage_id, r.partition_key, finished, passed, drift_reason=drift))
     lifecycle, dataset_cursor = plan_lifecycle_requests(
         dataset_events, WINDOW_SCHEME, markets, closes, now_us, cursor.training_dataset,
         seen=seen, already_trained=already_trained,
@@ -190,7 +209,9 @@ def evaluate(instance, conn, cursor: OnlineCursor | None, now_us: int | None = N
         training_dataset=dataset_cursor,
         windows=seen_windows(cursor.windows, newest),
     )
-    requests = data + lifecycle
+    drift = [] if settings is None else plan_drift_requests(drift_signals(conn, markets, settings), WINDOW_SCHEME,
+                                                            first_window)
+    requests = data + lifecycle + [d for d in drift if d.partition not in {r.partition for r in data}]
     missing = missing_market_partitions(instance, sorted({market_of(p.partition) for p in requests}))
     return OnlineTick(requests, new_cursor, missing)
 
@@ -213,7 +234,9 @@ def current_cursor(instance) -> OnlineCursor:
     "RL_ONLINE_LEARNING_ENABLED is the value while nothing is stored). Running here means only that it ticks: "
     "while the switch is off every tick skips, naming the switch, its value and where it comes from. When on: "
     "when a market's window completes, market_data_job for new candles, then lifecycle_job (challenger -> fold "
-    "report -> promotion decision) for each training dataset that passed its checks. Idempotent run keys; "
+    "report -> promotion decision) for each training dataset that passed its checks; and when a market's champion "
+    "drifts (its paper decisions held for OOD at or above RL_DRIFT_OOD_SHARE for RL_DRIFT_BARS bars), its latest "
+    "window is retrained before it closes (tags rl_lifecycle/trigger=drift, rl_lifecycle/drift_reason). Idempotent run keys; "
     "cursor = last event-log storage ids.",
 )
 def online_learning_sensor(context: SensorEvaluationContext, database: PostgresResource, mlflow: MlflowResource):
@@ -226,13 +249,16 @@ def online_learning_sensor(context: SensorEvaluationContext, database: PostgresR
         if not switch.enabled:
             return SkipReason(off_reason(switch, "online learning is off", WHEN_ON))
         already_trained = already_trained_with(conn, cache(mlflow.registry), ChallengerModelConfig().spec)
-        result = evaluate(context.instance, conn, OnlineCursor.from_json(context.cursor), already_trained=already_trained)
+        result = evaluate(context.instance, conn, OnlineCursor.from_json(context.cursor), already_trained=already_trained,
+                          settings=settings_in_force(conn))
     for planned in result.requests:
         context.log.info(f"{planned.job_name} {planned.partition}: {planned.reason}")
     run_requests = [
         RunRequest(
             job_name=p.job_name, partition_key=p.partition, run_key=p.run_key,
-            tags={**({PROMOTION_MARKET_TAG: p.market} if p.market else {}), TRIGGER_TAG: "online_learning"},
+            tags={**({PROMOTION_MARKET_TAG: p.market} if p.market else {}),
+                  TRIGGER_TAG: "drift" if p.drift_reason else "online_learning",
+                  **({DRIFT_TAG: p.drift_reason} if p.drift_reason else {})},
         )
         for p in result.requests
     ]
@@ -241,7 +267,8 @@ def online_learning_sensor(context: SensorEvaluationContext, database: PostgresR
         cursor=result.cursor.to_json(),
         dynamic_partitions_requests=[market_partitions.build_add_request(result.missing_markets)]
         if result.missing_markets else None,
-        skip_reason=None if run_requests else "no completed window with new candles or a new training dataset",
+        skip_reason=None if run_requests else "no completed window with new candles or a new training dataset, "
+        "and no drifting market",
     )
 
 

