@@ -1,6 +1,7 @@
 """`make run` shows the lifecycle's point (issue 21, point 3): the planted-edge market ends with a champion
 promoted by hand, its paper decisions act, and a second challenger meets it on the paired gates with a
-deflated Sharpe ratio over more than one trial; the no-edge markets have no champion.
+deflated Sharpe ratio over more than one trial; the no-edge markets have no champion; the champion's feature
+groups are ablated.
 
 The demo itself runs (`rl-lifecycle run`, a process of its own, as `make run` starts it) on the test
 database; the assertions read what it stored: the audit, the decisions, the fold reports.
@@ -64,4 +65,7 @@ def test_make_run_ends_with_a_champion_its_paper_decisions_and_a_second_challeng
     for market in DEMO_MARKETS:
         assert current_champion(conn, market.key) is None
         assert [r.action for r in history(conn, market.key)] == ["reject"]
+    # and what its features are worth: the ablation table, its variants counted as trials (issue 18, point 7)
+    assert f"$ rl-lifecycle ablation --market {EDGE_MARKET.key}" in out
+    assert f"trials of {EDGE_MARKET.key}:" in out and "momentum" in out
     assert "partition runs succeeded" in out

@@ -29,6 +29,9 @@ PAPER_DECISIONS = ("2024-07-01T01:00:00Z", 24)  # the first instant, and how man
 DEMO_ASSETS = ["candles", "feature_snapshots", "training_dataset"]
 SECOND_CHALLENGER = "dqn_small"
 FOLDS = {"ops": {"fold_report": {"config": {"folds": 3}}}}
+# `make run` ends with what the champion's features are worth on the edge market (`rl-lifecycle ablation`):
+# the planted edge is a momentum signal, so these two groups tell it apart (every variant is a trial)
+DEMO_ABLATION_GROUPS = ("momentum", "volume")
 LIFECYCLE_ASSETS = ["fold_report", "promotion_decision"]
 
 
@@ -67,10 +70,33 @@ def run_demo(settings: Settings) -> bool:
     print_evaluations(url, second)
     print_decisions(url, second, settings)
     print_champions(url, markets)
-    runs += trained + evaluated + second
+    ablated = print_champion_ablation(settings, url, edge_key)
+    runs += trained + evaluated + second + ablated
     failed = [r for r in runs if not r.ok]
     typer.echo(f"\n{len(runs) - len(failed)}/{len(runs)} partition runs succeeded; browse them with `make dev`.")
     return not failed
+
+
+def print_champion_ablation(settings: Settings, url: str, edge_key: str) -> list[PartitionRun]:
+    """`rl-lifecycle ablation --version <champion> --groups momentum,volume` on the edge market's partition, after
+    every decision (its variants are trials of the market: they would deflate a later decision)."""
+    from rl_lifecycle.cli.ablation import print_ablation
+    from rl_lifecycle.promotion.audit import current_champion
+
+    with connect(url) as conn:
+        champion = current_champion(conn, EDGE_MARKET.key)
+    if champion is None:
+        return []
+    typer.echo(f"\n$ rl-lifecycle ablation --market {EDGE_MARKET.key} --window {edge_key.split('|')[1]} --version "
+               f"{champion} --groups {','.join(DEMO_ABLATION_GROUPS)}")
+    config = {"folds": 3, "feature_groups": list(DEMO_ABLATION_GROUPS), "model_version": champion}
+    runs = materialize_with_progress(settings, url, ["feature_ablation"], [edge_key],
+                                     run_config={"ops": {"feature_ablation": {"config": config}}})
+    for run in runs:
+        detail = (run.metadata.get("feature_ablation") or {}).get("detail")
+        if detail is not None:
+            print_ablation(detail)
+    return runs
 
 
 def import_edge_market(settings: Settings, url: str) -> None:
