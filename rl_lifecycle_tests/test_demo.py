@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from rl_lifecycle.cli.demo import DEMO_MARKETS, EDGE_MARKET, PAPER_DECISIONS, SECOND_CHALLENGER
@@ -28,7 +29,28 @@ REPO = Path(__file__).resolve().parents[1]
 RL_LIFECYCLE = Path(sys.executable).with_name("rl-lifecycle")
 
 
-def test_make_run_ends_with_a_champion_its_paper_decisions_and_a_second_challenger_against_it(conn, rl_env):
+@pytest.fixture
+def demo_database_url(server_url):
+    """A database of its own (and so an MLflow database of its own, `<database>_mlflow`): the demo registers
+    models of BTCUSDT-1h and ETHUSDT-1h, which other tests of this worker must not find in MLflow."""
+    from rl_lifecycle.db.migrate import apply_migrations
+    from rl_lifecycle_tests.conftest import _scratch_database
+
+    for url in _scratch_database(server_url, "demo"):
+        apply_migrations(url)
+        yield url
+
+
+@pytest.fixture
+def conn(demo_database_url):
+    with psycopg.connect(demo_database_url, autocommit=True) as connection:
+        yield connection
+
+
+def test_make_run_ends_with_a_champion_its_paper_decisions_and_a_second_challenger_against_it(
+    conn, demo_database_url, tmp_path,
+):
+    rl_env = {"RL_DATABASE_URL": demo_database_url, "RL_HOME": str(tmp_path / "rl_home")}
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONWARNINGS")} | rl_env
     done = subprocess.run([str(RL_LIFECYCLE), "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
