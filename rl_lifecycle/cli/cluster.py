@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from rl_lifecycle.cli.common import check_range
 from rl_lifecycle.cluster import broker
 from rl_lifecycle.settings import load_settings
 
@@ -57,7 +58,7 @@ def broker_url() -> None:
 
 def worker(
     name: Annotated[str | None, typer.Option(help="worker name (Celery node NAME@host); default rl-<pid>")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="steps at once: one Celery node (a process) per step")] = 1,
+    concurrency: Annotated[int, typer.Option(help="steps at once: one Celery node (a process) per step")] = 1,
     queue: Annotated[str, typer.Option(help="the queue it takes steps from (dagster-celery's for every step)")] = "dagster",
 ) -> None:
     """A Celery worker that runs lifecycle steps (RL_EXECUTOR=celery) with this project's environment, until
@@ -66,6 +67,7 @@ def worker(
     from rl_lifecycle.orchestration.celery import worker_command, worker_config_dir, worker_env, worker_names
     from rl_lifecycle.orchestration.instance import prepare_dagster_env
 
+    check_range("--concurrency", concurrency, 1, 64, "steps at once")
     settings = load_settings()
     url = broker.broker_url(settings)
     broker.require_reachable(url)
