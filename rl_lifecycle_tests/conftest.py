@@ -78,7 +78,26 @@ def database_url(migrated_url) -> str:
             # replica role: append-only tables refuse TRUNCATE through triggers, which tests must bypass
             conn.execute("SET session_replication_role = replica")
             conn.execute("TRUNCATE " + ", ".join(tables) + " CASCADE")
+    _empty_mlflow_store(migrated_url)
     return migrated_url
+
+
+def _empty_mlflow_store(database_url: str) -> None:
+    """Forget the models and runs an earlier test registered in the database's MLflow store
+    (`<db>_mlflow`, made on first use): a partition's model is found by its tags, so a model of the
+    same market and window left by another test on this worker would pass for this test's own."""
+    parts = urlsplit(database_url)
+    name = f"{parts.path.lstrip('/')}_mlflow"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+    with psycopg.connect(_with_database(database_url, name), autocommit=True) as conn:
+        present = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY(%s)",
+            (["registered_models", "runs"],),
+        ).fetchall()]
+        if present:
+            conn.execute("TRUNCATE " + ", ".join(present) + " CASCADE")
 
 
 @pytest.fixture
