@@ -96,6 +96,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RL_BROKER_URL", None, "an existing Redis (or RabbitMQ) broker for Celery; unset: the embedded Redis of "
              "`rl-lifecycle broker start` on 127.0.0.1:RL_BROKER_PORT"),
     Variable("RL_BROKER_PORT", "6390", "the embedded Redis broker's port (127.0.0.1 only)"),
+    Variable("RL_WORKER_NAME", None, "the Celery node this process serves (set by `rl-lifecycle worker` for each "
+             "node): recorded with each fold and model version it ran"),
+    Variable("RL_MLFLOW_TRACKING_URI", None, "an MLflow tracking server every process uses (http://host:port of "
+             "`rl-lifecycle mlflow server`; artifacts through it); unset: the `<db>_mlflow` database directly"),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -290,6 +294,8 @@ class Settings:
     executor: str
     broker_url: str | None
     broker_port: int
+    worker_name: str | None
+    mlflow_tracking_uri: str | None
 
     @property
     def pgdata(self) -> Path:
@@ -359,6 +365,8 @@ def load_settings() -> Settings:
         executor=_choice("RL_EXECUTOR", EXECUTORS),
         broker_url=_text("RL_BROKER_URL"),
         broker_port=_port("RL_BROKER_PORT"),
+        worker_name=_text("RL_WORKER_NAME"),
+        mlflow_tracking_uri=_text("RL_MLFLOW_TRACKING_URI"),
         feature_set=_text("RL_FEATURE_SET"),
         window_cadence=cadence,
         mlflow_artifacts=_text("RL_MLFLOW_ARTIFACTS"),

@@ -239,12 +239,10 @@ def test_an_xnys_daily_report_annualises_by_the_sessions_of_its_year(googl, tmp_
     assert report.aggregates["bars_per_year"] == 250 and report.aggregates["calendar"] == "XNYS"
     shown = report_json(report)
     assert shown["bars_per_year"] == 250 and shown["calendar"] == "XNYS"
-    import polars as pl
-
-    from rl_lifecycle.evaluation.curves import curve_path
+    from rl_lifecycle.evaluation.curves import read_curve
 
     for fold in report.folds:
-        equity = pl.read_parquet(curve_path(fold.equity_curve_uri))["equity"].to_numpy()
+        equity = read_curve(googl, fold.equity_curve_uri)["equity"].to_numpy()
         returns = simple_returns(equity)
         assert fold.metrics["sharpe"] == pytest.approx(sharpe_per_bar(returns) * math.sqrt(250), rel=1e-12)
         log_growth = math.log(equity[-1] / equity[0])

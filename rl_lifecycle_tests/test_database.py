@@ -14,7 +14,8 @@ MIGRATIONS = ["0001.markets-candles", "0002.feature-store", "0003.datasets", "00
               "0005.market-calendars", "0006.evaluations", "0007.promotion-audit", "0008.decisions", "0009.alerts",
               "0010.alert-failure-times", "0011.cpcv-backtests", "0012.inbox-alerts", "0013.rollout-switches",
               "0014.market-span-windows", "0015.paper-and-promotion-events",
-              "0016.auto-rollback-and-stability", "0017.market-fill"]
+              "0016.auto-rollback-and-stability", "0017.market-fill",
+              "0018.cluster-state-in-the-database"]
 EXPECTED_TABLES = {
     "markets", "market_candles", "candles_quarantine", "feature_sets", "rl_feature_snapshots",
     "rl_feature_windows", "dataset_versions", "evaluation_reports", "evaluation_folds",

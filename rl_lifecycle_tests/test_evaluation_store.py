@@ -11,6 +11,7 @@ import pytest
 from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.candles.store import load_candles
 from rl_lifecycle.evaluation.backtest import FoldJob, run_folds
+from rl_lifecycle.evaluation.curves import file_curve_writer
 from rl_lifecycle.evaluation.folds import FoldConfig, make_folds, verify_folds
 from rl_lifecycle.evaluation.metrics import Trials, deflated_sharpe_at_decision
 from rl_lifecycle.evaluation.policies import FeatureSignPolicy
@@ -53,7 +54,8 @@ ONE_OTHER = Trials.of(1, [0.01])
 def _report(candles, config, folds, results, curves, strict=True, spec_hash="spec-a", dataset_hash="dataset-1",
             trials=ONE_OTHER):
     records, aggregates, status = summarise(MARKET, folds, results, candles.ts, 10.0, other_trials=trials,
-                                            strict=strict, curves_dir=curves, calendar="crypto")
+                                            strict=strict, calendar="crypto",
+                                            write_curve=None if curves is None else file_curve_writer(curves))
     return EvaluationReport(MARKET.key, {"algorithm": "rule"}, spec_hash, dataset_hash, config, 2, strict, status,
                             aggregates, {"wall_s": 1.5}, records)
 

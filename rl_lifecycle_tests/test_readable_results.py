@@ -70,17 +70,17 @@ def test_a_time_line_plot_is_readable_and_its_markdown_carries_it_whole():
     assert "BTCUSDT-1h close" in text.split("![")[0]  # the title is written above the image
 
 
-def test_equity_and_cpcv_plots_are_readable_whatever_the_number_of_folds(candles, tmp_path):
+def test_equity_and_cpcv_plots_are_readable_whatever_the_number_of_folds(conn, candles, tmp_path):
     walk_forward = FoldConfig.create(scheme="expanding", n_folds=5, purge_bars=2, embargo_bars=1, min_train_size=50)
     positions = _random_positions(1, len(candles))
     wf, _, _ = _report(candles, walk_forward, lambda split: positions, tmp_path / "wf")
     assert len([f for f in wf.folds if f.equity_curve_uri]) == 5
-    width, height = png_size(equity_curves_png(wf))
+    width, height = png_size(equity_curves_png(conn, wf))
     # the folds add rows, not width: each panel keeps a third of the width (the old plot was 5 x 256 px wide)
     assert width >= MIN_WIDTH and width <= 1400 and height >= 2 * 300, (width, height)
 
     cpcv, _, _ = _report(candles, CPCV, lambda split: _random_positions(split, len(candles)), tmp_path / "cpcv")
-    width, height = png_size(cpcv_paths_png(cpcv))
+    width, height = png_size(cpcv_paths_png(conn, cpcv))
     assert width >= MIN_WIDTH and height >= MIN_HEIGHT, (width, height)
 
 

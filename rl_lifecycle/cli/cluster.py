@@ -75,7 +75,7 @@ def worker(
     config_dir = worker_config_dir(settings, url)
     nodes = worker_names(name, concurrency)
     typer.echo(f"worker {', '.join(nodes)} on {url}, queue {queue}; Ctrl-C stops it", err=True)
-    procs = [subprocess.Popen(worker_command(node, queue), env=worker_env(config_dir),
+    procs = [subprocess.Popen(worker_command(node, queue), env=worker_env(config_dir, node),
                               cwd=settings.dagster_home, start_new_session=True) for node in nodes]
 
     def forward(signum, _frame):  # Celery's warm shutdown: finish the step in hand, take no more

@@ -87,7 +87,27 @@ def mlflow_ui(
     from rl_lifecycle.models.tracking import mlflow_server_command, open_registry
 
     check_port("--port", port)
-    registry = open_registry(open_database(load_settings()))
+    registry = open_registry(open_database(load_settings()), direct=True)
     typer.echo(f"MLflow UI on http://{host}:{port} (backend: its own database on the project's PostgreSQL)")
     argv, env = mlflow_server_command(registry, host, port, workers)
     os.execve(argv[0], argv, env)  # the store URI (with its password) in the environment, not in `ps`
+
+
+@mlflow_app.command("server")
+def mlflow_server(
+    port: Annotated[int, typer.Option(help="port of the tracking server")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0: other machines)")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes (`mlflow server --workers`)")] = 2,
+) -> None:
+    """Serve MLflow tracking, registry and artifacts for processes that share no disk: point every one of them
+    at it with RL_MLFLOW_TRACKING_URI=http://HOST:PORT (docs/deployment.md). Its UI is the MLflow UI too."""
+    from rl_lifecycle.cli.common import check_port
+    from rl_lifecycle.models.tracking import mlflow_server_command, open_registry
+
+    check_port("--port", port)
+    registry = open_registry(open_database(load_settings()), direct=True)
+    typer.echo(f"MLflow tracking server on http://{host}:{port}: runs and models in the project's PostgreSQL, "
+               f"artifacts under {registry.artifacts_uri}, served to clients; set RL_MLFLOW_TRACKING_URI=http://"
+               f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port} in every process")
+    argv, env = mlflow_server_command(registry, host, port, workers, serve_artifacts=True)
+    os.execve(argv[0], argv, env)

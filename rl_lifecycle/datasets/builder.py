@@ -218,3 +218,27 @@ def rebuild_hash(conn: psycopg.Connection, spec: DatasetSpec, features: FeatureS
     windows = spec.windows()
     read = load_vectors(conn, spec.parsed_market, features, windows[0].start, windows[-1].end, scheme=spec.scheme)
     return dataset_hash(features.fingerprint, spec, assemble(read.frame, read.candles(), spec))
+
+
+def local_dataset_file(conn: psycopg.Connection, digest: str, stored_uri: str, spec: DatasetSpec,
+                       features: FeatureSetSpec, datasets_dir: Path) -> Path:
+    """The Parquet file of dataset `digest` on this machine: the stored one when this machine holds it, else a
+    copy rebuilt here from the stored snapshots and candles. Datasets are content-addressed, so a worker that
+    shares no disk with the one that built it (issue 19) rebuilds the same rows; a rebuild that hashes to
+    anything else is refused (the snapshots or candles of its span changed since) and nothing is written."""
+    stored = Path(stored_uri)
+    if stored.is_file():
+        return stored
+    local = datasets_dir / spec.parsed_market.key / f"{digest}.parquet"
+    if local.is_file():
+        return local
+    windows = spec.windows()
+    read = load_vectors(conn, spec.parsed_market, features, windows[0].start, windows[-1].end, scheme=spec.scheme)
+    content = assemble(read.frame, read.candles(), spec)
+    rebuilt = dataset_hash(features.fingerprint, spec, content)
+    if rebuilt != digest:
+        raise UserInputError(
+            f"dataset {digest[:12]} is not on this machine ({stored_uri}) and rebuilding it from the stored snapshots "
+            f"and candles gives {rebuilt[:12]}: its span changed since it was built; materialize `training_dataset` again")
+    _write_parquet_atomically(_to_frame(content, spec.forward_return_horizon), local)
+    return local

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import psycopg
 from psycopg import sql
 
 from rl_lifecycle.candles.store import load_candles
-from rl_lifecycle.datasets.builder import dataset_hash, read_dataset, rebuild_hash
+from rl_lifecycle.datasets.builder import dataset_hash, local_dataset_file, read_dataset, rebuild_hash
 from rl_lifecycle.datasets.spec import DEFAULT_SPAN_WINDOWS, DatasetSpec
 from rl_lifecycle.db.binary_copy import pg_timestamp
+from rl_lifecycle.features.spec import FeatureSetSpec
 from rl_lifecycle.features.store import load_registered_feature_set
 from rl_lifecycle.features.vectors import load_vectors
 from rl_lifecycle.markets.calendars import get_calendar
@@ -101,6 +101,18 @@ def latest_version(conn: psycopg.Connection, market: Market, window: Window) -> 
     return None if row is None else DatasetVersion(row[0], row[1], row[2], DatasetSpec.create(**row[3]), row[4])
 
 
+def on_this_machine(conn: psycopg.Connection, version: DatasetVersion, features: FeatureSetSpec) -> DatasetVersion:
+    """`version` with `storage_uri` a file this machine holds: the stored file, or a copy rebuilt and verified
+    here (`builder.local_dataset_file`) when it was built on a machine this one shares no disk with."""
+    from dataclasses import replace
+
+    from rl_lifecycle.settings import load_settings
+
+    path = local_dataset_file(conn, version.dataset_hash, version.storage_uri, version.spec, features,
+                              load_settings().datasets_dir)
+    return version if str(path) == version.storage_uri else replace(version, storage_uri=str(path))
+
+
 def check_reproducible(conn: psycopg.Connection, market: Market, window: Window) -> DatasetCheck:
     """Rebuild from stored snapshots and candles, and re-hash the stored file: both must equal the recorded hash."""
     version = latest_version(conn, market, window)
@@ -111,8 +123,7 @@ def check_reproducible(conn: psycopg.Connection, market: Market, window: Window)
     rebuilt = rebuild_hash(conn, spec, features)
     if rebuilt != recorded:
         return DatasetCheck(False, f"rebuilt hash {rebuilt[:12]} differs from the recorded {recorded[:12]}")
-    if not Path(uri).exists():
-        return DatasetCheck(False, f"dataset file {uri} is missing")
+    uri = on_this_machine(conn, version, features).storage_uri
     from_file = dataset_hash(features.fingerprint, spec, read_dataset(uri, spec, features.feature_names))
     if from_file != recorded:
         return DatasetCheck(False, f"stored file hashes to {from_file[:12]}, not the recorded {recorded[:12]}")
@@ -122,10 +133,11 @@ def check_reproducible(conn: psycopg.Connection, market: Market, window: Window)
 def check_no_unwarm_rows(conn: psycopg.Connection, market: Market, window: Window) -> DatasetCheck:
     """Every dataset row is a warm snapshot row with no missing feature."""
     version = latest_version(conn, market, window)
-    if version is None or not Path(version.storage_uri).exists():
+    if version is None:
         return DatasetCheck(False, f"no stored dataset for {market.key} ending at {window.key}")
     spec = version.spec
     features = load_registered_feature_set(conn, version.fingerprint)
+    version = on_this_machine(conn, version, features)
     content = read_dataset(version.storage_uri, spec, features.feature_names)
     windows = spec.windows()
     snapshots = load_vectors(conn, spec.parsed_market, features, windows[0].start, windows[-1].end, scheme=spec.scheme).frame

@@ -105,6 +105,7 @@ class FoldResult:
     timings: dict[str, float] = field(default_factory=dict)
     replay: dict | None = None  # the same positions booked by the exact accountant (`accountant.replay`)
     fill: str = "close"  # the fill convention the backtest ran under (`trading.FILLS`)
+    ran_on: dict | None = None  # the process whose step ran it (`cluster.placement.this_process`)
 
     @property
     def ok(self) -> bool:

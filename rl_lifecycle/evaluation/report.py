@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from rl_lifecycle.evaluation.backtest import FoldResult
-from rl_lifecycle.evaluation.curves import write_equity_curve
+from rl_lifecycle.evaluation.curves import CurveWriter
 from rl_lifecycle.evaluation.folds import Backtest, Fold, Range, backtests, cpcv_paths
 from rl_lifecycle.evaluation.metrics import (
     Trials,
@@ -52,6 +51,7 @@ class FoldRecord:
     equity_curve_uri: str | None = None
     split: int | None = None  # the fold or CPCV split whose model traded it; None: `index` (walk-forward)
     test_group: int | None = None  # CPCV: the group it tested
+    ran_on: dict | None = None  # where its step ran: {"worker", "host", "pid"}
 
     @property
     def backtest(self) -> Backtest:
@@ -71,7 +71,7 @@ def summarise(
     cost_bps: float,
     other_trials: Trials,
     strict: bool,
-    curves_dir: Path | None = None,
+    write_curve: CurveWriter | None = None,
     *,
     calendar: TradingCalendar | str,
     fill: str = "close",
@@ -91,7 +91,8 @@ def summarise(
         spans = tuple(row_span(ts, r, market.interval_us) for r in train[test.split])
         row = dict(index=test.index, train_ranges=train[test.split], test_range=test.test_range, train_spans=spans,
                    test_span=row_span(ts, test.test_range, market.interval_us),
-                   split=None if test.test_group is None else test.split, test_group=test.test_group)
+                   split=None if test.test_group is None else test.split, test_group=test.test_group,
+                   ran_on=result.ran_on)
         if not result.ok:
             records.append(FoldRecord(**row, status="failed", error=result.error))
             continue
@@ -106,9 +107,9 @@ def summarise(
         if result.replay is not None:  # not a baseline: the same positions booked by the accountant
             baselines["accountant"] = result.replay
         uri = None
-        if curves_dir is not None:
+        if write_curve is not None:
             hold_curve, _ = buy_and_hold_equity(result.close, cost_bps, result.starting_balance)
-            uri = write_equity_curve(curves_dir / f"fold-{test.index}.parquet", result, hold_curve)
+            uri = write_curve(test.index, result, hold_curve)
         records.append(FoldRecord(**row, status="ok", metrics=metrics, baselines=baselines, equity_curve_uri=uri))
         metrics_by_fold[test.index] = metrics
         returns_by_fold[test.index] = simple_returns(result.equity)

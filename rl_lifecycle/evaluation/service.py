@@ -20,8 +20,10 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.candles.store import load_candles
+from rl_lifecycle.cluster.placement import this_process, worker_label
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.evaluation.backtest import FoldJob, FoldResult, align_candles, run_fold_backtest, run_folds
+from rl_lifecycle.evaluation.curves import database_curve_writer
 from rl_lifecycle.evaluation.folds import (
     Backtest,
     Fold,
@@ -121,9 +123,14 @@ class EvaluationPlan:
     folds: tuple[Fold, ...]
     dataset_hash: str
     label_horizon: int
-    root: Path  # trained fold policies and equity curves
+    root: Path  # the fold policies trained and backtested here: `<workdir>/<market>/<evaluation key[:16]>`
     starting_balance: float = 100_000.0
     fold_timeout_s: float | None = None
+
+    def under(self, workdir: Path) -> EvaluationPlan:
+        """The same plan with its fold policies under `workdir`: a fold run by another worker than the one that
+        planned it keeps them on its own disk."""
+        return replace(self, root=workdir / self.market.key / self.root.name)
 
 
 def contenders_fold_config(config: FoldConfig, specs: list[ModelSpec]) -> FoldConfig:
@@ -175,6 +182,7 @@ def run_one_fold(conn: psycopg.Connection, plan: EvaluationPlan, fold_index: int
     training or in a backtest, gives failed FoldResults with the traceback."""
     started = time.perf_counter()
     fold, tests = plan.folds[fold_index], _backtests_of(plan, fold_index)
+    ran_on = this_process()
     try:
         data = training_data(conn, plan.market, plan.window)
         if data.dataset.dataset_hash != plan.dataset_hash:
@@ -186,20 +194,18 @@ def run_one_fold(conn: psycopg.Connection, plan: EvaluationPlan, fold_index: int
         jobs = [_fold_job(plan, data, candles, test, policy) for test in tests]
     except Exception:
         error, timings = traceback.format_exc(), {"train_s": round(time.perf_counter() - started, 3)}
-        return [FoldResult.failed(test.index, error, timings) for test in tests]
+        return [replace(FoldResult.failed(test.index, error, timings), ran_on=ran_on) for test in tests]
     results = []
     for job, test in zip(jobs, tests, strict=True):
         start, end = test.test_range
         log(f"{plan.spec.name} fold {fold.index}: backtesting {end - start} bars"
             + ("" if test.test_group is None else f" of group {test.test_group}"))
-        results.append(with_replay(job, run_fold_backtest(job)))
+        results.append(replace(with_replay(job, run_fold_backtest(job)), ran_on=ran_on))
     return results
 
 
 def with_replay(job: FoldJob, result: FoldResult) -> FoldResult:
     """The Nautilus result with the accountant's booking of the same positions beside it."""
-    from dataclasses import replace
-
     from rl_lifecycle.evaluation.accountant import replay
 
     if not result.ok:
@@ -219,7 +225,8 @@ def assemble_report(
     key = evaluation_key(plan.market, plan.spec.spec_hash, plan.dataset_hash, plan.config)
     trials = market_trials(conn, plan.market, excluding=key)  # this evaluation counts itself (a rerun: once)
     records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
-                                            trials, strict, plan.root / "curves", calendar=data.calendar,
+                                            trials, strict, database_curve_writer(conn, f"{plan.market.key}/{key}"),
+                                            calendar=data.calendar,
                                             fill=data.fill)
     pbo = report_pbo(conn, plan.market, records, excluding_key=key)
     aggregates["pbo"], aggregates["pbo_detail"] = pbo["pbo"], pbo
@@ -357,7 +364,7 @@ def fold_table(report: EvaluationReport) -> list[tuple]:
     return rows
 
 
-def equity_curves_png(report: EvaluationReport) -> bytes | None:
+def equity_curves_png(conn: psycopg.Connection, report: EvaluationReport) -> bytes | None:
     """Each fold's equity beside buy-and-hold and flat, one panel per fold, `EQUITY_PANEL_COLUMNS` panels
     a row; `PLOT_WIDTH_IN` wide at `PLOT_DPI`, whatever the number of folds (they add rows, not width)."""
     import io
@@ -366,12 +373,12 @@ def equity_curves_png(report: EvaluationReport) -> bytes | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import polars as pl
 
-    from rl_lifecycle.evaluation.curves import curve_path
+    from rl_lifecycle.evaluation.curves import read_curve
     from rl_lifecycle.plots import PLOT_DPI, PLOT_WIDTH_IN, concise_dates
 
-    curves = [(f.index, f.equity_curve_uri) for f in report.folds if f.equity_curve_uri]
+    curves = [(f.index, frame) for f in report.folds
+              if f.equity_curve_uri and (frame := read_curve(conn, f.equity_curve_uri)) is not None]
     if not curves:
         return None
     columns = min(len(curves), EQUITY_PANEL_COLUMNS)
@@ -379,8 +386,7 @@ def equity_curves_png(report: EvaluationReport) -> bytes | None:
     fig, axes = plt.subplots(rows, columns, figsize=(PLOT_WIDTH_IN, EQUITY_PANEL_HEIGHT_IN * rows), dpi=PLOT_DPI,
                              squeeze=False, layout="constrained")
     panels = list(axes.flat)
-    for ax, (index, uri) in zip(panels, curves, strict=False):
-        frame = pl.read_parquet(curve_path(uri))
+    for ax, (index, frame) in zip(panels, curves, strict=False):
         ts = frame["ts"].to_numpy()
         for column, style in (("equity", "-"), ("buy_and_hold", "--"), ("flat", ":")):
             ax.plot(ts, frame[column].to_numpy(), style, linewidth=1.0, label=column)
@@ -397,7 +403,7 @@ def equity_curves_png(report: EvaluationReport) -> bytes | None:
     return buffer.getvalue()
 
 
-def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
+def cpcv_paths_png(conn: psycopg.Connection, report: EvaluationReport) -> bytes | None:
     """A CPCV report's backtest paths: each path's equity (its groups' backtests chained) on one panel,
     the groups' boundaries marked; None for a walk-forward report or when no path is complete."""
     import io
@@ -414,7 +420,7 @@ def cpcv_paths_png(report: EvaluationReport) -> bytes | None:
 
     if report.fold_config.scheme != "cpcv":
         return None
-    paths = [(p, r) for p, r in enumerate(path_returns(report_folds(report), report.folds, fold_returns(report)))
+    paths = [(p, r) for p, r in enumerate(path_returns(report_folds(report), report.folds, fold_returns(conn, report)))
              if r is not None]
     if not paths:
         return None
@@ -477,6 +483,8 @@ def report_json(report: EvaluationReport) -> dict:
                 "accountant": (f.baselines or {}).get("accountant"),
                 "error": f.error,
                 "equity_curve": f.equity_curve_uri,
+                "worker": worker_label(f.ran_on),  # the worker's --name, else host:pid (null: not recorded)
+                "ran_on": f.ran_on,
             }
             for f in report.folds
         ],

@@ -81,13 +81,13 @@ def write_report(conn: psycopg.Connection, report: EvaluationReport) -> int:
         with conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO evaluation_folds (report_id, fold_index, train_ranges, test_range, train_spans,
-                       test_span, status, metrics, baselines, error, equity_curve_uri, split_index, test_group)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                       test_span, status, metrics, baselines, error, equity_curve_uri, split_index, test_group, ran_on)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
                 [(report_id, f.index, Jsonb([list(r) for r in f.train_ranges]), Jsonb(list(f.test_range)),
                   Jsonb([_span_json(s) for s in f.train_spans]), Jsonb(_span_json(f.test_span)), f.status,
                   None if f.metrics is None else Jsonb(json_safe(f.metrics)),
                   None if f.baselines is None else Jsonb(json_safe(f.baselines)), f.error, f.equity_curve_uri,
-                  f.split, f.test_group)
+                  f.split, f.test_group, None if f.ran_on is None else Jsonb(f.ran_on))
                  for f in report.folds],
             )
     return int(report_id)
@@ -105,12 +105,12 @@ def _report_from_row(conn: psycopg.Connection, row) -> EvaluationReport:
             index=index, train_ranges=tuple((int(a), int(b)) for a, b in train), test_range=(int(test[0]), int(test[1])),
             train_spans=tuple((to_us(a), to_us(b)) for a, b in train_spans),
             test_span=(to_us(test_span[0]), to_us(test_span[1])), status=fold_status, metrics=metrics,
-            baselines=baselines, error=error, equity_curve_uri=uri, split=split, test_group=group,
+            baselines=baselines, error=error, equity_curve_uri=uri, split=split, test_group=group, ran_on=ran_on,
         )
         for (index, train, test, train_spans, test_span, fold_status, metrics, baselines, error, uri, split,
-             group) in conn.execute(
+             group, ran_on) in conn.execute(
             """SELECT fold_index, train_ranges, test_range, train_spans, test_span, status, metrics, baselines,
-                      error, equity_curve_uri, split_index, test_group
+                      error, equity_curve_uri, split_index, test_group, ran_on
                FROM evaluation_folds WHERE report_id = %s ORDER BY fold_index""",
             (report_id,),
         ).fetchall()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 
-from rl_lifecycle.evaluation.curves import curve_path, curve_returns
+from rl_lifecycle.evaluation.curves import curve_returns
 from rl_lifecycle.evaluation.metrics import returns_by_bar
 from rl_lifecycle.evaluation.overfitting import probability_of_backtest_overfitting
 from rl_lifecycle.markets.keys import Market
@@ -71,14 +71,17 @@ def matrix_of(columns: Iterable[tuple[int | None, np.ndarray]]) -> TrialMatrix:
     return TrialMatrix(returns, tuple(rid for rid, _ in columns))
 
 
-def bar_returns_of(backtests: Iterable[tuple[tuple[int, int], str, str | None]]) -> np.ndarray | None:
+def bar_returns_of(conn: psycopg.Connection,
+                   backtests: Iterable[tuple[tuple[int, int], str, str | None]]) -> np.ndarray | None:
     """One trial's return per tested bar from its backtests' (test span, status, curve URI); None when a
-    completed backtest's curve file is missing."""
+    completed backtest's curve is missing."""
     done = [(span, uri) for span, status, uri in backtests if status == "ok"]
-    paths = [(span, curve_path(uri)) for span, uri in done if uri]
-    if not done or len(paths) != len(done) or not all(path.is_file() for _, path in paths):
+    if not done or not all(uri for _, uri in done):
         return None
-    return returns_by_bar((span, curve_returns(path)) for span, path in paths)
+    curves = [(span, curve_returns(conn, uri)) for span, uri in done]
+    if any(returns is None for _, returns in curves):
+        return None
+    return returns_by_bar(curves)
 
 
 def tested_spans(backtests: Iterable[tuple[tuple[int, int], str, str | None]]) -> Spans:
@@ -90,7 +93,7 @@ def stored_trial_matrix(conn: psycopg.Connection, market: Market, test_spans: Sp
                         extra: Iterable[tuple[int | None, np.ndarray]] = ()) -> TrialMatrix:
     """Every stored evaluation of the market (but `excluding_key`) whose completed backtests test exactly
     `test_spans` (epoch us, [start, end)), one column each, then the `extra` columns (a report not stored
-    yet). A report whose curve files are gone is left out."""
+    yet). A report whose curves are gone is left out."""
     rows = conn.execute(
         """SELECT f.report_id, f.test_span, f.status, f.equity_curve_uri
            FROM evaluation_folds f JOIN evaluation_reports r ON r.id = f.report_id
@@ -104,7 +107,7 @@ def stored_trial_matrix(conn: psycopg.Connection, market: Market, test_spans: Sp
     wanted = tuple(sorted(test_spans))
     columns = []
     for report_id, backtests in by_report.items():
-        if tested_spans(backtests) == wanted and (returns := bar_returns_of(backtests)) is not None:
+        if tested_spans(backtests) == wanted and (returns := bar_returns_of(conn, backtests)) is not None:
             columns.append((report_id, returns))
     return matrix_of([*columns, *extra])
 
@@ -119,7 +122,7 @@ def trials_on_bars_of(conn: psycopg.Connection, market: Market, records, *, excl
     """The market's stored trials on the test bars of a report's `records` (but `excluding_key`); with
     `own`, the records' own returns as the last column (a report being assembled, not stored yet)."""
     backtests = record_backtests(records)
-    extra = bar_returns_of(backtests) if own else None
+    extra = bar_returns_of(conn, backtests) if own else None
     return stored_trial_matrix(conn, market, tested_spans(backtests), excluding_key=excluding_key,
                                extra=[] if extra is None else [(None, extra)])
 

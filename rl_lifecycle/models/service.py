@@ -22,7 +22,7 @@ import numpy as np
 import psycopg
 
 from rl_lifecycle.datasets.builder import DatasetContent, dataset_hash, read_dataset
-from rl_lifecycle.datasets.service import DatasetVersion, latest_version
+from rl_lifecycle.datasets.service import DatasetVersion, latest_version, on_this_machine
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import FeatureSetSpec, load_feature_set
 from rl_lifecycle.features.store import load_registered_feature_set
@@ -74,11 +74,12 @@ def training_data(conn: psycopg.Connection, market: Market, window: Window) -> T
     """The partition's latest training dataset, as the arrays it was hashed over; refused when it was built under
     another fill convention than the market's (`check_dataset_fill`)."""
     version = latest_version(conn, market, window)
-    if version is None or not Path(version.storage_uri).exists():
+    if version is None:
         raise UserInputError(
             f"no training dataset for {partition_key(market, window)}: materialize `training_dataset` for it first"
         )
     features = load_registered_feature_set(conn, version.fingerprint)
+    version = on_this_machine(conn, version, features)
     fill = version.spec.fill
     check_dataset_fill(fill, market_fill(conn, market), market, version.dataset_hash)
     content = read_dataset(version.storage_uri, version.spec, features.feature_names)

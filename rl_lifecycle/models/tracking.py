@@ -70,6 +70,9 @@ def _create_mlflow_tables(url: str) -> None:
 
 
 HOST_TAG, PID_TAG = "rl_lifecycle.host", "rl_lifecycle.pid"  # the process that started a run (runs it)
+SERVED_SCHEMES = ("http://", "https://")  # a tracking server's URI, not a database
+SERVED_ARTIFACTS = "mlflow-artifacts:"  # artifacts stored and served by the tracking server (`--serve-artifacts`)
+WORKER_TAG = "rl_lifecycle.worker"  # its Celery node (`rl-lifecycle worker --name`), when it ran on one
 
 
 def _process_alive(pid: int, started_at: float) -> bool:
@@ -86,21 +89,30 @@ def _process_alive(pid: int, started_at: float) -> bool:
 
 
 def mlflow_server_command(registry: ModelRegistry, host: str, port: int, workers: int = 1,
-                          ) -> tuple[list[str], dict[str, str]]:
+                          serve_artifacts: bool = False) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of `mlflow server` on the registry's store: the store URI, which holds the
     database password, goes through the environment (`MLFLOW_BACKEND_STORE_URI`, read by `mlflow
     server`, passed to its workers in their environment too), never the arguments `ps` shows to all.
     Start-up is paid per process, each importing MLflow and opening the store: MLflow's defaults start 4
     uvicorn workers plus a job-execution runner (for MLflow's GenAI jobs, unused here), which on two cores
     took 42-60 s to answer; one worker and no job runner (`MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`
-    unless the environment sets it) answer in about a third of that. One person's UI needs one worker."""
+    unless the environment sets it) answer in about a third of that. One person's UI needs one worker.
+
+    `serve_artifacts`: the tracking server of a deployment whose processes share no disk (issue 19): it
+    stores artifacts under the registry's artifact root and serves them (`mlflow-artifacts:/`), so clients
+    pointed at it (`RL_MLFLOW_TRACKING_URI`) upload and download through it."""
     import sys
 
     mlflow = str(Path(sys.executable).with_name("mlflow"))
+    if registry.tracking_uri.startswith(SERVED_SCHEMES):
+        raise ValueError(f"an MLflow server needs a database store, not another server ({registry.tracking_uri})")
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": registry.tracking_uri,
-           "MLFLOW_DEFAULT_ARTIFACT_ROOT": registry.artifacts_uri}
+           "MLFLOW_DEFAULT_ARTIFACT_ROOT": SERVED_ARTIFACTS + "/" if serve_artifacts else registry.artifacts_uri}
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    return [mlflow, "server", "--host", host, "--port", str(port), "--workers", str(workers)], env
+    argv = [mlflow, "server", "--host", host, "--port", str(port), "--workers", str(workers)]
+    if serve_artifacts:
+        argv += ["--serve-artifacts", "--artifacts-destination", registry.artifacts_uri]
+    return argv, env
 
 
 def registered_model_name(market: Market) -> str:
@@ -164,7 +176,12 @@ class ModelRegistry:
         """A RUNNING run tagged with the host and pid of this process; first, runs left RUNNING by a
         training process that is gone (killed) are marked FAILED (`fail_orphaned_runs`)."""
         self.fail_orphaned_runs()
-        owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        from rl_lifecycle.cluster.placement import this_process
+
+        ran_on = this_process()
+        owner = {HOST_TAG: ran_on["host"], PID_TAG: str(ran_on["pid"])}
+        if ran_on["worker"]:
+            owner[WORKER_TAG] = ran_on["worker"]
         run = self.client.create_run(self.experiment_id(market), run_name=run_name, tags={**tags, **owner})
         return run.info.run_id
 
@@ -385,13 +402,19 @@ class MetricBuffer:
         self._pending = []
 
 
-def open_registry(database_url: str, *, tracking_uri: str | None = None, artifacts_uri: str | None = None) -> ModelRegistry:
-    """The registry for the database in use, with the settings' artifact root and UI link."""
+def open_registry(database_url: str, *, tracking_uri: str | None = None, artifacts_uri: str | None = None,
+                  direct: bool = False) -> ModelRegistry:
+    """The registry for the database in use, with the settings' artifact root and UI link: through the tracking
+    server of RL_MLFLOW_TRACKING_URI when set (artifacts through it, unless RL_MLFLOW_ARTIFACTS names a store
+    every process reaches), else on the `<db>_mlflow` database directly. `direct`: the database whatever the
+    settings say (for the tracking server itself)."""
     from rl_lifecycle.settings import load_settings
 
     settings = load_settings()
+    tracking = tracking_uri or (None if direct else settings.mlflow_tracking_uri) or mlflow_database_url(database_url)
+    served = tracking.startswith(SERVED_SCHEMES)
     return ModelRegistry(
-        tracking_uri or mlflow_database_url(database_url),
-        artifacts_uri or settings.mlflow_artifacts_uri,
+        tracking,
+        artifacts_uri or settings.mlflow_artifacts or (SERVED_ARTIFACTS if served else settings.mlflow_artifacts_uri),
         settings.mlflow_ui_url,
     )

@@ -113,7 +113,7 @@ def champion_evidence(conn: psycopg.Connection, market: Market, version: int, re
     if report is None:
         return ChampionEvidence(int(version), float(cost), None, np.empty(0),
                                 f"v{version} has no evaluation report (promoted without gates?)")
-    by_fold = fold_returns(report)
+    by_fold = fold_returns(conn, report)
     ranges = {f.index: f.test_range for f in report.folds}
     pooled = returns_by_bar((ranges[i], r) for i, r in by_fold.items()) if by_fold else np.empty(0)
     missing = None if len(pooled) else f"report {report.id} of v{version} has no fold curves with returns"

@@ -61,9 +61,10 @@ def worker_command(node: str, queue: str, loglevel: str = "INFO") -> list[str]:
             "--without-gossip", "--without-mingle"]
 
 
-def worker_env(config_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+def worker_env(config_dir: Path, node: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment (DAGSTER_HOME, the storage URL, RL_HOME as the CLI prepared them) with the
-    worker's config module importable."""
+    worker's config module importable, and its node name (RL_WORKER_NAME: recorded with what it runs)."""
     env = dict(os.environ if base is None else base)
+    env["RL_WORKER_NAME"] = node
     env["PYTHONPATH"] = os.pathsep.join([str(config_dir), *filter(None, [env.get("PYTHONPATH")])])
     return env

@@ -33,6 +33,7 @@ from rl_lifecycle.orchestration.jobs import (
     rollback_job,
 )
 from rl_lifecycle.orchestration.resources import MlflowResource, PostgresResource
+from rl_lifecycle.orchestration.step_io import PostgresStepIO
 
 ALL_CHECKS = [*FEATURE_CHECKS, *DATASET_CHECKS, *MODEL_CHECKS, *EVALUATION_CHECKS]
 
@@ -52,5 +53,7 @@ defs = Definitions(
     # start-up against tens of milliseconds of work per window. Whatever needs isolation (the
     # determinism recompute, each fold's Nautilus backtest) spawns its own process.
     executor=in_process_executor,
-    resources={"database": _database, "mlflow": MlflowResource(database=_database)},
+    # step outputs in the database, not under one machine's DAGSTER_HOME: any worker may run the next step
+    resources={"database": _database, "mlflow": MlflowResource(database=_database),
+               "io_manager": PostgresStepIO(database=_database)},
 )

@@ -73,20 +73,20 @@ def _market(market: Market | str) -> Market:
     return market if isinstance(market, Market) else Market.parse(market)
 
 
-def _summary(report, trials=None, conn: psycopg.Connection | None = None) -> ReportSummary:
+def _summary(conn: psycopg.Connection, report, trials=None) -> ReportSummary:
     """Stored reports come with their folds' per-bar returns, read from the equity curves beside them, and
-    (given `conn`) the market's trials as they are now: the DSR is deflated and the PBO computed at
-    decision time."""
+    (given the market's `trials` as they are now) the trials on the same bars: the DSR is deflated and the
+    PBO computed at decision time."""
     from rl_lifecycle.evaluation.curves import fold_returns
 
     if isinstance(report, ReportSummary):
         return report
     matrix = None
-    if conn is not None:
+    if trials is not None:
         from rl_lifecycle.evaluation.trials import trials_on_bars_of
 
         matrix = trials_on_bars_of(conn, Market.parse(report.market), report.folds).returns
-    return ReportSummary.from_stored(report, fold_returns(report), trials, matrix)
+    return ReportSummary.from_stored(report, fold_returns(conn, report), trials, matrix)
 
 
 def _reason(reason: str | None) -> str:
@@ -230,8 +230,8 @@ def decide(
     from rl_lifecycle.evaluation.store import market_trials
 
     market = _market(market)
-    challenger = _summary(challenger_report, market_trials(conn, market), conn)
-    champion_summary = None if champion_report is None else _summary(champion_report)
+    challenger = _summary(conn, challenger_report, market_trials(conn, market))
+    champion_summary = None if champion_report is None else _summary(conn, champion_report)
     with market_decision_lock(conn, market.key):
         healed = reconcile_aliases(registry, conn, market)  # a gap left by an interrupted action, first
         champion = audit.current_champion(conn, market.key)

@@ -216,13 +216,13 @@ def _trades(report: EvaluationReport) -> int:
     return int(sum(int(f.metrics.get("trades", 0)) for f in report.folds if f.status == "ok" and f.metrics))
 
 
-def _paired_p_value(full: EvaluationReport, variant: EvaluationReport) -> float | None:
+def _paired_p_value(conn: psycopg.Connection, full: EvaluationReport, variant: EvaluationReport) -> float | None:
     """One-sided p-value that the full spec's Sharpe beats the variant's on the same test bars; None when
     the two lack paired per-bar returns (a failed fold, a missing curve) or the test is undefined."""
     from rl_lifecycle.evaluation.curves import fold_returns
     from rl_lifecycle.promotion.paired import paired_test
 
-    ours, theirs = fold_returns(full), fold_returns(variant)
+    ours, theirs = fold_returns(conn, full), fold_returns(conn, variant)
     common = sorted(set(ours) & set(theirs))
     pairs = [(ours[i], theirs[i]) for i in common if len(ours[i]) == len(theirs[i])]
     if not pairs or len(pairs) != len(common):
@@ -288,7 +288,7 @@ def run_ablation(
             "delta_return": 0.0 if variant.label == FULL else total - full_return,
             "permutation_delta": perm.get("permutation_delta"),
             "permutation_delta_return": perm.get("permutation_delta_return"),
-            "p_value": None if variant.label == FULL else _paired_p_value(full, report),
+            "p_value": None if variant.label == FULL else _paired_p_value(conn, full, report),
         }
 
     rows = {v.label: row(v) for v in variants}

@@ -102,7 +102,8 @@ def run_fold(context: OpExecutionContext, task: FoldTask, database: PostgresReso
     from rl_lifecycle.evaluation.service import run_one_fold
 
     with database.connect() as conn:
-        results = run_one_fold(conn, task.plan, task.fold_index, log=context.log.info)
+        plan = task.plan.under(load_settings().home / "evaluations")  # this worker's disk, not the planner's
+        results = run_one_fold(conn, plan, task.fold_index, log=context.log.info)
     for result in results:
         if not result.ok:
             context.log.error(f"{task.role} fold {task.fold_index} (backtest {result.fold_index}) failed: {result.error}")
@@ -133,11 +134,11 @@ def assemble_fold_report(context: OpExecutionContext, config: FoldReportConfig, 
                        "fold_s_total": round(sum(r.timings.get("total_s", 0.0) for _, r in items), 3)}
             reports[role] = assemble_report(conn, plan, [r for _, r in items], strict=settings.strict_backtest,
                                             timings=timings)
-    report = reports["challenger"]
+        report = reports["challenger"]
+        png, paths_png = equity_curves_png(conn, report), cpcv_paths_png(conn, report)
     registry = mlflow.registry()
     run_id = registry.version(parse_partition_key(context.partition_key)[0], versions["challenger"]).run_id
     aggregates = report.aggregates
-    png, paths_png = equity_curves_png(report), cpcv_paths_png(report)
     registry.log_walkforward(run_id, aggregates, png, paths_png)
     metadata = {
         "report_id": report.id,
