@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
 from rl_lifecycle.cluster import broker
 from rl_lifecycle.datasets.service import latest_version
@@ -125,62 +126,155 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+class Cluster:
+    """An MLflow tracking server, the embedded broker and workers with state dirs of their own (standing for
+    machines of their own), for one test; everything it started is stopped at the end."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path, monkeypatch):
+        self.env, self.tmp_path, self.processes = env, tmp_path, []
+        port = _free_port()
+        server = self._start([str(RL_LIFECYCLE), "mlflow", "server", "--port", str(port), "--workers", "1"],
+                             {**os.environ, **env})
+        self.tracking = f"http://127.0.0.1:{port}"
+        _wait_for_http(f"{self.tracking}/health", server)
+        monkeypatch.setenv("RL_MLFLOW_TRACKING_URI", self.tracking)  # every process of the test: the server's store
+        self.homes: dict[str, Path] = {}
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def _start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.processes.append(proc)
+        return proc
+
+    def start_workers(self, *names: str) -> None:
+        settings = load_settings()
+        broker.start(settings.broker_dir, settings.broker_port)
+        base = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONWARNINGS")} | self.env
+        for name in names:
+            self.homes[name] = self.tmp_path / f"machine-{name}"
+            self.workers[name] = self._start([str(RL_LIFECYCLE), "worker", "--name", name],
+                                             {**base, "RL_HOME": str(self.homes[name]),
+                                              "RL_MLFLOW_TRACKING_URI": self.tracking})
+
+    def kill_machine(self, name: str) -> None:
+        """SIGKILL the worker's Celery node and everything under it, as a lost machine would."""
+        import psutil
+
+        cli = psutil.Process(self.workers[name].pid)
+        for proc in [*cli.children(recursive=True), cli]:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def stop(self) -> None:
+        _stop(self.processes)
+
+
+@pytest.fixture
+def cluster(broker_env, tmp_path, monkeypatch):
+    started = Cluster(broker_env, tmp_path, monkeypatch)
+    yield started
+    started.stop()
+
+
+def _market_data(conn, dagster_instance, tmp_path) -> Path:
+    """The partition's market data, and the tiny spec's file."""
+    assert add_market(conn, MARKET, source="synthetic", seed=5)
+    sync_market_partitions(dagster_instance, [MARKET.key])
+    data = materialize(dagster_instance, defs, ["candles", "feature_snapshots", "training_dataset"],
+                       [f"{MARKET.key}|2024-0{m}-01" for m in (1, 2, 3)])
+    assert all(r.ok for r in data), [r.errors for r in data]
+    spec = tmp_path / "celery_tiny_ppo.yaml"
+    spec.write_text(yaml.safe_dump(TINY_SPEC))
+    return spec
+
+
+def _spec_config(spec: Path) -> dict:
+    return {"ops": {"challenger_model": {"config": {"spec": str(spec)}}}}
+
+
 @pytest.mark.slow
 def test_fold_steps_spread_over_two_workers_that_share_no_disk_and_give_the_local_executors_report(
-    broker_env, conn, dagster_instance, monkeypatch, tmp_path,
+    cluster, broker_env, conn, dagster_instance, monkeypatch, tmp_path,
 ):
     """Two workers, each with a state dir of its own (standing for two machines): datasets are rebuilt from the
     stored snapshots and verified, step outputs and equity curves go through PostgreSQL, models through the
     MLflow tracking server; each fold records the worker that ran it."""
-    settings = load_settings()
-    mlflow_port = _free_port()
-    server = subprocess.Popen([str(RL_LIFECYCLE), "mlflow", "server", "--port", str(mlflow_port), "--workers", "1"],
-                              cwd=REPO, env={**os.environ, **broker_env}, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    processes = [server]
-    try:
-        tracking = f"http://127.0.0.1:{mlflow_port}"
-        _wait_for_http(f"{tracking}/health", server)
-        monkeypatch.setenv("RL_MLFLOW_TRACKING_URI", tracking)  # every process of this test: the server's store
-        assert add_market(conn, MARKET, source="synthetic", seed=5)
-        sync_market_partitions(dagster_instance, [MARKET.key])
-        data = materialize(dagster_instance, defs, ["candles", "feature_snapshots", "training_dataset"],
-                           [f"{MARKET.key}|2024-0{m}-01" for m in (1, 2, 3)])
-        assert all(r.ok for r in data), [r.errors for r in data]
-        spec = tmp_path / "celery_tiny_ppo.yaml"
-        spec.write_text(yaml.safe_dump(TINY_SPEC))
-        (local,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
-                               run_config={"ops": {"challenger_model": {"config": {"spec": str(spec)}}}})
-        assert local.ok, local.errors
+    spec = _market_data(conn, dagster_instance, tmp_path)
+    (local,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
+                           run_config=_spec_config(spec))
+    assert local.ok, local.errors
 
-        # the machine that built the dataset is out of reach: its file is on no worker's disk
-        settings.datasets_dir.rename(tmp_path / "datasets-of-the-builder")
-        broker.start(settings.broker_dir, settings.broker_port)
-        homes = {name: tmp_path / f"machine-{name}" for name in ("alpha", "beta")}
-        base = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONWARNINGS")} | broker_env
-        for name, home in homes.items():
-            processes.append(subprocess.Popen(
-                [str(RL_LIFECYCLE), "worker", "--name", name], cwd=REPO,
-                env={**base, "RL_HOME": str(home), "RL_MLFLOW_TRACKING_URI": tracking}, start_new_session=True,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        monkeypatch.setenv("RL_EXECUTOR", "celery")  # the code server of the next run builds the job with it
-        (remote,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
-                                run_config={"ops": {"challenger_model": {"config": {"spec": str(spec)}}}})
-        assert remote.ok, remote.errors
+    # the machine that built the dataset is out of reach: its file is on no worker's disk
+    load_settings().datasets_dir.rename(tmp_path / "datasets-of-the-builder")
+    cluster.start_workers("alpha", "beta")
+    monkeypatch.setenv("RL_EXECUTOR", "celery")  # the code server of the next run builds the job with it
+    (remote,) = materialize(dagster_instance, defs, ["challenger_model", "fold_report"], [PARTITION],
+                            run_config=_spec_config(spec))
+    assert remote.ok, remote.errors
 
-        report = read_report(conn, remote.metadata["fold_report"]["report_id"])
-        shown = report_json(report)["folds"]
-        assert {fold["worker"].split("@")[0] for fold in shown} == {"alpha", "beta"}, shown  # both took folds
-        assert all(fold["ran_on"]["pid"] != os.getpid() for fold in shown)
-        assert _fold_metrics(conn, remote) == _fold_metrics(conn, local)  # the same bits, wherever it ran
-        assert all(f.equity_curve_uri.startswith("db:") for f in report.folds)
-        # what each machine needed it rebuilt on its own disk from the database, and verified
-        dataset = latest_version(conn, *parse_partition_key(PARTITION))
-        for name, home in homes.items():
-            assert (home / "datasets" / MARKET.key / f"{dataset.dataset_hash}.parquet").is_file(), name
-        # the model version came from a worker, through the tracking server
-        registry = open_registry(broker_env["RL_DATABASE_URL"])
-        version = max(registry.versions(MARKET), key=lambda v: v.version)
-        assert registry.client.get_run(version.run_id).data.tags[WORKER_TAG].split("@")[0] in homes
-    finally:
-        _stop(processes)
+    report = read_report(conn, remote.metadata["fold_report"]["report_id"])
+    shown = report_json(report)["folds"]
+    assert {fold["worker"].split("@")[0] for fold in shown} == {"alpha", "beta"}, shown  # both took folds
+    assert all(fold["ran_on"]["pid"] != os.getpid() for fold in shown)
+    assert _fold_metrics(conn, remote) == _fold_metrics(conn, local)  # the same bits, wherever it ran
+    assert all(f.equity_curve_uri.startswith("db:") for f in report.folds)
+    # what each machine needed it rebuilt on its own disk from the database, and verified
+    dataset = latest_version(conn, *parse_partition_key(PARTITION))
+    for name, home in cluster.homes.items():
+        assert (home / "datasets" / MARKET.key / f"{dataset.dataset_hash}.parquet").is_file(), name
+    # the model version came from a worker, through the tracking server
+    registry = open_registry(broker_env["RL_DATABASE_URL"])
+    version = max(registry.versions(MARKET), key=lambda v: v.version)
+    assert registry.client.get_run(version.run_id).data.tags[WORKER_TAG].split("@")[0] in cluster.homes
+
+
+def _step_started_on(instance, prefix: str, timeout: float = 300.0) -> tuple[str, str]:
+    """(run id, node) of the first step whose key starts with `prefix` that a Celery worker took."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+            for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+                meta = entry.dagster_event.engine_event_data.metadata
+                if "Celery worker" in meta and (entry.dagster_event.step_key or "").startswith(prefix):
+                    return run.run_id, meta["Celery worker"].value
+        time.sleep(0.5)
+    raise AssertionError(f"no step {prefix}* started on a worker within {timeout} s")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_fold_fails_the_run_by_the_step_stores_nothing_and_a_rerun_completes(
+    cluster, conn, dagster_instance, monkeypatch, tmp_path,
+):
+    import threading
+
+    spec = _market_data(conn, dagster_instance, tmp_path)
+    (trained,) = materialize(dagster_instance, defs, ["challenger_model"], [PARTITION], run_config=_spec_config(spec))
+    assert trained.ok, trained.errors
+    cluster.start_workers("alpha", "beta")
+    monkeypatch.setenv("RL_EXECUTOR", "celery")
+    outcome: list = []
+    running = threading.Thread(target=lambda: outcome.extend(materialize(dagster_instance, defs, ["fold_report"],
+                                                                         [PARTITION])))
+    running.start()
+    run_id, node = _step_started_on(dagster_instance, "fold_report.run_fold")
+    killed = node.split("@")[0]
+    time.sleep(1.0)  # inside the fold: training its model
+    started = time.monotonic()
+    cluster.kill_machine(killed)
+    running.join(timeout=600)
+    assert not running.is_alive(), "the run still waits for the killed worker's step"
+    (failed,) = outcome
+    assert failed.run_id == run_id and not failed.ok
+    assert any("stopped beating" in e and "run_fold" in e and killed in e for e in failed.errors), failed.errors
+    assert time.monotonic() - started < 120
+    assert conn.execute("SELECT count(*) FROM evaluation_reports").fetchone() == (0,)  # nothing half-written
+
+    survivor = next(name for name in cluster.workers if name != killed)
+    (rerun,) = materialize(dagster_instance, defs, ["fold_report"], [PARTITION])
+    assert rerun.ok, rerun.errors
+    report = read_report(conn, rerun.metadata["fold_report"]["report_id"])
+    assert report.status == "ok" and len(report.folds) == 3
+    assert {f.ran_on["worker"].split("@")[0] for f in report.folds} == {survivor}

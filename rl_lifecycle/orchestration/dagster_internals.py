@@ -11,6 +11,9 @@ any Dagster release (pinned: dagster 1.13.27). After an upgrade, this is the mod
   evaluated, which the UI's per-partition check status compares with the latest one.
 - Idle ticks of the run status sensors (`automation/alerts.py`): the label Dagster gives a tick that
   returned nothing, replaced by a reason (`copy` of the tick's `SensorExecutionData`, a dagster_shared record).
+- The watched Celery executor (`celery.py`): `RetryMode` from its config, as dagster-celery's own executor
+  builds it (dagster-celery's `_submit_task` and `core_celery_execution_loop`, pinned 0.29.27, are imported
+  there: the same check applies after an upgrade of dagster-celery).
 """
 
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
@@ -19,6 +22,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.execution.backfill import PartitionBackfill
+from dagster._core.execution.retries import RetryMode
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._core.utils import make_new_backfill_id
@@ -36,6 +40,6 @@ __all__ = [
     "ASSET_PARTITION_RANGE_END_TAG", "ASSET_PARTITION_RANGE_START_TAG", "DAEMON_MODULE", "DAGSTER_EMPTY_RESULT",
     "AssetCheckEvaluationTargetMaterializationData", "AssetGraphSubset",
     "CachingInstanceQueryer", "CheckRunHealthResult", "JobSubsetSelector", "LaunchRunContext", "PartitionBackfill",
-    "WorkerStatus", "WorkspaceFileTarget", "WorkspaceProcessContext", "copy", "datetime_from_timestamp",
+    "RetryMode", "WorkerStatus", "WorkspaceFileTarget", "WorkspaceProcessContext", "copy", "datetime_from_timestamp",
     "get_current_timestamp", "make_new_backfill_id",
 ]
