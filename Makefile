@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast dev mlflow bench lock lint clean
+.PHONY: install run test test-fast dev mlflow bench scale lock lint clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ mlflow: install
 ## benchmarks; results in docs/benchmarks.md and $$RL_HOME/bench/latest.json
 bench: install
 	$(BIN)/python -m rl_lifecycle.bench
+
+## growth with markets (5, 20, 50 markets of 10 years) and cluster.speedup_2_workers: about an hour
+scale: install
+	$(BIN)/python -m rl_lifecycle.bench.scale $(SCALE_ARGS)
 
 ## re-pin the whole dependency tree after changing pyproject.toml
 lock:

@@ -10,7 +10,6 @@ launched through the code location as the CLI launches them, with `RL_EXECUTOR=c
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
+from rl_lifecycle.bench.scale import stop_process_groups
 from rl_lifecycle.cluster import broker
 from rl_lifecycle.datasets.service import latest_version
 from rl_lifecycle.errors import UserInputError
@@ -114,18 +114,6 @@ def _wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> 
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 class Cluster:
     """An MLflow tracking server, the embedded broker and workers with state dirs of their own (standing for
     machines of their own), for one test; everything it started is stopped at the end."""
@@ -169,7 +157,7 @@ class Cluster:
                 pass
 
     def stop(self) -> None:
-        _stop(self.processes)
+        stop_process_groups(self.processes)
 
 
 @pytest.fixture

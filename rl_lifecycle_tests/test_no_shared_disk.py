@@ -10,10 +10,15 @@ from dagster import DynamicOut, DynamicOutput, job, op
 
 from rl_lifecycle.candles.service import ingest_synthetic
 from rl_lifecycle.datasets.builder import build_dataset, read_dataset
-from rl_lifecycle.datasets.service import check_reproducible, latest_version, spec_ending_at
+from rl_lifecycle.datasets.service import (
+    check_no_unwarm_rows,
+    check_reproducible,
+    latest_version,
+    spec_ending_at,
+)
 from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.evaluation.backtest import FoldResult
-from rl_lifecycle.evaluation.curves import curve_returns, database_curve_writer, read_curve
+from rl_lifecycle.evaluation.curves import curves_returns, database_curve_writer, read_curve
 from rl_lifecycle.features.spec import load_feature_set
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.models.service import training_data
@@ -48,7 +53,12 @@ def test_a_dataset_built_on_another_machine_is_rebuilt_here_and_verified(conn, b
     np.testing.assert_array_equal(data.content.ts, original.ts)
     # the record still names the builder's file: a local copy is this machine's business
     assert latest_version(conn, MARKET, WINDOW).storage_uri == build.storage_uri
-    assert check_reproducible(conn, MARKET, WINDOW).passed
+    check = check_reproducible(conn, MARKET, WINDOW)  # the local copy is re-hashed like the stored file
+    assert check.passed and "rebuild and stored file both hash" in check.summary
+    local.unlink()
+    check = check_reproducible(conn, MARKET, WINDOW)
+    assert check.passed and "not on this machine" in check.summary, check.summary
+    assert not local.exists()  # the check verifies, it does not copy
 
 
 def test_a_rebuild_that_hashes_otherwise_is_refused_and_writes_nothing(conn, built_elsewhere):
@@ -57,6 +67,9 @@ def test_a_rebuild_that_hashes_otherwise_is_refused_and_writes_nothing(conn, bui
                  "(SELECT max(ts) FROM market_candles WHERE pair = %s)", (MARKET.pair, MARKET.pair))
     with pytest.raises(UserInputError, match=f"dataset {build.dataset_hash[:12]} is not on this machine"):
         training_data(conn, MARKET, WINDOW)
+    assert not check_reproducible(conn, MARKET, WINDOW).passed
+    check = check_no_unwarm_rows(conn, MARKET, WINDOW)
+    assert not check.passed and "span changed since it was built" in check.summary
     assert not (load_settings().datasets_dir / MARKET.key).exists()
 
 
@@ -97,5 +110,9 @@ def test_equity_curves_are_read_back_from_the_database_and_a_missing_one_is_none
     uri = database_curve_writer(conn, "M-1h/key")(0, result, equity)
     assert uri == "db:M-1h/key/fold-0"
     np.testing.assert_array_equal(read_curve(conn, uri)["equity"].to_numpy(), equity)
-    np.testing.assert_allclose(curve_returns(conn, uri), equity[1:] / equity[:-1] - 1)
-    assert read_curve(conn, "db:M-1h/key/fold-9") is None and curve_returns(conn, "file:///nowhere.parquet") is None
+    gone, elsewhere = "db:M-1h/key/fold-9", "file:///nowhere.parquet"
+    returns = curves_returns(conn, [uri, gone, elsewhere])
+    np.testing.assert_allclose(returns[uri], equity[1:] / equity[:-1] - 1)
+    assert returns[gone] is None and returns[elsewhere] is None and read_curve(conn, gone) is None
+    with pytest.raises(ValueError, match="s3://bucket/curve: not a db: or file: URI"):
+        read_curve(conn, "s3://bucket/curve")

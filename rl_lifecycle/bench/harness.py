@@ -81,17 +81,24 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def write_report(results: dict, machine: str, when: str) -> None:
-    lines = [BEGIN, f"Last run: {when} on {machine}.", "",
-             "| benchmark | value | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+def write_report(results: dict, machine: str, when: str, *, begin: str = BEGIN, end: str = END,
+                 extra_lines: list[str] = ()) -> None:
+    """Rewrite the section of docs/benchmarks.md between `begin` and `end` (appended when missing)."""
+    lines = [begin, f"Last run: {when} on {machine}.", ""]
+    if results:
+        lines += ["| benchmark | value | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         baseline = "-" if r.get("baseline") is None else r["baseline"]
         ratio = "-" if r.get("ratio") is None else r["ratio"]
         lines.append(f"| `{name}` | {r['value']} {r['unit']} | {baseline} | {ratio} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
     extras = {n: {k: v for k, v in r.items() if k not in {"value", "unit", "baseline", "ratio", "target", "met"}}
               for n, r in results.items()}
-    lines += ["", "Details: " + "; ".join(f"`{n}` {json.dumps(e)}" for n, e in extras.items() if e), END]
-    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
+    if results:
+        lines += ["", "Details: " + "; ".join(f"`{n}` {json.dumps(e)}" for n, e in extras.items() if e)]
+    lines += [*extra_lines, end]
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if begin not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
     DOC.write_text(head + "\n".join(lines) + tail)

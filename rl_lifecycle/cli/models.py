@@ -101,13 +101,16 @@ def mlflow_server(
 ) -> None:
     """Serve MLflow tracking, registry and artifacts for processes that share no disk: point every one of them
     at it with RL_MLFLOW_TRACKING_URI=http://HOST:PORT (docs/deployment.md). Its UI is the MLflow UI too."""
+    import socket
+
     from rl_lifecycle.cli.common import check_port
     from rl_lifecycle.models.tracking import mlflow_server_command, open_registry
 
     check_port("--port", port)
     registry = open_registry(open_database(load_settings()), direct=True)
+    address = socket.getfqdn() if host in ("0.0.0.0", "::") else host  # what other machines reach
     typer.echo(f"MLflow tracking server on http://{host}:{port}: runs and models in the project's PostgreSQL, "
                f"artifacts under {registry.artifacts_uri}, served to clients; set RL_MLFLOW_TRACKING_URI=http://"
-               f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port} in every process")
+               f"{address}:{port} in every process")
     argv, env = mlflow_server_command(registry, host, port, workers, serve_artifacts=True)
     os.execve(argv[0], argv, env)

@@ -4,7 +4,8 @@ A Celery worker killed while it runs a step never reports it, and the step's tas
 worker took it) is gone: the run would wait for ever. Each `rl-lifecycle worker` node therefore sets a
 key `rl_lifecycle:worker:<node>` every `BEAT_SECONDS` with a time to live of `TTL_SECONDS`, from a thread
 of its own (a solo-pool worker's main thread is busy with the step and cannot answer Celery's own ping).
-The run's executor (`orchestration/celery.py`) fails a started step whose worker's key has expired.
+The run's executor (`orchestration/celery.py`) fails a started step whose worker's key has expired. Workers
+connect the beat through `cluster/celery_worker.py`, which their Celery config imports.
 Redis brokers only: with another broker `alive` says None (unknown) and nothing is watched.
 """
 
@@ -32,8 +33,12 @@ def alive(url: str, node: str) -> bool | None:
     client = _redis(url)
     if client is None:
         return None
-    with client:
-        return bool(client.exists(_KEY.format(node=node)))
+    try:
+        with client:
+            return bool(client.exists(_KEY.format(node=node)))
+    except Exception as exc:  # the broker unreachable a moment: unknown, the next check asks again
+        _log.warning("heartbeat of %s unknown: %s", node, exc)
+        return None
 
 
 class Heartbeat:
@@ -72,7 +77,7 @@ class Heartbeat:
 _BEATING: list[Heartbeat] = []
 
 
-def _connect_worker_signals() -> None:
+def connect_worker_signals() -> None:
     """Start beating when the worker is ready, stop (deleting the key) when it shuts down cleanly."""
     from celery.signals import worker_ready, worker_shutdown
 
@@ -85,5 +90,3 @@ def _connect_worker_signals() -> None:
         while _BEATING:
             _BEATING.pop().stop()
 
-
-_connect_worker_signals()  # the worker's config imports this module (`imports` in dagster_celery_config)

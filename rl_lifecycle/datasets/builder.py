@@ -220,18 +220,24 @@ def rebuild_hash(conn: psycopg.Connection, spec: DatasetSpec, features: FeatureS
     return dataset_hash(features.fingerprint, spec, assemble(read.frame, read.candles(), spec))
 
 
+def file_held_here(digest: str, stored_uri: str, spec: DatasetSpec, datasets_dir: Path) -> Path | None:
+    """The file of dataset `digest` this machine holds (the stored one, or a copy rebuilt here), or None."""
+    for path in (Path(stored_uri), datasets_dir / spec.parsed_market.key / f"{digest}.parquet"):
+        if path.is_file():
+            return path
+    return None
+
+
 def local_dataset_file(conn: psycopg.Connection, digest: str, stored_uri: str, spec: DatasetSpec,
                        features: FeatureSetSpec, datasets_dir: Path) -> Path:
     """The Parquet file of dataset `digest` on this machine: the stored one when this machine holds it, else a
     copy rebuilt here from the stored snapshots and candles. Datasets are content-addressed, so a worker that
     shares no disk with the one that built it (issue 19) rebuilds the same rows; a rebuild that hashes to
     anything else is refused (the snapshots or candles of its span changed since) and nothing is written."""
-    stored = Path(stored_uri)
-    if stored.is_file():
-        return stored
+    held = file_held_here(digest, stored_uri, spec, datasets_dir)
+    if held is not None:
+        return held
     local = datasets_dir / spec.parsed_market.key / f"{digest}.parquet"
-    if local.is_file():
-        return local
     windows = spec.windows()
     read = load_vectors(conn, spec.parsed_market, features, windows[0].start, windows[-1].end, scheme=spec.scheme)
     content = assemble(read.frame, read.candles(), spec)

@@ -64,30 +64,44 @@ def file_curve_writer(directory: Path) -> CurveWriter:
     return write
 
 
+def read_curves(conn: psycopg.Connection, uris: list[str], columns: list[str] | None = None,
+                ) -> dict[str, pl.DataFrame | None]:
+    """The curves at `uris` (`db:<key>`, `file:///...` or a plain path), the database's in one query; None
+    for a curve that is gone. Another scheme is refused (a curve silently missing would leave its folds out
+    of the paired test and the PBO)."""
+    out: dict[str, pl.DataFrame | None] = {}
+    keys: dict[str, str] = {}
+    for uri in uris:
+        parts = urlsplit(uri)
+        if parts.scheme == DB_SCHEME:
+            keys[parts.path] = uri
+        elif parts.scheme in ("", "file"):
+            path = Path(unquote(parts.path))
+            out[uri] = pl.read_parquet(path, columns=columns) if path.is_file() else None
+        else:
+            raise ValueError(f"equity curve {uri}: not a db: or file: URI")
+    if keys:
+        found = dict(conn.execute("SELECT curve_key, content FROM rl_equity_curves WHERE curve_key = ANY(%s)",
+                                  (list(keys),)).fetchall())
+        for key, uri in keys.items():
+            out[uri] = None if key not in found else pl.read_parquet(io.BytesIO(found[key]), columns=columns)
+    return out
+
+
 def read_curve(conn: psycopg.Connection, uri: str, columns: list[str] | None = None) -> pl.DataFrame | None:
-    """The curve at `uri` (`db:<key>`, `file:///...` or a plain path); None when it is gone."""
-    parts = urlsplit(uri)
-    if parts.scheme == DB_SCHEME:
-        row = conn.execute("SELECT content FROM rl_equity_curves WHERE curve_key = %s", (parts.path,)).fetchone()
-        return None if row is None else pl.read_parquet(io.BytesIO(row[0]), columns=columns)
-    path = Path(unquote(parts.path)) if parts.scheme in ("", "file") else Path(uri)
-    return pl.read_parquet(path, columns=columns) if path.is_file() else None
+    """The curve at `uri`; None when it is gone."""
+    return read_curves(conn, [uri], columns)[uri]
 
 
-def curve_returns(conn: psycopg.Connection, uri: str) -> np.ndarray | None:
-    """The per-bar net returns (after fees) of the equity curve at `uri`; None when it is gone."""
-    frame = read_curve(conn, uri, columns=["equity"])
-    return None if frame is None else simple_returns(frame["equity"].to_numpy())
+def curves_returns(conn: psycopg.Connection, uris: list[str]) -> dict[str, np.ndarray | None]:
+    """The per-bar net returns (after fees) of the equity curves at `uris`; None for one that is gone."""
+    return {uri: None if frame is None else simple_returns(frame["equity"].to_numpy())
+            for uri, frame in read_curves(conn, uris, columns=["equity"]).items()}
 
 
 def fold_returns(conn: psycopg.Connection, report) -> dict[int, np.ndarray]:
     """Per completed fold of a stored report (`EvaluationReport`): its per-bar net returns (after fees)
     from the equity curve, bar by bar over the fold's test range. Folds whose curve is gone are left out."""
-    out: dict[int, np.ndarray] = {}
-    for fold in report.folds:
-        if fold.status != "ok" or not fold.equity_curve_uri:
-            continue
-        returns = curve_returns(conn, fold.equity_curve_uri)
-        if returns is not None:
-            out[int(fold.index)] = returns
-    return out
+    folds = {int(f.index): f.equity_curve_uri for f in report.folds if f.status == "ok" and f.equity_curve_uri}
+    returns = curves_returns(conn, list(folds.values()))
+    return {index: returns[uri] for index, uri in folds.items() if returns[uri] is not None}

@@ -224,18 +224,18 @@ def assemble_report(
     results = sorted(results, key=lambda r: r.fold_index)
     key = evaluation_key(plan.market, plan.spec.spec_hash, plan.dataset_hash, plan.config)
     trials = market_trials(conn, plan.market, excluding=key)  # this evaluation counts itself (a rerun: once)
-    records, aggregates, status = summarise(plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps,
-                                            trials, strict, database_curve_writer(conn, f"{plan.market.key}/{key}"),
-                                            calendar=data.calendar,
-                                            fill=data.fill)
-    pbo = report_pbo(conn, plan.market, records, excluding_key=key)
-    aggregates["pbo"], aggregates["pbo_detail"] = pbo["pbo"], pbo
-    report = EvaluationReport(
-        market=plan.market.key, spec=json.loads(plan.spec.canonical_json()), model_spec_hash=plan.spec.spec_hash,
-        dataset_hash=plan.dataset_hash, fold_config=plan.config, label_horizon=plan.label_horizon, strict=strict,
-        status=status, aggregates=aggregates, folds=records, timings=timings,
-    )
-    return replace(report, id=write_report(conn, report))
+    with conn.transaction():  # the curves with their report, or neither (a rerun replaces both)
+        records, aggregates, status = summarise(
+            plan.market, list(plan.folds), results, data.content.ts, plan.spec.cost_bps, trials, strict,
+            database_curve_writer(conn, f"{plan.market.key}/{key}"), calendar=data.calendar, fill=data.fill)
+        pbo = report_pbo(conn, plan.market, records, excluding_key=key)
+        aggregates["pbo"], aggregates["pbo_detail"] = pbo["pbo"], pbo
+        report = EvaluationReport(
+            market=plan.market.key, spec=json.loads(plan.spec.canonical_json()), model_spec_hash=plan.spec.spec_hash,
+            dataset_hash=plan.dataset_hash, fold_config=plan.config, label_horizon=plan.label_horizon, strict=strict,
+            status=status, aggregates=aggregates, folds=records, timings=timings,
+        )
+        return replace(report, id=write_report(conn, report))
 
 
 def evaluate_spec(

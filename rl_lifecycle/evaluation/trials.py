@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 
-from rl_lifecycle.evaluation.curves import curve_returns
+from rl_lifecycle.evaluation.curves import curves_returns
 from rl_lifecycle.evaluation.metrics import returns_by_bar
 from rl_lifecycle.evaluation.overfitting import probability_of_backtest_overfitting
 from rl_lifecycle.markets.keys import Market
@@ -78,10 +78,10 @@ def bar_returns_of(conn: psycopg.Connection,
     done = [(span, uri) for span, status, uri in backtests if status == "ok"]
     if not done or not all(uri for _, uri in done):
         return None
-    curves = [(span, curve_returns(conn, uri)) for span, uri in done]
-    if any(returns is None for _, returns in curves):
+    returns = curves_returns(conn, [uri for _, uri in done])
+    if any(r is None for r in returns.values()):
         return None
-    return returns_by_bar(curves)
+    return returns_by_bar((span, returns[uri]) for span, uri in done)
 
 
 def tested_spans(backtests: Iterable[tuple[tuple[int, int], str, str | None]]) -> Spans:

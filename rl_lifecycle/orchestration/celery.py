@@ -110,7 +110,7 @@ def worker_config_dir(settings: Settings, url: str) -> Path:
             # a node takes a step only when it is free (no task waits in a busy or killed node), reports
             # when it starts one (with its node name: what the run watches), and beats (cluster/heartbeat.py)
             "worker_prefetch_multiplier = 1\nworker_disable_prefetch = True\ntask_track_started = True\n"
-            "imports = ('rl_lifecycle.cluster.heartbeat',)\n")
+            "imports = ('rl_lifecycle.cluster.celery_worker',)\n")
     path = directory / f"{CONFIG_MODULE}.py"
     if not path.exists() or path.read_text() != text:
         path.write_text(text)

@@ -30,6 +30,8 @@ class PostgresStepIO(ConfigurableIOManager):
     database: PostgresResource
 
     def handle_output(self, context: OutputContext, obj) -> None:
+        if obj is None and context.has_asset_key:
+            return  # an asset's `Output(None)`: its data is in the domain tables, downstream steps depend on it only
         run_id, key = _key(context)
         content = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         with self.database.connect() as conn:
@@ -49,6 +51,8 @@ class PostgresStepIO(ConfigurableIOManager):
         with self.database.connect() as conn:
             row = conn.execute("SELECT content FROM rl_step_outputs WHERE run_id = %s AND output_key = %s",
                                (run_id, key)).fetchone()
+        if row is None and context.upstream_output.has_asset_key:
+            return None  # an asset output stored as nothing (`handle_output`)
         if row is None:
             raise RuntimeError(f"the output {key} of run {run_id} is not stored (rl_step_outputs): the run that "
                                f"made it ended before storing it, or it is older than {RETENTION_DAYS} days")
