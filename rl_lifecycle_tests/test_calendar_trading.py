@@ -32,7 +32,7 @@ from rl_lifecycle.features.spec import load_feature_set
 from rl_lifecycle.markets.calendars import get_calendar
 from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.markets.table import add_market
-from rl_lifecycle.models.env import MarketEnv, contiguous, segments
+from rl_lifecycle.models.env import MarketEnv, contiguous, episode_summary, segments
 from rl_lifecycle.models.service import training_data
 from rl_lifecycle.models.spec import load_model_spec
 from rl_lifecycle.windows import DAY_US, WindowScheme, iso, to_us
@@ -131,6 +131,21 @@ def test_an_xnys_hourly_episode_runs_overnight_and_a_missing_bar_inside_a_sessio
             steps += 1
         lengths.append(steps)
     assert lengths == [int(breaks[0]), len(holed) - 1 - int(breaks[0]) - 1]  # up to the gap; after it
+
+
+def test_the_episode_summary_counts_xnys_weekends_and_holidays_as_closes_and_a_missing_session_as_a_gap():
+    sessions = _xnys().sessions_in_range("2023-06-01", "2023-08-31")  # known answer: exchange_calendars
+    ts = np.array([to_us(str(day.date())) for day in sessions if str(day.date()) != MISSING_SESSION], dtype=np.int64)
+    closes_between = sum(1 for a, b in zip(sessions[:-1], sessions[1:], strict=True) if (b - a).days > 1)
+    summary = episode_summary(ts, get_calendar("XNYS").continues(ts, DAY_US), DAY_US)
+    before = int(np.searchsorted(ts, to_us(MISSING_SESSION)))  # rows up to the Tuesday before the gap
+    assert (summary.episodes, summary.gaps) == (2, 1)
+    assert summary.longest_steps == max(before - 1, len(ts) - before - 1)
+    assert summary.steps_across_closes == closes_between  # every weekend, Juneteenth and July 4th: held
+    assert summary.describe().startswith("2 episodes (longest ")
+    # the former 24/7 contiguity: every close was a gap too
+    naive = episode_summary(ts, contiguous(ts, DAY_US), DAY_US)
+    assert (naive.gaps, naive.steps_across_closes, naive.longest_steps) == (closes_between + 1, 0, 4)
 
 
 def test_a_folds_training_rows_continue_where_the_dataset_does_and_joins_are_gaps():

@@ -170,7 +170,8 @@ def _print_report(report) -> None:
     typer.echo(f"report {report.id} {report.market} spec {report.spec.get('name')} ({report.model_spec_hash[:12]}) "
                f"dataset {report.dataset_hash[:12]}: {report.status}; purge {report.fold_config.purge_bars}, "
                f"embargo {report.fold_config.embargo_bars}, label horizon {report.label_horizon}"
-               + (f"; annualised by {bars:g} bars a year ({agg.get('calendar')})" if bars else ""))
+               + (f"; annualised by {bars:g} bars a year ({agg.get('calendar')})" if bars else "")
+               + (f"; filled at {agg['fill']}" if agg.get("fill") else ""))
     print_table(FOLD_TABLE_HEADERS, fold_table(report))
     shown = {k: agg.get(k) for k in ("psr", "dsr", "pbo", "positive_share", "worst_fold") if k in agg}
     typer.echo("  aggregates: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))

@@ -47,7 +47,8 @@ def train(
     trained = result.metadata.get("challenger_model", {})
     if trained:
         typer.echo(f"{parsed_market.key}: {model_spec.name} registered as version {trained['model_version']} "
-                   f"(weights {str(trained['weights_hash'])[:12]}, dataset {str(trained['dataset_hash'])[:12]})")
+                   f"(weights {str(trained['weights_hash'])[:12]}, dataset {str(trained['dataset_hash'])[:12]}; "
+                   f"{trained['episodes']})")
     if not result.ok:
         raise typer.Exit(1)
 

@@ -22,6 +22,7 @@ as the backtest's fill at the next open books it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import gymnasium as gym
@@ -55,6 +56,30 @@ def segments(continues: np.ndarray, n_rows: int) -> np.ndarray:
     ends = np.concatenate((breaks, [n_rows])) - 1  # the final row of each run has no next bar to reward
     keep = ends > starts
     return np.stack([starts[keep], ends[keep]], axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class EpisodeSummary:
+    """How a dataset's rows fall into training episodes under the market's calendar."""
+
+    episodes: int
+    longest_steps: int
+    steps_across_closes: int  # steps over a close of the market (a night, weekend, holiday): held, not broken
+    gaps: int  # missing bars while the market is open: each ends an episode
+
+    def describe(self) -> str:
+        return (f"{self.episodes} episode{'s' if self.episodes != 1 else ''} (longest {self.longest_steps} steps), "
+                f"{self.steps_across_closes} steps across market closes, {self.gaps} gap{'s' if self.gaps != 1 else ''}")
+
+
+def episode_summary(ts: np.ndarray, continues: np.ndarray, interval_us: int) -> EpisodeSummary:
+    """The episodes `MarketEnv` cuts from rows at open times `ts` with the calendar's `continues`."""
+    ts, continues = np.asarray(ts, dtype=np.int64), np.asarray(continues, dtype=bool)
+    runs = segments(continues, len(ts))
+    lengths = runs[:, 1] - runs[:, 0]
+    return EpisodeSummary(episodes=len(runs), longest_steps=int(lengths.max()) if len(runs) else 0,
+                          steps_across_closes=int((continues & (np.diff(ts) > interval_us)).sum()),
+                          gaps=int((~continues).sum()))
 
 
 class MarketEnv(gym.Env):

@@ -30,6 +30,7 @@ from rl_lifecycle.markets.calendars import DEFAULT_CALENDAR, get_calendar
 from rl_lifecycle.markets.keys import Market, partition_key
 from rl_lifecycle.markets.table import market_fill, registered_calendar
 from rl_lifecycle.models.checks import PARTITION_TAG, ModelCheck, record_check
+from rl_lifecycle.models.env import EpisodeSummary, episode_summary
 from rl_lifecycle.models.policy import Policy, actions_digest, load_registered_policy
 from rl_lifecycle.models.spec import ModelSpec, check_dataset_compatible, feature_columns
 from rl_lifecycle.models.statistics import FeatureStatistics
@@ -119,6 +120,7 @@ class TrainedChallenger:
     wall_seconds: float
     curve_png: bytes
     statistics: FeatureStatistics
+    episodes: EpisodeSummary
 
 
 def train_challenger(
@@ -136,6 +138,7 @@ def train_challenger(
     data = training_data(conn, market, window)
     check_spec_matches_dataset(spec, data)
     content = data.content
+    episodes = episode_summary(content.ts, data.continues, market.interval_us)
     lineage = {
         "market": market.key,
         PARTITION_TAG: partition_key(market, window),
@@ -152,7 +155,10 @@ def train_challenger(
     }
     run_id = registry.start_run(market, f"{partition_key(market, window)} {spec.name}", {**lineage, **(run_tags or {})})
     try:
-        registry.log_params(run_id, {**json.loads(spec.canonical_json()), "dataset_hash": data.dataset.dataset_hash})
+        registry.log_params(run_id, {**json.loads(spec.canonical_json()), "dataset_hash": data.dataset.dataset_hash,
+                                     "training_episodes": episodes.episodes,
+                                     "longest_episode_steps": episodes.longest_steps,
+                                     "steps_across_closes": episodes.steps_across_closes})
         metrics = registry.metric_logger(run_id)
         trained = train_policy(content, data.continues, spec, progress=progress, log_metrics=metrics,
                                feature_names=data.features.feature_names)
@@ -178,7 +184,7 @@ def train_challenger(
         registry.end_run(run_id, "FAILED")
         raise
     return TrainedChallenger(info, run_id, trained.weights_hash, tags["actions_sha256"], trained.timesteps, trained.fps,
-                             trained.wall_seconds, curve, statistics)
+                             trained.wall_seconds, curve, statistics, episodes)
 
 
 def _curve_png(curve: dict[str, list[float]], title: str) -> bytes:
