@@ -155,9 +155,11 @@ def test_evaluate_refuses_folds_the_dataset_cannot_serve_before_a_run(
     assert _nothing_ran(Path(rl_env["RL_HOME"]))
 
 
-def test_evaluate_without_a_stored_dataset_is_refused_before_a_run(rl_env, capsys, monkeypatch):
+def test_evaluate_without_a_dataset_or_the_candles_to_build_one_is_refused_before_a_run(rl_env, capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, *EVALUATE)
-    assert code == 2 and "no training dataset for BTCUSDT-1h|2024-03-01" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert code == 2 and "the market's span 3: a span of 3 window(s) (2024-01-01 .. 2024-03-01) holds 0 stored" in line
+    assert "too few for these folds" in line and "nothing was run" in line
     assert _nothing_ran(Path(rl_env["RL_HOME"]))
 
 

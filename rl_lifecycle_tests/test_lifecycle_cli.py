@@ -23,16 +23,20 @@ def test_train_list_evaluate_and_show_a_report(rl_env, tmp_path, capsys, monkeyp
         return run_cli(capsys, monkeypatch, *args)
 
     assert cli("market", "add", "BTC/USDT", "1h", "--synthetic-seed", "7")[0] == 0
-    code, out, err = cli("materialize", "candles", "feature_snapshots", "training_dataset",
+    code, out, err = cli("materialize", "candles", "feature_snapshots",
                          "--market", "BTCUSDT-1h", "--windows", "2024-01-01..2024-03-01")
     assert code == 0, out + err
 
+    # no dataset yet: the run builds it, then refuses to evaluate a challenger nobody trained
     code, out, err = cli("evaluate", "--market", "BTCUSDT-1h", "--window", "2024-03-01")
-    assert code == 1 and "materialize challenger_model first" in out + err  # nothing trained yet
+    assert "no training dataset yet: the run builds it first, over the market's span of 3 window(s)" in out
+    assert "materialized training_dataset; checks" in out
+    assert code == 1 and "materialize challenger_model first" in out + err
 
     code, out, err = cli("train", "--market", "BTCUSDT-1h", "--window", "2024-03-01", "--spec", str(spec))
     assert code == 0, out + err
-    assert "registered as version 1" in out
+    assert "registered as version 1" in out and "no training dataset yet" not in out
+    assert "1 episode (longest " in out and ", 0 gaps)" in out  # synthetic 24/7 candles: one unbroken episode
 
     code, out, _ = cli("models", "list", "--market", "BTCUSDT-1h", "--json")
     (version,) = json.loads(out)
@@ -54,6 +58,15 @@ def test_train_list_evaluate_and_show_a_report(rl_env, tmp_path, capsys, monkeyp
     assert fold["test_range"][0].endswith("Z") and len(fold["train_ranges"][0]) == 2
     assert {"total_return", "sharpe", "max_drawdown", "trades"} <= set(fold["metrics"])
     assert "total_return" in fold["baselines"]["flat"] and "total_return" in fold["baselines"]["buy_and_hold"]
+
+    # --span-windows: a dataset of another span first, in a run of its own, then the model on it
+    code, out, err = cli("train", "--market", "BTCUSDT-1h", "--window", "2024-03-01", "--spec", str(spec),
+                         "--span-windows", "2")
+    assert code == 0, out + err
+    assert "no training dataset yet" not in out and "registered as version 2" in out
+    code, out, _ = cli("models", "list", "--market", "BTCUSDT-1h", "--json")
+    first, second = sorted(json.loads(out), key=lambda v: v["version"])
+    assert first["dataset_hash"] != second["dataset_hash"]
 
     code, _, err = cli("evaluate", "--market", "BTCUSDT-1h", "--window", "2024-03-01", "--folds", "0")
     assert code == 2 and "--folds 0 is invalid" in err

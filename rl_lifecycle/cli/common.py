@@ -34,6 +34,25 @@ def dataset_span_config(span_windows: int | None) -> dict:
     return {"training_dataset": {"config": {"span_windows": span_windows}}}
 
 
+def span_to_build(url: str, market: Market, window, span_windows: int | None) -> int | None:
+    """The windows of the `training_dataset` a `train` or `evaluate` run builds (or reuses) first: the
+    `--span-windows` given; the market's own span when the partition has no dataset yet (a new market's first
+    run needs no separate `materialize`); None when the run uses the stored dataset."""
+    from rl_lifecycle.datasets.service import latest_version, market_span_windows
+    from rl_lifecycle.db.connection import connect
+
+    with connect(url) as conn:
+        if span_windows is None and latest_version(conn, market, window) is not None:
+            return None
+        return market_span_windows(conn, market, span_windows)
+
+
+def say_dataset_built_first(key: str, span: int | None, span_windows: int | None) -> None:
+    if span is not None and span_windows is None:
+        typer.echo(f"{key}: no training dataset yet: the run builds it first, over the market's span of {span} "
+                   "window(s)")
+
+
 PartitionOption = Annotated[list[str] | None, typer.Option(
     help="'MARKET|WINDOW', e.g. 'BTCUSDT-1h|2024-03-01' (repeatable)")]
 RangeMarketOption = Annotated[str | None, typer.Option(help="market key for a range of windows")]

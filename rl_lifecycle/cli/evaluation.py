@@ -15,6 +15,8 @@ from rl_lifecycle.cli.common import (
     check_windows_exist,
     dataset_span_config,
     print_table,
+    say_dataset_built_first,
+    span_to_build,
 )
 from rl_lifecycle.config_files import validated
 from rl_lifecycle.db.connection import connect
@@ -43,7 +45,8 @@ def evaluate(
     span_windows: SpanWindowsOption = None,
 ) -> None:
     """Walk-forward or CPCV NautilusTrader evaluation (materializes `fold_report` with its checks). With
-    --span-windows N the run builds (or reuses) the N-window `training_dataset` first and evaluates on it."""
+    --span-windows N the run builds (or reuses) the N-window `training_dataset` first and evaluates on it; a partition
+    without a dataset gets one first too, over the market's span."""
     from rl_lifecycle.evaluation.folds import MAX_FOLDS
     from rl_lifecycle.orchestration.assets.evaluation import FoldReportConfig, fold_config
     from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
@@ -67,13 +70,19 @@ def evaluate(
 
     settings = load_settings()
     url = open_database(settings)
-    if span_windows is None:
+    span = span_to_build(url, parsed_market, parsed_window, span_windows)
+    if span is None:
         _check_dataset_serves(url, parsed_market, parsed_window, options)
     else:
-        _check_span_serves(url, parsed_market, parsed_window, span_windows, options)
-    assets = ["training_dataset", "fold_report"] if dataset_ops else ["fold_report"]
-    (result,) = materialize_with_progress(settings, url, assets, [key],
-                                          run_config={"ops": {**dataset_ops, "fold_report": {"config": config}},
+        _check_span_serves(url, parsed_market, parsed_window, span, options,
+                           "--span-windows" if span_windows is not None else "the market's span")
+        say_dataset_built_first(key, span, span_windows)
+        # the dataset's run first (its job takes no `max_concurrent`); no report when it fails
+        (built,) = materialize_with_progress(settings, url, ["training_dataset"], [key], run_config={"ops": dataset_ops})
+        if not built.ok:
+            raise typer.Exit(1)
+    (result,) = materialize_with_progress(settings, url, ["fold_report"], [key],
+                                          run_config={"ops": {"fold_report": {"config": config}},
                                                       "execution": {"config": {"max_concurrent": workers}}})
     if result.metadata.get("fold_report"):
         _print_report(_report(parsed_market, result.metadata["fold_report"]["report_id"]))
@@ -112,9 +121,11 @@ def _check_dataset_serves(url: str, market: Market, window: Window, options) -> 
             f"`rl-lifecycle market set-span-windows {market.key} N`); nothing was run") from None
 
 
-def _check_span_serves(url: str, market: Market, window: Window, span_windows: int, options) -> None:
-    """Refuse, before a run is launched, a `--span-windows` whose stored bars cannot hold the folds (the
-    dataset's rows are at most the span's stored bars: its warm rows), saying how many bars the span holds."""
+def _check_span_serves(url: str, market: Market, window: Window, span_windows: int, options,
+                       source: str = "--span-windows") -> None:
+    """Refuse, before a run is launched, a span (`source`: the option or the market's default) whose stored bars
+    cannot hold the folds (the dataset's rows are at most the span's stored bars: its warm rows), saying how
+    many bars the span holds."""
     from rl_lifecycle.datasets.service import span_bars
     from rl_lifecycle.evaluation.folds import make_folds
     from rl_lifecycle.orchestration.assets.datasets import TrainingDatasetConfig
@@ -129,8 +140,9 @@ def _check_span_serves(url: str, market: Market, window: Window, span_windows: i
     try:
         make_folds(span.stored, fold_config(options, horizon), horizon)
     except UserInputError as exc:
-        raise UserInputError(f"--span-windows {span_windows}: {span.describe(market)}, too few for these folds: "
-                             f"{exc}; use a longer --span-windows; nothing was run") from None
+        raise UserInputError(f"{source} {span_windows}: {span.describe(market)}, too few for these folds: "
+                             f"{exc}; materialize the span's candles and feature snapshots, or use a longer "
+                             f"--span-windows; nothing was run") from None
 
 
 @report_app.command("show")

@@ -12,7 +12,13 @@ from typing import Annotated
 
 import typer
 
-from rl_lifecycle.cli.common import SpanWindowsOption, check_windows_exist, dataset_span_config
+from rl_lifecycle.cli.common import (
+    SpanWindowsOption,
+    check_windows_exist,
+    dataset_span_config,
+    say_dataset_built_first,
+    span_to_build,
+)
 from rl_lifecycle.db.migrate import open_database
 from rl_lifecycle.markets.keys import Market, partition_key
 from rl_lifecycle.settings import load_settings
@@ -28,7 +34,8 @@ def train(
     span_windows: SpanWindowsOption = None,
 ) -> None:
     """Train a challenger (materializes `challenger_model` with its checks; the run shows in the UI). With
-    --span-windows N the run builds (or reuses) the N-window `training_dataset` first and trains on it."""
+    --span-windows N the run builds (or reuses) the N-window `training_dataset` first and trains on it; a partition
+    without a dataset gets one first too, over the market's span."""
     from rl_lifecycle.models.spec import load_model_spec
     from rl_lifecycle.orchestration.partitions import WINDOW_SCHEME
 
@@ -40,16 +47,20 @@ def train(
     from rl_lifecycle.cli.runs import materialize_with_progress
 
     settings = load_settings()
+    url = open_database(settings)
+    span = span_to_build(url, parsed_market, parsed_window, span_windows)
+    say_dataset_built_first(key, span, span_windows)
     run_config = {"ops": {**dataset_ops, "challenger_model": {"config": {
         "spec": str(Path(spec).resolve()) if Path(spec).is_file() else spec}}}}
-    assets = ["training_dataset", "challenger_model"] if dataset_ops else ["challenger_model"]
-    (result,) = materialize_with_progress(settings, open_database(settings), assets, [key], run_config=run_config)
-    trained = result.metadata.get("challenger_model", {})
+    assets = ["challenger_model"] if span is None else ["training_dataset", "challenger_model"]
+    # one run per job: the dataset's first when it is built, then the model's (not run if the first failed)
+    runs = materialize_with_progress(settings, url, assets, [key], run_config=run_config)
+    trained = runs[-1].metadata.get("challenger_model", {})
     if trained:
         typer.echo(f"{parsed_market.key}: {model_spec.name} registered as version {trained['model_version']} "
                    f"(weights {str(trained['weights_hash'])[:12]}, dataset {str(trained['dataset_hash'])[:12]}; "
                    f"{trained['episodes']})")
-    if not result.ok:
+    if not all(run.ok for run in runs):
         raise typer.Exit(1)
 
 
