@@ -29,7 +29,7 @@ from rl_lifecycle.markets.keys import Market
 from rl_lifecycle.markets.table import get_market, set_market_fill
 from rl_lifecycle.models.env import MarketEnv
 from rl_lifecycle.models.service import training_data
-from rl_lifecycle.trading import step_rewards
+from rl_lifecycle.trading import cost_fraction, step_rewards
 from rl_lifecycle.windows import DAY_US, WindowScheme
 from rl_lifecycle_tests.cli_helpers import run_cli
 from rl_lifecycle_tests.test_calendar_trading import _tiny_spec, store_on_calendar
@@ -161,8 +161,13 @@ def test_an_xnys_next_open_evaluation_records_its_fill_and_a_changed_fill_is_ref
                            workers=1, log=lambda _: None)
     assert report.status == "ok", [f.error for f in report.folds]
     assert report.aggregates["fill"] == "next_open" and report_json(report)["fill"] == "next_open"
+    cost = cost_fraction(report.spec["cost_bps"])
     for fold in report.folds:  # the accountant booked the folds' positions at the next opens, to the bit
         assert fold.baselines["accountant"]["fill"] == "next_open" and fold.baselines["accountant"]["exact"]
+        # buy and hold trades as any strategy can: the first close's decision fills at the next bar's open
+        first, end = fold.test_range
+        held = candles.close[end - 1] / candles.open[first + 1] - cost - 1
+        assert fold.baselines["buy_and_hold"]["total_return"] == pytest.approx(held, rel=1e-12)
 
     set_market_fill(conn, GOOGL, "close")
     with pytest.raises(UserInputError, match=r"built under fill 'next_open', but the market fills at 'close'.*"

@@ -80,6 +80,17 @@ def test_buy_and_hold_pays_the_same_fee():
     assert m["exposure"] == 1.0 and m["turnover"] == pytest.approx(1.0)
 
 
+def test_buy_and_hold_under_next_open_buys_at_the_second_bars_open():
+    close, opens = np.array([100.0, 105.0, 95.0, 110.0]), np.array([99.0, 104.0, 96.0, 108.0])
+    m = buy_and_hold_baseline(close, cost_bps=10.0, starting_balance=1040.0, periods_per_year=365.25, opens=opens)
+    # the first close's decision fills at 104: 10 units for 1040 and a 1.04 fee; marked at 110: 1100 - 1.04
+    assert m["total_return"] == pytest.approx((1100 - 1.04) / 1040 - 1)
+    assert m["fees_paid"] == pytest.approx(1.04) and m["trades"] == 1
+    assert m["max_drawdown"] == pytest.approx(1 - (950 - 1.04) / (1050 - 1.04))
+    with pytest.raises(ValueError, match="no next open"):
+        buy_and_hold_baseline(close[:1], 10.0, 1040.0, 365.25, opens=opens[:1])
+
+
 def test_max_drawdown_ignores_rises():
     assert max_drawdown(np.array([1.0, 2.0, 3.0])) == 0.0
     assert max_drawdown(np.array([2.0, 1.0, 4.0, 3.0])) == pytest.approx(0.5)

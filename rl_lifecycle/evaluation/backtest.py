@@ -105,6 +105,7 @@ class FoldResult:
     timings: dict[str, float] = field(default_factory=dict)
     replay: dict | None = None  # the same positions booked by the exact accountant (`accountant.replay`)
     fill: str = "close"  # the fill convention the backtest ran under (`trading.FILLS`)
+    open: np.ndarray | None = None  # each bar's open under fill next_open (the buy-and-hold baseline's entry)
     ran_on: dict | None = None  # the process whose step ran it (`cluster.placement.this_process`)
 
     @property
@@ -500,7 +501,7 @@ def _result_from_run(job: FoldJob, strategy, instrument, close_ns: np.ndarray, a
         equity=equity, positions=held, traded_notional=notional, fees=fees, fills=fills,
         trade_pnls=trade_pnls(fills, float(close[-1])),
         account_equity=account_equity,
-        timings=timings, fill=job.fill,
+        timings=timings, fill=job.fill, open=np.array(job.candles.open, dtype=np.float64) if next_open else None,
     )
 
 

@@ -163,22 +163,30 @@ def flat_baseline(close: np.ndarray, starting_balance: float, periods_per_year: 
     return fold_metrics(np.full(n, float(starting_balance)), np.zeros(n, np.int8), np.zeros(n), 0.0, [], periods_per_year)
 
 
-def buy_and_hold_equity(close: np.ndarray, cost_bps: float, starting_balance: float) -> tuple[np.ndarray, float]:
-    """Buy the whole balance at the first close (paying the fee), hold to the last close: the curve and the fee."""
+def buy_and_hold_equity(close: np.ndarray, cost_bps: float, starting_balance: float,
+                        opens: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Buy the whole balance (paying the fee) when the fill convention lets the first decision trade, hold to
+    the last close: the curve, marked at each close, and the fee. Fill `close` (no `opens`): at the first
+    close. Fill `next_open` (`opens`, each bar's open): the first close's decision fills at the second bar's
+    open, so the gap from the first close to it is not the baseline's, as it is no strategy's."""
     close = np.asarray(close, dtype=np.float64)
-    quantity = starting_balance / close[0]
+    if opens is not None and len(close) < 2:
+        raise ValueError(f"fill next_open: {len(close)} bar(s) have no next open to buy at")
+    entry = float(close[0]) if opens is None else float(np.asarray(opens, dtype=np.float64)[1])
+    quantity = starting_balance / entry
     fee = cost_fraction(cost_bps) * starting_balance
     equity = quantity * close - fee
-    equity[0] = starting_balance  # marked before the first order
+    equity[0] = starting_balance  # marked before the first order fills
     return equity, fee
 
 
 def buy_and_hold_baseline(close: np.ndarray, cost_bps: float, starting_balance: float,
-                          periods_per_year: float) -> dict[str, float]:
-    equity, fee = buy_and_hold_equity(close, cost_bps, starting_balance)
+                          periods_per_year: float, opens: np.ndarray | None = None) -> dict[str, float]:
+    """`fold_metrics` of `buy_and_hold_equity` (`opens`: fill next_open)."""
+    equity, fee = buy_and_hold_equity(close, cost_bps, starting_balance, opens)
     n = len(close)
     notional = np.zeros(n)
-    notional[0] = starting_balance
+    notional[0 if opens is None else 1] = starting_balance
     return fold_metrics(equity, np.ones(n, np.int8), notional, fee, [equity[-1] - starting_balance], periods_per_year)
 
 

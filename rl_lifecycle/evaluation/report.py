@@ -102,13 +102,14 @@ def summarise(
                                result.trade_pnls, periods)
         baselines = {
             "flat": flat_baseline(result.close, result.starting_balance, periods),
-            "buy_and_hold": buy_and_hold_baseline(result.close, cost_bps, result.starting_balance, periods),
+            "buy_and_hold": buy_and_hold_baseline(result.close, cost_bps, result.starting_balance, periods,
+                                                  result.open),
         }
         if result.replay is not None:  # not a baseline: the same positions booked by the accountant
             baselines["accountant"] = result.replay
         uri = None
         if write_curve is not None:
-            hold_curve, _ = buy_and_hold_equity(result.close, cost_bps, result.starting_balance)
+            hold_curve, _ = buy_and_hold_equity(result.close, cost_bps, result.starting_balance, result.open)
             uri = write_curve(test.index, result, hold_curve)
         records.append(FoldRecord(**row, status="ok", metrics=metrics, baselines=baselines, equity_curve_uri=uri))
         metrics_by_fold[test.index] = metrics
