@@ -23,7 +23,7 @@ from rl_lifecycle.errors import UserInputError
 from rl_lifecycle.features.spec import load_feature_set
 from rl_lifecycle.features.vectors import load_vectors
 from rl_lifecycle.markets.keys import Market
-from rl_lifecycle.markets.table import add_market
+from rl_lifecycle.markets.table import add_market, set_market_fill
 from rl_lifecycle.models.service import train_challenger
 from rl_lifecycle.models.spec import load_model_spec
 from rl_lifecycle.models.tracking import open_registry
@@ -194,6 +194,14 @@ def test_stale_mismatch_and_several_reasons_together(conn, registry, champion_ma
     assert mismatch.fingerprint == load_feature_set("core_v1").fingerprint
     both = decide(conn, market, at_us=to_us("2024-05-02"), registry=registry).record
     assert both.reason_codes == (safety.FEATURE_SET_MISMATCH, safety.STALE_FEATURES)
+    monkeypatch.delenv("RL_FEATURE_SET")
+    # the market fills at the next open now; the champion learned close-fill rewards: a forced hold
+    set_market_fill(conn, market, "next_open")
+    refill = decide(conn, market, at_us=AT, registry=registry).record
+    assert refill.action == "hold" and refill.reason_codes == (safety.FILL_MISMATCH,)
+    assert (refill.details["champion_fill"], refill.details["market_fill"]) == ("close", "next_open")
+    set_market_fill(conn, market, None)  # back to the calendar's default (crypto: close): free again
+    assert decide(conn, market, at_us=AT, registry=registry).record.reason_codes == ()
 
 
 @pytest.mark.slow

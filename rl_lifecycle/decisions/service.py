@@ -41,10 +41,10 @@ from rl_lifecycle.features.spec import FeatureSetSpec
 from rl_lifecycle.features.vectors import vectors_from_candles
 from rl_lifecycle.markets.calendars import get_calendar
 from rl_lifecycle.markets.keys import Market
-from rl_lifecycle.markets.table import get_market
+from rl_lifecycle.markets.table import get_market, market_fill
 from rl_lifecycle.promotion.audit import current_champion
 from rl_lifecycle.switches import feature_set_in_force
-from rl_lifecycle.trading import POSITION_NAMES
+from rl_lifecycle.trading import FILL_CLOSE, POSITION_NAMES
 from rl_lifecycle.windows import iso, newest_closed_bar, to_us, utc_now_us
 
 STATS_ARTIFACTS = "training_stats"  # models.service.STATS_ARTIFACTS: where training saves the statistics
@@ -57,6 +57,7 @@ class Champion:
     version: int
     policy: object  # rl_lifecycle.models.policy.Policy
     ood: safety.OodModel | None  # None: the version carries no training statistics
+    fill: str = FILL_CLOSE  # the fill convention its rewards were trained under (MLflow tag `fill`)
 
     @property
     def fingerprint(self) -> str:
@@ -107,7 +108,7 @@ def load_champion(registry, market: Market, version: int) -> Champion:
             statistics = None
     if statistics is not None and statistics.feature_names == policy.feature_names:
         ood = safety.OodModel.of(statistics)
-    return Champion(int(version), policy, ood)
+    return Champion(int(version), policy, ood, info.tags.get("fill", FILL_CLOSE))  # versions before fills: close
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,10 @@ def decide(
             reasons.add(safety.FEATURE_SET_MISMATCH)
             details["champion_fingerprint"] = champion.fingerprint
             details["champion_feature_set"] = champion.policy.spec.feature_set
+        fill = market_fill(conn, market)
+        if champion.fill != fill:  # trained on rewards of another fill than its decisions would be booked at
+            reasons.add(safety.FILL_MISMATCH)
+            details["champion_fill"], details["market_fill"] = champion.fill, fill
 
     newest = newest_candle_ts(conn, market, closed_by_us=at_us)
     missed = safety.missed_bars(calendar, market.interval_us, newest, at_us)
