@@ -1,5 +1,5 @@
 """Parity on every calendar kind (issue 17, point 4): a fixed action sequence over candles stored in PostgreSQL
-of a 24/7 market (BTCUSDT-1h, crypto), an FX market (EURUSD-1h, fx) and an exchange market (SPY-1h, XNYS),
+of a 24/7 market (BTCUSDT-1h, crypto), FX markets (EURUSD-1h and the yen-quoted USDJPY-1h, fx) and an exchange market (SPY-1h, XNYS),
 under both fill conventions, gives the same cumulative return in the env (`MarketEnv`, stepped over the
 calendar's episode) as in the NautilusTrader account, within a tolerance derived from the fee and from
 rounding, stated here and in docs/evaluation.md ("Parity").
@@ -53,6 +53,8 @@ pytestmark = pytest.mark.slow
 MARKETS = {
     "crypto": (Market("BTCUSDT", "1h"), "crypto", "2024-05-01", "2024-05-22", 100_000.0),
     "fx": (Market("EURUSD", "1h"), "fx", "2024-05-01", "2024-05-22", 100_000.0),
+    # a yen-quoted pair: the account keeps whole yen (no decimals), so fills round to 1 JPY
+    "fx_jpy": (Market("USDJPY", "1h"), "fx", "2024-05-01", "2024-05-22", 1_000_000.0),
     "XNYS": (Market("SPY", "1h"), "XNYS", "2024-04-01", "2024-05-13", 10_000_000.0),
 }
 
@@ -67,7 +69,7 @@ def store_market(conn, kind: str, seed: int = 21):
     expected = get_calendar(calendar).expected_bar_opens(start, end, market.interval_us)
     frame = frame.filter(frame["ts"].dt.epoch("us").is_in(expected.tolist()))
     close = frame["close"].to_numpy()
-    decimals, level = (5, 1.1) if kind == "fx" else (2, 150.0)
+    decimals, level = {"fx": (5, 1.1), "fx_jpy": (3, 150.0)}.get(kind, (2, 150.0))
     scale = level / float(close[0])
     rng = np.random.default_rng(seed)
     scaled = {c: frame[c].to_numpy() * scale for c in ("open", "high", "low", "close")}
@@ -195,7 +197,7 @@ def check_parity(conn, kind: str, fill: str | None, cost_bps: float, with_shorts
 
 
 @pytest.mark.parametrize("fill", ["close", "next_open"])
-@pytest.mark.parametrize("kind", ["crypto", "fx", "XNYS"])
+@pytest.mark.parametrize("kind", ["crypto", "fx", "fx_jpy", "XNYS"])
 def test_env_return_equals_nautilus_account_return_on_every_calendar_and_fill(conn, kind, fill):
     result, booked, candles = check_parity(conn, kind, fill, 10.0)
     if kind != "crypto":  # positions are held over the market's closes (nights, weekends)
