@@ -18,6 +18,7 @@ from rl_lifecycle.decisions import live, safety
 from rl_lifecycle.decisions.service import DueDecision
 from rl_lifecycle.decisions.store import decision_history
 from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.switches import set_switch
 from rl_lifecycle.windows import iso, newest_closed_bar, to_us
 from rl_lifecycle_tests.cli_helpers import run_cli
 
@@ -139,6 +140,7 @@ def test_the_loop_decides_live_bars_until_stopped(conn, database_url):
     now = time.time_ns() // 1000
     ingest_synthetic(conn, market, now - 3 * HOUR, newest_closed_bar(now, market.interval_us) + 60 * SECOND,
                      seed=6)
+    set_switch(conn, "paper_decisions", "true", actor="pytest")
     stop, made = threading.Event(), []
     worker = threading.Thread(target=live.run_decider, args=(database_url, _no_registry), kwargs=dict(
         markets=[market.key], poll_seconds=0.1, stop=stop, on_decision=lambda d: (made.append(d), stop.set())),
@@ -148,6 +150,32 @@ def test_the_loop_decides_live_bars_until_stopped(conn, database_url):
     stop.set()
     worker.join(timeout=5)
     assert not worker.is_alive() and len(made) == 1 and made[0].record.market == market.key
+
+
+def test_the_loop_pauses_while_paper_decisions_are_switched_off_and_resumes_without_a_restart(conn, database_url,
+                                                                                               caplog):
+    market = _market("1m")
+    now = time.time_ns() // 1000
+    ingest_synthetic(conn, market, now - 3 * HOUR, newest_closed_bar(now, market.interval_us) + 60 * SECOND,
+                     seed=6)
+    set_switch(conn, "paper_decisions", "false", actor="pytest", reason="paused for the test")
+    stop, made, state = threading.Event(), [], []
+    worker = threading.Thread(target=lambda: state.append(live.run_decider(
+        database_url, _no_registry, markets=[market.key], poll_seconds=0.1, stop=stop,
+        on_decision=lambda d: (made.append(d), stop.set()))), daemon=True)
+    with caplog.at_level("INFO", logger=live.logger.name):
+        worker.start()
+        time.sleep(1.5)  # some fifteen polls while off
+        assert made == [] and decision_history(conn, market.key) == []
+        set_switch(conn, "paper_decisions", "true", actor="pytest", reason="on again")
+        worker.join(timeout=30)
+    stop.set()
+    worker.join(timeout=5)
+    assert not worker.is_alive() and len(made) == 1 and made[0].record.market == market.key
+    assert not state[0].paused
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("paper decisions are off: switch paper_decisions = false" in m for m in messages) == 1  # once
+    assert sum("paper decisions are on again" in m for m in messages) == 1
 
 
 def test_cli_refuses_when_paper_decisions_are_off_or_the_market_is_unknown(capsys, monkeypatch, rl_env):

@@ -34,8 +34,10 @@ from rl_lifecycle.decisions.service import (
 )
 from rl_lifecycle.decisions.store import last_decision_as_of
 from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.switches import off_reason, switch_state
 from rl_lifecycle.windows import newest_closed_bar, utc_now_us
 
+PAPER_DECISIONS = "paper_decisions"  # the rollout switch the decider and the schedule follow
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_SECONDS = 20.0
@@ -105,6 +107,7 @@ class DeciderState:
     failures: int = 0
     retry_at_us: dict[str, int] = field(default_factory=dict)
     failed_in_a_row: dict[str, int] = field(default_factory=dict)
+    paused: bool = False  # the rollout switch paper_decisions is off: polls decide nothing until it is on again
 
     def failed(self, market: str, now_us: int, poll_seconds: float) -> float:
         """Count a failure; returns the seconds until the market is tried again (doubling, capped)."""
@@ -169,7 +172,9 @@ def run_decider(
     on_decision: Callable[[Decision], None] = lambda _: None,
     stop: threading.Event | None = None,
 ) -> DeciderState:
-    """Poll every `poll_seconds` until `stop` is set; returns the counts."""
+    """Poll every `poll_seconds` until `stop` is set; returns the counts. Each poll reads the rollout switch
+    `paper_decisions` as the schedule does: switched off (`rl-lifecycle switch set paper_decisions false`), the
+    decider pauses, deciding nothing, and resumes when it is on again, without a restart."""
     stop = stop or threading.Event()
     selected = None if markets is None else {Market.parse(m).key for m in markets}
     state, backoff = DeciderState(), poll_seconds
@@ -179,6 +184,9 @@ def run_decider(
                 backoff = poll_seconds
                 while not stop.is_set():
                     try:
+                        if not _in_force(conn, state):
+                            stop.wait(poll_seconds)
+                            continue
                         decide_due_once(conn, registry, markets=selected, grace_seconds=grace_seconds,
                                         on_decision=on_decision, state=state, poll_seconds=poll_seconds)
                     except Exception as exc:  # noqa: BLE001 - a poll that fails (not one market) is retried
@@ -197,3 +205,15 @@ def run_decider(
             stop.wait(backoff)
             backoff = min(backoff * 2, 60.0)
     return state
+
+
+def _in_force(conn: psycopg.Connection, state: DeciderState) -> bool:
+    """Whether paper decisions are on now; logs each change between on and off once."""
+    switch = switch_state(conn, PAPER_DECISIONS)
+    if switch.enabled == state.paused:
+        state.paused = not switch.enabled
+        if state.paused:
+            logger.warning("%s", off_reason(switch, "paper decisions are off", "the decider pauses until then"))
+        else:
+            logger.info("paper decisions are on again (%s): deciding", switch.origin_text())
+    return switch.enabled
