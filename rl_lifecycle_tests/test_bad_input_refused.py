@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from rl_lifecycle.markets.keys import Market
+from rl_lifecycle.markets.table import add_market
 from rl_lifecycle_tests.cli_helpers import run_cli
 
 # Refused before the database is opened; were a command to get that far, it fails at once (port 1).
@@ -155,7 +156,11 @@ def test_evaluate_refuses_folds_the_dataset_cannot_serve_before_a_run(
     assert _nothing_ran(Path(rl_env["RL_HOME"]))
 
 
-def test_evaluate_without_a_dataset_or_the_candles_to_build_one_is_refused_before_a_run(rl_env, capsys, monkeypatch):
+def test_evaluate_without_a_dataset_or_the_candles_to_build_one_is_refused_before_a_run(conn, rl_env, capsys,
+                                                                                        monkeypatch):
+    code, _, err = run_cli(capsys, monkeypatch, *EVALUATE)
+    assert code == 2 and "market BTCUSDT-1h is not registered" in _one_error_line(err)
+    add_market(conn, Market("BTCUSDT", "1h"))
     code, _, err = run_cli(capsys, monkeypatch, *EVALUATE)
     line = _one_error_line(err)
     assert code == 2 and "the market's span 3: a span of 3 window(s) (2024-01-01 .. 2024-03-01) holds 0 stored" in line

@@ -37,11 +37,14 @@ def dataset_span_config(span_windows: int | None) -> dict:
 def span_to_build(url: str, market: Market, window, span_windows: int | None) -> int | None:
     """The windows of the `training_dataset` a `train` or `evaluate` run builds (or reuses) first: the
     `--span-windows` given; the market's own span when the partition has no dataset yet (a new market's first
-    run needs no separate `materialize`); None when the run uses the stored dataset."""
+    run needs no separate `materialize`); None when the run uses the stored dataset. An unregistered market
+    is refused by name."""
     from rl_lifecycle.datasets.service import latest_version, market_span_windows
     from rl_lifecycle.db.connection import connect
+    from rl_lifecycle.markets.table import get_market
 
     with connect(url) as conn:
+        get_market(conn, market)
         if span_windows is None and latest_version(conn, market, window) is not None:
             return None
         return market_span_windows(conn, market, span_windows)

@@ -54,7 +54,7 @@ def paper_run(
     import signal
     import threading
 
-    from rl_lifecycle.decisions.live import run_decider
+    from rl_lifecycle.decisions.live import PAPER_DECISIONS, run_decider
     from rl_lifecycle.markets.table import get_market
     from rl_lifecycle.models.tracking import open_registry
     from rl_lifecycle.switches import off_reason, switch_state
@@ -62,7 +62,7 @@ def paper_run(
     selected = [Market.parse(m).key for m in market or []] or None  # bad keys are refused before anything starts
     url = open_database(load_settings())
     with connect(url) as conn:
-        switch = switch_state(conn, "paper_decisions")  # as the paper_decisions schedule reads it
+        switch = switch_state(conn, PAPER_DECISIONS)  # as the schedule and the decider's polls read it
         if not switch.enabled:
             raise UserInputError(off_reason(switch, "paper decisions are off", "then run the decider (docs/runbook.md)"))
         for key in selected or []:

@@ -21,6 +21,7 @@ from dagster import (
     schedule,
 )
 
+from rl_lifecycle.decisions.live import PAPER_DECISIONS  # the switch, and this schedule's name
 from rl_lifecycle.decisions.service import due_decisions
 from rl_lifecycle.orchestration.jobs import paper_decisions_job
 from rl_lifecycle.orchestration.partitions import PAPER_MARKET_TAG
@@ -28,7 +29,6 @@ from rl_lifecycle.orchestration.resources import PostgresResource
 from rl_lifecycle.switches import off_reason, switch_state
 from rl_lifecycle.windows import iso, to_us
 
-PAPER_DECISIONS = "paper_decisions"
 WHEN_ON = "this schedule then makes one decision per market per interval while the market is open"
 
 
